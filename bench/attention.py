@@ -1,0 +1,253 @@
+"""Benchmark causal attention kernels: training (forward, forward+backward) and decoding.
+
+    python bench/attention.py                       # H100-class GPU, bf16, about a minute per head dim
+    python bench/attention.py --cpu_smoke           # tiny sizes on CPU through Triton's interpreter
+
+Training: batch * heads = --batch_heads, head dims --head_dims, sequence lengths --seq_lens, for
+softplus (Triton), softplus (PyTorch reference), softmax (SDPA / FlashAttention) and softmax_naive.
+FLOP convention (FlashAttention's): forward = 4 * B * H * L^2 * D / 2 (two matmuls, half of the score
+matrix under the causal mask); backward = 2.5x forward (five matmuls), so forward+backward = 3.5x forward.
+Extra memory = peak allocated during the call minus what was allocated before it (inputs), so it counts
+the output (and for forward+backward the input gradients); "per token" divides by batch * seq_len.
+
+Decoding: one query per (batch, head) against a cache of --cache_lens keys: the softplus split-K decode
+kernel, the same kernel with a single split (what a plain tiled kernel does), and SDPA with q_len = 1.
+
+Writes a table to stdout, and attention.json and attention.png to --out_dir. Out-of-memory runs are
+recorded as OOM. No assertions on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SMOKE = dict(batch_heads=4, heads=2, head_dims=[32, 64], seq_lens=[64, 128], cache_lens=[256, 512])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch_heads", type=int, default=96, help="batch * heads in every run")
+    p.add_argument("--heads", type=int, default=12, help="heads (batch = batch_heads / heads)")
+    p.add_argument("--head_dims", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--seq_lens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--cache_lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--out_dir", type=Path, default=Path("out/bench"))
+    p.add_argument("--cpu_smoke", action="store_true",
+                   help="tiny sizes on CPU through TRITON_INTERPRET=1: runs the script; times mean nothing")
+    args = p.parse_args(argv)
+    if args.cpu_smoke:
+        vars(args).update(SMOKE)
+    if args.batch_heads % args.heads:
+        raise SystemExit(f"--batch_heads {args.batch_heads} is not a multiple of --heads {args.heads}")
+    return args
+
+
+def providers() -> dict[str, Callable[..., torch.Tensor]]:
+    from gpt2.attention.softmax import softmax_attention, softmax_naive_attention
+    from gpt2.attention.softplus import softplus_attention_reference, softplus_attention_triton
+
+    return {
+        "softplus (Triton)": softplus_attention_triton,
+        "softplus (PyTorch)": softplus_attention_reference,
+        "softmax (SDPA)": softmax_attention,
+        "softmax_naive": softmax_naive_attention,
+    }
+
+
+def time_ms(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> float:
+    """Median milliseconds per call."""
+    # One call first: it compiles and autotunes, and do_bench sizes its loops from its first call's time.
+    fn()
+    for t in grad_to_none or []:
+        t.grad = None
+    if torch.cuda.is_available():
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none,
+                                       return_mode="median")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[1]
+
+
+def peak_extra_bytes(fn: Callable[[], object]) -> int | None:
+    """Peak bytes allocated by one call beyond what was allocated before it (CUDA only)."""
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def measure(fn: Callable[[], object], grads: list[torch.Tensor] | None = None) -> dict[str, object]:
+    try:
+        ms = time_ms(fn, grads)
+        for t in grads or []:
+            t.grad = None
+        return {"status": "ok", "ms": ms, "extra_bytes": peak_extra_bytes(fn)}
+    except torch.OutOfMemoryError:
+        return {"status": "OOM", "ms": None, "extra_bytes": None}
+    finally:
+        for t in grads or []:
+            t.grad = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def bench_training(args: argparse.Namespace, device: str, dtype: torch.dtype) -> list[dict[str, object]]:
+    rows = []
+    heads, batch = args.heads, args.batch_heads // args.heads
+    for head_dim in args.head_dims:
+        for seq_len in args.seq_lens:
+            shape = (batch, heads, seq_len, head_dim)
+            fwd_flops = 4 * batch * heads * seq_len**2 * head_dim / 2
+            for name, attn in providers().items():
+                q, k, v = (torch.randn(shape, device=device, dtype=dtype).requires_grad_() for _ in range(3))
+                do = torch.randn(shape, device=device, dtype=dtype)
+
+                def forward(attn=attn, q=q, k=k, v=v):
+                    with torch.no_grad():
+                        return attn(q, k, v)
+
+                def forward_backward(attn=attn, q=q, k=k, v=v, do=do):
+                    attn(q, k, v).backward(do)
+
+                modes = (("fwd", forward, fwd_flops), ("fwd+bwd", forward_backward, 3.5 * fwd_flops))
+                for mode, fn, flops in modes:
+                    result = measure(fn, [q, k, v] if mode == "fwd+bwd" else None)
+                    rows.append(dict(kind="train", provider=name, mode=mode, head_dim=head_dim,
+                                     seq_len=seq_len, batch=batch, heads=heads, **result))
+                    finish_row(rows[-1], flops, tokens=batch * seq_len)
+                del q, k, v, do
+    return rows
+
+
+def bench_decode(args: argparse.Namespace, device: str, dtype: torch.dtype) -> list[dict[str, object]]:
+    import torch.nn.functional as F
+
+    from gpt2.attention import softplus_triton as kernels
+
+    rows = []
+    heads, batch = args.heads, args.batch_heads // args.heads
+    for head_dim in args.head_dims:
+        for cache_len in args.cache_lens:
+            q = torch.randn(batch, heads, 1, head_dim, device=device, dtype=dtype)
+            cache = (batch, heads, cache_len, head_dim)
+            k, v = (torch.randn(cache, device=device, dtype=dtype) for _ in range(2))
+            lam, scale = torch.ones(1, device=device), 1.0 / math.sqrt(head_dim)
+            candidates = {
+                "softplus decode (split-K)": partial(kernels.forward, q, k, v, lam, scale),
+                "softplus decode (1 split)": partial(kernels.decode_forward, q, k, v, lam, scale, cache_len),
+                "softmax (SDPA, q_len=1)": partial(F.scaled_dot_product_attention, q, k, v),
+            }
+            for name, fn in candidates.items():
+                rows.append(dict(kind="decode", provider=name, mode="decode", head_dim=head_dim,
+                                 seq_len=cache_len, batch=batch, heads=heads, **measure(fn)))
+                finish_row(rows[-1], flops=None, tokens=batch)
+            del q, k, v
+    return rows
+
+
+def finish_row(row: dict[str, object], flops: float | None, tokens: int) -> None:
+    ok = row["status"] == "ok"
+    row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12 if ok and flops else None
+    measured = ok and row["extra_bytes"] is not None
+    row["extra_bytes_per_token"] = row["extra_bytes"] / tokens if measured else None
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    header = (f"{'kind':<7}{'provider':<28}{'mode':<9}{'D':>5}{'L':>7}{'ms':>11}{'TFLOP/s':>9}"
+              f"{'extra MiB':>11}{'B/token':>10}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        key = f"{r['kind']:<7}{r['provider']:<28}{r['mode']:<9}{r['head_dim']:>5}{r['seq_len']:>7}"
+        if r["status"] != "ok":
+            print(f"{key}{r['status']:>11}")
+            continue
+        mib = None if r["extra_bytes"] is None else r["extra_bytes"] / 2**20
+        print(f"{key}{fmt(r['ms'], '.3f'):>11}{fmt(r['tflops'], '.1f'):>9}{fmt(mib, '.1f'):>11}"
+              f"{fmt(r['extra_bytes_per_token'], '.0f'):>10}")
+
+
+def plot(rows: list[dict[str, object]], head_dims: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("train", "fwd", "TFLOP/s"), ("train", "fwd+bwd", "TFLOP/s"), ("decode", "decode", "ms/token")]
+    fig, axes = plt.subplots(len(head_dims), len(panels), figsize=(5 * len(panels), 3.6 * len(head_dims)),
+                             squeeze=False)
+    for i, head_dim in enumerate(head_dims):
+        for j, (kind, mode, ylabel) in enumerate(panels):
+            ax = axes[i][j]
+            selected = [r for r in rows if (r["kind"], r["mode"], r["head_dim"]) == (kind, mode, head_dim)]
+            for provider in dict.fromkeys(r["provider"] for r in selected):
+                points = [(r["seq_len"], r["tflops"] if kind == "train" else r["ms"])
+                          for r in selected if r["provider"] == provider and r["status"] == "ok"]
+                if points and all(y is not None for _, y in points):
+                    ax.plot(*zip(*points, strict=True), marker="o", label=provider)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("cache length" if kind == "decode" else "sequence length")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{mode}, head_dim {head_dim}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.cpu_smoke:
+        # Must be set before triton is imported (gpt2.attention imports it).
+        os.environ["TRITON_INTERPRET"] = "1"
+        device = "cpu"
+    elif torch.cuda.is_available():
+        device = "cuda"
+    else:
+        raise SystemExit("bench/attention.py needs a CUDA GPU (or --cpu_smoke to exercise the script on CPU)")
+    dtype = DTYPES[args.dtype]
+    torch.manual_seed(0)
+
+    rows = bench_training(args, device, dtype) + bench_decode(args, device, dtype)
+    print_table(rows)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    import triton
+
+    meta = dict(device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+                torch=torch.__version__, triton=triton.__version__, dtype=args.dtype,
+                cpu_smoke=args.cpu_smoke, flops="fwd = 4*B*H*L^2*D/2 (causal); fwd+bwd = 3.5 * fwd")
+    (args.out_dir / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    plot(rows, args.head_dims, args.out_dir / "attention.png")
+    print(f"wrote {args.out_dir / 'attention.json'} and {args.out_dir / 'attention.png'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+    main()

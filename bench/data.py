@@ -1,0 +1,128 @@
+"""Data pipeline throughput: preparing a Wikipedia dump (MB/s), all cores against one.
+
+    python -m bench.data                            # the bundled sample (1.7 MB of bz2, 5.7 MB of wikitext)
+    python -m bench.data --repeat 16                # the sample 16 times: enough batches for many workers
+    python -m bench.data --dump enwiki-latest-pages-articles.xml.bz2 --max_pages 200000
+
+Rows:
+* read: the parent alone (decompress + parse the XML, no cleaning): the ceiling that more workers cannot
+  pass, since the parent feeds them;
+* prepare workers=1: the whole stage in one process (the plain baseline), then workers=N (all cores).
+Rates are per second of wall time, in MB of the dump file as stored (compressed for .bz2) and in MB of
+wikitext (uncompressed article text). Each measurement is a function returning a row (a dict), and
+``print_table`` prints any list of rows, so other stages can add theirs. No assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from gpt2.data.wikipedia import PrepareConfig, iter_pages, open_dump, prepare, resolve_dump
+
+COLUMNS = ("measurement", "setting", "seconds", "rate", "unit", "detail")
+
+
+def repeated_dump(dump: Path, copies: int, out_dir: Path) -> Path:
+    """A bigger dump: every page of ``dump`` ``copies`` times (titles suffixed, so splits vary), as bz2."""
+    data = dump.read_bytes()
+    xml = bz2.decompress(data) if data[:3] == b"BZh" else data
+    first_page = xml.index(b"<page>")
+    head = xml[:first_page]
+    pages = xml[first_page : xml.rindex(b"</page>") + len(b"</page>")]
+    out = out_dir / f"{dump.name.split('.')[0]}-x{copies}.xml.bz2"
+    with bz2.open(out, "wb", compresslevel=9) as f:
+        f.write(head)
+        for k in range(copies):
+            f.write(re.sub(rb"</title>", f" ({k})</title>".encode(), pages) if k else pages)
+        f.write(b"\n</mediawiki>\n")
+    return out
+
+
+def bench_read(dump: Path, max_pages: int | None = None) -> dict:
+    """The parent's share: decompress and parse every page, nothing else."""
+    start = time.perf_counter()
+    n_pages = wikitext = 0
+    with open_dump(dump) as (raw, stream):
+        for page in iter_pages(stream, dump):
+            n_pages += 1
+            wikitext += len(page.text)
+            if n_pages == max_pages:
+                break
+        read = raw.tell()
+    seconds = time.perf_counter() - start
+    return dict(
+        measurement="read", setting="parent only", seconds=seconds, rate=read / 1e6 / seconds,
+        unit="MB/s of dump", detail=f"{n_pages:,} pages, {wikitext / 1e6 / seconds:.1f} MB/s of wikitext",
+    )  # fmt: skip
+
+
+def bench_prepare(dump: Path, workers: int, max_pages: int | None = None) -> dict:
+    """The whole stage (read, clean, split, write shards) into a temporary directory."""
+    with tempfile.TemporaryDirectory() as out:
+        cfg = PrepareConfig(dump=str(dump), out_dir=out, workers=workers, max_pages=max_pages)
+        start = time.perf_counter()
+        manifest = prepare(cfg, progress=False)
+        seconds = time.perf_counter() - start
+    written = sum(s["bytes"] for s in manifest["splits"].values())
+    read = manifest["dump_bytes_read"]
+    return dict(
+        measurement="prepare", setting=f"workers={workers}", seconds=seconds, rate=read / 1e6 / seconds,
+        unit="MB/s of dump",
+        detail=f"{manifest['wikitext_bytes'] / 1e6 / seconds:.1f} MB/s of wikitext, "
+               f"{manifest['pages']['kept']:,} docs, {written / 1e6:.1f} MB written",
+    )  # fmt: skip
+
+
+def print_header() -> None:
+    print(f"{'measurement':<12} {'setting':<14} {'seconds':>8} {'rate':>10} {'unit':<16} detail")
+
+
+def print_row(row: dict) -> None:
+    """A row has the keys of ``COLUMNS``; ``rate`` is in ``unit`` (MB/s, tokens/s, ...)."""
+    print(
+        f"{row['measurement']:<12} {row['setting']:<14} {row['seconds']:>8.2f} {row['rate']:>10,.2f} "
+        f"{row['unit']:<16} {row.get('detail', '')}",
+        flush=True,
+    )
+
+
+def print_table(rows: list[dict]) -> None:
+    print_header()
+    for row in rows:
+        print_row(row)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dump", default="sample", help="a dump path, or 'sample'")
+    p.add_argument("--repeat", type=int, default=1, help="concatenate the dump's pages this many times")
+    p.add_argument("--max_pages", type=int, default=None, help="stop after this many pages")
+    p.add_argument("--workers", type=int, nargs="+", default=None, help="worker counts (default: 1 and all)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    dump = resolve_dump(args.dump)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    worker_counts = args.workers or sorted({1, cores})
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.repeat > 1:
+            dump = repeated_dump(dump, args.repeat, Path(tmp))
+        print(f"{dump.name}: {dump.stat().st_size / 1e6:.1f} MB, {cores} cores")
+        print_header()
+        rows = [bench_read(dump, args.max_pages)]
+        print_row(rows[-1])
+        for workers in worker_counts:
+            rows.append(bench_prepare(dump, workers, args.max_pages))
+            print_row(rows[-1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The Triton softplus kernels as ``torch.library`` custom ops.
+
+``gpt2::softplus_attention(q, k, v, lam, scale) -> (o, l)`` and its backward op
+both have fake (meta) implementations, and autograd is registered on the
+forward, so ``torch.compile`` traces through them without graph breaks and
+AOTAutograd can build the joint graph. ``l`` (fp32 row sums of the weights) is
+an output only because the backward needs it; it is not differentiable.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gpt2.attention import softplus_triton as kernels
+
+
+@torch.library.custom_op("gpt2::softplus_attention", mutates_args=())
+def softplus_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal softplus attention with per-query length scale ``lam`` (float32, (Lq,)); returns (o, l)."""
+    return kernels.forward(q, k, v, lam, scale)
+
+
+@softplus_attention_op.register_fake
+def _(q, k, v, lam, scale):
+    kernels.check_inputs(q, k, v, lam)
+    return kernels.forward_output_like(q)
+
+
+@torch.library.custom_op("gpt2::softplus_attention_backward", mutates_args=())
+def softplus_attention_backward_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    l: torch.Tensor,
+    lam: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of ``softplus_attention_op`` given the output gradient ``do``."""
+    return kernels.backward(do, q, k, v, o, l, lam, scale)
+
+
+@softplus_attention_backward_op.register_fake
+def _(do, q, k, v, o, l, lam, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, lam, scale = inputs
+    o, l = output
+    ctx.save_for_backward(q, k, v, o, l, lam)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(l)
+
+
+def _backward(ctx, do, _dl):
+    q, k, v, o, l, lam = ctx.saved_tensors
+    dq, dk, dv = softplus_attention_backward_op(do, q, k, v, o, l, lam, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+softplus_attention_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,298 @@
+"""Checkpoints: self-contained, written atomically, verified on load.
+
+Layout of a run directory::
+
+    RUN/checkpoints/step_00001000/
+        model.safetensors   weights (tied LM head stored once)
+        tokenizer.json      the tokenizer the model was trained with
+        trainer.pt          optimizer state, step, RNG states (only what resume needs)
+        meta.json           configs, step, tokenizer hash and a sha256 of every file above
+
+A sharded (FSDP) run writes ``dcp/`` (model and optimizer through
+``torch.distributed.checkpoint``) and one ``trainer_rank<r>.pt`` per rank
+instead of ``model.safetensors``/``trainer.pt``; single-process tools read the
+weights out of ``dcp/`` directly, and ``python -m gpt2 consolidate`` adds a
+``model.safetensors`` for tools outside this project.
+
+A checkpoint is assembled in ``step_XXXXXXXX.tmp`` and renamed into place once
+every file is fsynced, and ``meta.json`` is written last: a directory without a
+valid ``meta.json``, or whose files do not match their recorded hashes, is not a
+checkpoint. ``evaluate``/``generate``/``deploy`` need only a checkpoint (or run)
+path: the model config and the tokenizer travel inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save, save_file
+
+from gpt2.errors import UserError
+from gpt2.io import atomic_write, fsync_dir
+from gpt2.model import GPT, ModelConfig
+from gpt2.training.parallel import DistEnv, barrier
+
+FORMAT_VERSION = 1
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_FILE, TOKENIZER_FILE, TRAINER_FILE, META_FILE = "model.safetensors", "tokenizer.json", "trainer.pt", "meta.json"
+DCP_DIR = "dcp"
+TIED_KEY = "lm_head.weight"  # same tensor as tok_emb.weight
+
+
+class CheckpointError(UserError):
+    """A path that is not a (complete, uncorrupted) checkpoint."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint on disk and what it records."""
+
+    path: Path
+    step: int
+    model_config: ModelConfig
+    meta: dict[str, Any]
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER_FILE
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.meta["tokenizer_sha256"]
+
+    @property
+    def train_config(self) -> dict[str, Any]:
+        return self.meta.get("train_config", {})
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: GPT,
+    optimizer: torch.optim.Optimizer | None,
+    tokenizer_path: str | Path,
+    meta: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    keep_last: int | None = None,
+    env: DistEnv | None = None,
+) -> Path:
+    """Write ``RUN/checkpoints/step_<step>`` atomically; keep only the newest ``keep_last`` checkpoints.
+
+    Under FSDP every rank calls this (collectively); ``trainer_state`` is each rank's own.
+    """
+    env = env or DistEnv()
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    final = root / checkpoint_name(step)
+    tmp = root / (final.name + ".tmp")
+    if env.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    try:
+        if env.distributed:
+            _save_sharded(tmp, model, optimizer, trainer_state, env)
+        else:
+            state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != TIED_KEY}
+            save_file(state, str(tmp / MODEL_FILE), metadata={"format": "gpt2-softplus"})
+            if optimizer is not None or trainer_state is not None:
+                extra = {"optimizer": optimizer.state_dict()} if optimizer is not None else {}
+                torch.save({**(trainer_state or {}), **extra}, tmp / TRAINER_FILE)
+        barrier()
+        if env.is_main:
+            shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+            _seal(tmp, step, model.cfg, {"sharded": env.distributed, "world_size": env.world_size, **(meta or {})})
+            if final.exists():  # re-saving a step (e.g. the final save right after a periodic one)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_dir(root)
+    except BaseException:
+        if env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier()
+    if env.is_main and keep_last:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old)
+    return final
+
+
+def _save_sharded(
+    tmp: Path, model: GPT, optimizer: torch.optim.Optimizer | None, trainer_state: dict | None, env: DistEnv
+) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer if optimizer is not None else [])
+    state = {"model": model_state, **({"optimizer": optim_state} if optimizer is not None else {})}
+    dcp.save(state, checkpoint_id=tmp / DCP_DIR)
+    torch.save(trainer_state or {}, tmp / f"trainer_rank{env.rank}.pt")
+
+
+def _seal(tmp: Path, step: int, model_cfg: ModelConfig, meta: dict[str, Any]) -> None:
+    """fsync every file, then write ``meta.json`` (last) with their hashes: from here on it is a checkpoint."""
+    files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    for name in files:
+        _fsync_file(tmp / name)
+    record = {
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "model_config": model_cfg.to_dict(),
+        "tokenizer_sha256": sha256_file(tmp / TOKENIZER_FILE),
+        "files": {name: sha256_file(tmp / name) for name in files},
+        **meta,
+    }
+    with atomic_write(tmp / META_FILE) as f:
+        json.dump(record, f, indent=2)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Completed checkpoint directories of a run, oldest first (temporary ones excluded)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and p.suffix != ".tmp")
+
+
+def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
+    """Read and (by default) verify one checkpoint directory."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a checkpoint (no {META_FILE}); it may be incomplete") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path} has a corrupt {META_FILE}: {e}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    if verify:
+        for name, digest in meta["files"].items():
+            file = path / name
+            if not file.is_file():
+                raise CheckpointError(f"checkpoint {path} is missing {name}")
+            if sha256_file(file) != digest:
+                raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its recorded sha256")
+    return Checkpoint(path, meta["step"], ModelConfig.from_dict(meta["model_config"]), meta)
+
+
+def find_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
+    """A checkpoint directory, or the newest valid checkpoint of a run directory.
+
+    A run's newest checkpoint that fails verification is reported and skipped,
+    so a crash during a save costs at most one checkpoint interval.
+    """
+    path = Path(path)
+    if (path / META_FILE).exists() or not (path / CHECKPOINTS_DIR).is_dir():
+        return read_checkpoint(path, verify)
+    candidates = list_checkpoints(path)
+    if not candidates:
+        raise CheckpointError(f"run directory {path} has no checkpoints")
+    errors = []
+    for candidate in reversed(candidates):
+        try:
+            return read_checkpoint(candidate, verify)
+        except CheckpointError as e:
+            errors.append(str(e))
+            print(f"warning: skipping {candidate}: {e}")
+    raise CheckpointError(f"no valid checkpoint in {path}:\n  " + "\n  ".join(errors))
+
+
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, **overrides: Any
+) -> tuple[GPT, Checkpoint]:
+    """Build the model recorded in a checkpoint and load its weights.
+
+    ``overrides`` replace model-config fields that do not change the weights
+    (e.g. ``attention="softplus"`` to pick an implementation, ``dropout=0``).
+    """
+    ckpt = find_checkpoint(path)
+    cfg_dict = {**ckpt.model_config.to_dict(), **overrides}
+    model = GPT(ModelConfig.from_dict(cfg_dict))
+    model.load_state_dict(load_model_state(ckpt))
+    model.to(device=device, dtype=dtype)
+    return model, ckpt
+
+
+def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The full (unsharded) model state dict of a checkpoint, on the CPU, tied LM head included."""
+    if (ckpt.path / MODEL_FILE).is_file():
+        state = load_file(str(ckpt.path / MODEL_FILE))
+        state[TIED_KEY] = state["tok_emb.weight"]
+        return state
+    if (ckpt.path / DCP_DIR).is_dir():
+        import torch.distributed.checkpoint as dcp
+
+        # DCP loads into pre-allocated tensors; without a process group it reads every shard.
+        state = GPT(ckpt.model_config).state_dict()
+        dcp.load({"model": state}, checkpoint_id=ckpt.path / DCP_DIR)
+        return state
+    raise CheckpointError(f"checkpoint {ckpt.path} has neither {MODEL_FILE} nor {DCP_DIR}/")
+
+
+def load_training_state(
+    ckpt: Checkpoint, model: GPT, optimizer: torch.optim.Optimizer, env: DistEnv | None = None
+) -> dict[str, Any]:
+    """Restore model and optimizer in place (sharded or not) and return this rank's trainer state."""
+    env = env or DistEnv()
+    if ckpt.meta.get("sharded", False) != env.distributed or ckpt.meta.get("world_size", 1) != env.world_size:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} was written by {ckpt.meta.get('world_size', 1)} process(es); "
+            f"resume it with the same number of processes (this run has {env.world_size})"
+        )
+    if not env.distributed:
+        file = ckpt.path / TRAINER_FILE
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {ckpt.path} has no trainer state; it cannot be resumed")
+        state = torch.load(file, map_location="cpu", weights_only=False)
+        model.load_state_dict(load_model_state(ckpt))
+        optimizer.load_state_dict(state.pop("optimizer"))
+        return state
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=ckpt.path / DCP_DIR)
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+    return torch.load(ckpt.path / f"trainer_rank{env.rank}.pt", map_location="cpu", weights_only=False)
+
+
+def consolidate(path: str | Path) -> Path:
+    """Add a ``model.safetensors`` to a sharded checkpoint (for tools that do not read DCP)."""
+    ckpt = find_checkpoint(path)
+    if (ckpt.path / MODEL_FILE).is_file():
+        return ckpt.path / MODEL_FILE
+    state = {k: v.contiguous() for k, v in load_model_state(ckpt).items() if k != TIED_KEY}
+    with atomic_write(ckpt.path / MODEL_FILE, "wb") as f:
+        f.write(save(state, metadata={"format": "gpt2-softplus"}))
+    meta = dict(ckpt.meta)
+    meta["files"] = {**meta["files"], MODEL_FILE: sha256_file(ckpt.path / MODEL_FILE)}
+    with atomic_write(ckpt.path / META_FILE) as f:
+        json.dump(meta, f, indent=2)
+    return ckpt.path / MODEL_FILE

@@ -1,0 +1,56 @@
+"""``python -m gpt2 <command>``: one entry point for every stage of the pipeline.
+
+Each command lives in the module that implements it; the module provides
+``add_arguments(parser)`` and ``run(args)``. Modules are imported only for the
+command that runs, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gpt2.errors import UserError
+
+# name -> (module, one-line help), in pipeline order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("gpt2.data.wikipedia", "Wikipedia XML dump -> clean plain-text train/eval shards"),
+    "train-tokenizer": ("gpt2.tokenizer", "train a byte-level BPE tokenizer on the train shards"),
+    "encode": ("gpt2.data.tokens", "encode text shards into binary token files"),
+    "train": ("gpt2.training.main", "train GPT-2 (one process; FSDP under torchrun)"),
+    "evaluate": ("gpt2.evaluation.main", "loss, perplexity and bits per byte of a checkpoint"),
+    "generate": ("gpt2.generation.main", "sample text from a checkpoint with a KV cache"),
+    "deploy": ("gpt2.deployment.main", "export to ONNX, validate, build a TensorRT engine, benchmark"),
+    "plot": ("gpt2.training.plot", "loss curves of several runs in one PNG"),
+    "consolidate": ("gpt2.training.consolidate", "turn a sharded (FSDP) checkpoint into one safetensors file"),
+}
+
+
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object]:
+    parser = argparse.ArgumentParser(prog="python -m gpt2", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    module = None
+    for name, (module_name, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if argv and argv[0] == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(cmd)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, module = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        result = module.run(args)  # type: ignore[union-attr]
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+def run_command(name: str) -> int:
+    """Entry point of the thin top-level scripts (``train.py`` == ``python -m gpt2 train``)."""
+    return main([name, *sys.argv[1:]])

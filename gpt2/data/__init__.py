@@ -1,0 +1,1 @@
+"""Data: Wikipedia dump → text shards → token files → batches."""

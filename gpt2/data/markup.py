@@ -1,0 +1,276 @@
+"""Wiki markup -> plain encyclopedia text, one paragraph per line.
+
+``clean_wikitext`` walks the node tree that ``mwparserfromhell`` builds and renders what a reader sees as
+running prose:
+
+* dropped: templates (infoboxes, citations, navboxes, hatnotes), ``<ref>``s, tables, galleries, files and
+  images (with their captions), category and interlanguage links, HTML comments, magic words (``__TOC__``),
+  bare URLs and unlabelled external links;
+* a few inline templates whose output is part of a sentence are rendered instead, so that dropping them
+  does not break the sentence: ``{{convert|5|km}}`` -> "5 km", ``{{lang|fr|liberté}}`` -> "liberté",
+  ``{{nowrap|...}}``, ``{{as of|2010}}``, ``{{frac|1|2}}``... (``INLINE_TEMPLATES``);
+* kept as their visible text: wiki links (their label), labelled external links, bold/italic text, HTML
+  formatting tags, list items (one per line), headings (a line with the title), decoded HTML entities
+  (``&nbsp;`` is a space);
+* kept verbatim: ``<math>`` (its LaTeX source, so that sentences around formulas stay whole), code
+  (``<syntaxhighlight>``, ``<pre>``) and ``<nowiki>``; elsewhere the ``{{``, ``[[`` and ``<tag>`` of
+  templates, links and tags that the page's author left unclosed are removed;
+* dropped with everything under them: back-matter sections that are lists of links or sources rather
+  than prose (``DROPPED_SECTIONS``: "See also", "References", "External links", "Further reading",
+  "Notes", "Bibliography", ...); a heading whose section ends up empty is dropped too.
+
+Finally each line is tidied (runs of spaces, spaces before punctuation, "( )" and "(; " left by removed
+templates) and lines with no letter or digit are dropped, so the result never contains a blank line.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+
+import mwparserfromhell
+from mwparserfromhell.nodes import (
+    ExternalLink,
+    Heading,
+    HTMLEntity,
+    Node,
+    Tag,
+    Template,
+    Text,
+    Wikilink,
+)
+from mwparserfromhell.wikicode import Wikicode
+
+# Link namespaces whose links are not text: an image and its caption, a category, a media file.
+DROPPED_LINK_NAMESPACES = frozenset({"file", "image", "media", "category"})
+
+# Back matter (compared in lower case): lists of links and sources, not prose.
+DROPPED_SECTIONS = frozenset({
+    "see also", "references", "external links", "further reading", "notes", "footnotes", "citations",
+    "sources", "bibliography", "notes and references", "references and notes", "works cited",
+    "explanatory notes", "general references", "cited sources", "gallery",
+})  # fmt: skip
+
+# Tags whose content is not running text.
+DROPPED_TAGS = frozenset({
+    "ref", "references", "table", "gallery", "imagemap", "timeline", "graph", "score", "mapframe",
+    "maplink", "templatedata", "templatestyles", "includeonly", "inputbox", "categorytree", "hiero",
+})  # fmt: skip
+# Tags whose content is not wikitext (formulas, code): kept character for character.
+VERBATIM_TAGS = frozenset({"math", "chem", "ce", "syntaxhighlight", "source", "pre", "nowiki"})
+# Tags that start a new line: <br>, <hr>, <p>, list items, and the ":" of a definition (";term : definition").
+LINE_BREAK_TAGS = frozenset({"br", "hr", "p", "li", "dd"})
+
+# Interlanguage links such as [[de:Anarchismus]] or [[zh-min-nan:...]] (no leading colon).
+_INTERLANGUAGE = re.compile(r"^(?:[a-z]{2,3}|simple)(?:-[a-z0-9]+)*:")
+_MAGIC_WORD = re.compile(r"__[A-Z]+__")
+_BOLD_ITALIC = re.compile(r"'{2,}")  # parsed with skip_style_tags: '' and ''' stay in the text
+_UNPARSED_BRACKETS = re.compile(r"\{\{|\}\}|\[\[|\]\]")  # of a template or link left unclosed
+_STRAY_TAG = re.compile(r"</?[a-zA-Z][\w-]*(?:\s[^<>]*)?/?>")  # unclosed or unbalanced, so left unparsed
+_SPACES = re.compile(r"[ \t\u00a0\u200b]+")
+_SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:!?])(?= |$)")
+# What removed pronunciation templates and refs leave in parentheses: "( ; , )", "(, also", "born 1900; )".
+_EMPTY_PARENS = re.compile(r"\(\s*(?:[,;:]\s*)*\)")
+_PAREN_LEAD = re.compile(r"\(\s*(?:[,;:]\s*)*")
+_PAREN_TAIL = re.compile(r"(?:\s*[,;:])*\s*\)")
+_LINE_LEAD = re.compile(r"^[,;:]+\s*")  # "; term : definition" lists, definition-only lines
+_ALNUM = re.compile(r"\w")  # \w matches letters and digits of any script
+
+
+# -------------------------------------------------------------------------------- inline templates
+def _positional(template: Template) -> list[str]:
+    return [_render(p.value).strip() for p in template.params if not p.showkey]
+
+
+def _first(template: Template) -> str:
+    args = _positional(template)
+    return args[0] if args else ""
+
+
+def _last(template: Template) -> str:
+    args = _positional(template)
+    return args[-1] if args else ""
+
+
+_RANGE_WORDS = {"-": "–", "–": "–", "to": " to ", "and": " and ", "or": " or ", "by": " by ", "x": " × ",
+                "+/-": " ± ", "±": " ± ", "&": " & ", "to(-)": " to ", "and(-)": " and "}  # fmt: skip
+_UNIT_NAMES = {"C": "°C", "F": "°F", "sqmi": "sq mi", "sqkm": "km²", "km2": "km²", "m2": "m²",
+               "sqft": "sq ft", "ft2": "sq ft", "acre": "acres"}  # fmt: skip
+
+
+def _convert(template: Template) -> str:
+    """``{{convert|5|to|10|km|mi}}`` -> "5 to 10 km": the value(s) and the original unit."""
+    args = _positional(template)
+    if not args:
+        return ""
+    out, i = args[0], 1
+    while i + 1 < len(args) and args[i] in _RANGE_WORDS:
+        out += _RANGE_WORDS[args[i]] + args[i + 1]
+        i += 2
+    unit = args[i] if i < len(args) else ""
+    return f"{out} {_UNIT_NAMES.get(unit, unit)}".strip()
+
+
+def _frac(template: Template) -> str:
+    args = _positional(template)
+    if len(args) == 3:
+        return f"{args[0]} {args[1]}/{args[2]}"
+    return "/".join(args)
+
+
+INLINE_TEMPLATES: dict[str, Callable[[Template], str]] = {
+    "convert": _convert,
+    "cvt": _convert,
+    "lang": _last,
+    "transl": _last,
+    "nihongo": _first,
+    "ill": _first,
+    "nowrap": _first,
+    "nobr": _first,
+    "small": _first,
+    "smaller": _first,
+    "sc": _first,
+    "smallcaps": _first,
+    "vanchor": _first,
+    "visible anchor": _first,
+    "mvar": _first,
+    "math": _first,
+    "var": _first,
+    "sic": _first,
+    "script": _last,
+    "angbr": lambda t: f"⟨{_first(t)}⟩",
+    "as of": lambda t: f"As of {_first(t)}",
+    "circa": lambda t: f"c. {_first(t)}",
+    "c.": lambda t: f"c. {_first(t)}",
+    "us$": lambda t: f"US${_first(t)}",
+    "frac": _frac,
+    "chem": lambda t: "".join(_positional(t)),
+    "'s": lambda t: "'s",
+    "'": lambda t: "'",
+    "ndash": lambda t: "–",
+    "mdash": lambda t: "—",
+    "snd": lambda t: " – ",
+    "spaced ndash": lambda t: " – ",
+}
+
+
+def _template(template: Template) -> str:
+    name = str(template.name).strip().lower().replace("_", " ")
+    render = INLINE_TEMPLATES.get(name)
+    if render is None and name.startswith("lang-"):  # {{lang-fr|liberté}}
+        render = _last
+    return render(template) if render else ""
+
+
+# ----------------------------------------------------------------------------------- nodes -> text
+def _wikilink(link: Wikilink) -> str:
+    title = _render(link.title).strip()  # a title may hold entities: [[OS&nbsp;X]]
+    visible = title.startswith(":")  # [[:Category:X]] is a link to the category page, shown as text
+    if not visible:
+        namespace = title.partition(":")[0].strip().lower() if ":" in title else ""
+        if namespace in DROPPED_LINK_NAMESPACES or _INTERLANGUAGE.match(title):
+            return ""
+    if link.text is not None:
+        text = _render(link.text)
+        if text.strip():
+            return text
+        # The "pipe trick" [[Paris (band)|]] shows "Paris".
+        return re.sub(r"\s*\(.*\)$", "", title.lstrip(":"))
+    return title.lstrip(":")
+
+
+def _tag(tag: Tag) -> str:
+    name = str(tag.tag).strip().lower()
+    if name in DROPPED_TAGS:
+        return ""
+    if name in VERBATIM_TAGS:
+        return html.unescape(str(tag.contents)) if tag.contents else ""
+    if name in LINE_BREAK_TAGS:
+        return "\n" + (_render(tag.contents) if tag.contents else "")
+    return _render(tag.contents) if tag.contents else ""
+
+
+def _node(node: Node) -> str:
+    if isinstance(node, Text):
+        # Markup the parser leaves as text: bold/italic quotes (skip_style_tags), magic words, and the
+        # brackets and tags of templates, links and tags that are not closed.
+        text = _BOLD_ITALIC.sub("", _MAGIC_WORD.sub("", node.value))
+        return _STRAY_TAG.sub("", _UNPARSED_BRACKETS.sub("", text))
+    if isinstance(node, Wikilink):
+        return _wikilink(node)
+    if isinstance(node, Template):
+        return _template(node)
+    if isinstance(node, Tag):
+        return _tag(node)
+    if isinstance(node, HTMLEntity):
+        return node.normalize()
+    if isinstance(node, ExternalLink):
+        return _render(node.title) if node.brackets and node.title else ""
+    if isinstance(node, Heading):  # headings nested in tags; top-level ones are sections
+        return "\n" + _render(node.title) + "\n"
+    # Comment, Argument ({{{1}}}) and anything else: nothing a reader sees.
+    return ""
+
+
+def _render(code: Wikicode) -> str:
+    return "".join(_node(node) for node in code.nodes)
+
+
+# --------------------------------------------------------------------------------- lines, sections
+def _tidy(line: str) -> str:
+    line = _SPACES.sub(" ", line).strip()
+    line = _EMPTY_PARENS.sub("", line)
+    line = _PAREN_LEAD.sub("(", line)
+    line = _PAREN_TAIL.sub(")", line)
+    line = _SPACES.sub(" ", line)
+    line = _SPACE_BEFORE_PUNCT.sub(r"\1", line)
+    return _LINE_LEAD.sub("", line).strip()
+
+
+def _lines(text: str) -> list[str]:
+    """Tidied non-empty lines; table debris (``{|``, ``|-``, ``!``) left by unparsable tables is dropped."""
+    lines = []
+    for raw in text.split("\n"):
+        line = _tidy(raw)
+        if line and _ALNUM.search(line) and not line.startswith(("{|", "|", "!")):
+            lines.append(line)
+    return lines
+
+
+def _keep_headings(sections: list[tuple[int, str, list[str]]]) -> list[str]:
+    """Flatten sections into lines, dropping a heading when no text follows before its section ends."""
+    out = []
+    for i, (level, title, lines) in enumerate(sections):
+        has_text = bool(lines)
+        for deeper_level, _, deeper_lines in sections[i + 1 :]:
+            if has_text or deeper_level <= level:
+                break
+            has_text = bool(deeper_lines)
+        if title and has_text:
+            out.append(title)
+        out.extend(lines)
+    return out
+
+
+def clean_wikitext(wikitext: str) -> str:
+    """Plain text of an article's wikitext: paragraphs, list items and headings a line each, no blank line."""
+    code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
+    sections: list[tuple[int, str, list[str]]] = []  # (level, title, lines); the lead has level 0, no title
+    level, title, parts = 0, "", []
+    # In a dropped section of this level: skip everything until a heading at this level or above.
+    dropping_below = None
+    for node in code.nodes:
+        if isinstance(node, Heading):
+            if dropping_below is None:
+                sections.append((level, title, _lines("".join(parts))))
+            level, parts = node.level, []
+            title = _tidy(_render(node.title).replace("\n", " "))
+            if dropping_below is not None and level > dropping_below:
+                continue
+            dropping_below = level if title.lower() in DROPPED_SECTIONS else None
+        elif dropping_below is None:
+            parts.append(_node(node))
+    if dropping_below is None:
+        sections.append((level, title, _lines("".join(parts))))
+    return "\n".join(_keep_headings(sections))

@@ -1,0 +1,419 @@
+"""``python -m gpt2 prepare``: a MediaWiki XML dump -> clean plain-text train/eval shards.
+
+    python -m gpt2 prepare --dump sample --out_dir data/wiki --eval_fraction 0.1
+    python -m gpt2 prepare --dump https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2
+
+The parent process streams the dump (``.xml`` or ``.xml.bz2``, detected from its first bytes) through
+``iterparse`` in constant memory, keeps articles (namespace 0, no redirects, non-empty), and hands them in
+batches to a pool of workers that clean the markup (``gpt2.data.markup``); results come back in dump
+order, so the output does not depend on the number of workers. Each article goes to ``eval`` or ``train``
+by a hash of its title (stable across runs, dumps and machines) and is written through ``ShardWriter``.
+``manifest.json`` is written last: a corpus without one is unfinished.
+
+Also skipped, and counted in the manifest: disambiguation pages (lists of links, not prose), documents
+under ``--min_chars`` characters of text once cleaned (stubs whose content was all tables or templates),
+and pages the markup parser failed on (listed on stderr).
+
+Throughput (``python -m bench.data``): a worker cleans ~2 MB/s of wikitext; the parent decompresses bz2
+and parses at ~33 MB/s (one core), so it keeps ~15 workers busy. On bigger machines, decompress the dump
+first with a parallel tool (``lbzip2 -dk``) and pass the ``.xml``, which the parent parses at ~250 MB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import contextlib
+import functools
+import hashlib
+import json
+import multiprocessing
+import multiprocessing.pool
+import os
+import re
+import signal
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, NamedTuple, TypeVar
+
+from tqdm import tqdm
+
+from gpt2.data.download import download_dump
+from gpt2.data.markup import clean_wikitext
+from gpt2.data.sample import SAMPLE_NAME, sample_dump_path
+from gpt2.data.text_shards import SPLITS, ShardWriter
+from gpt2.errors import UserError
+from gpt2.flags import add_flags, from_flags
+from gpt2.io import atomic_write
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MANIFEST = "manifest.json"
+BATCH_PAGES = 256  # pages per task sent to a worker, or fewer when they reach BATCH_BYTES of wikitext
+BATCH_BYTES = 1 << 20
+# What happened to the <page>s read (manifest "pages"): outside namespace 0, redirect, ..., or kept.
+PAGE_COUNTS = (
+    "read", "not_article", "redirect", "empty", "disambiguation", "too_short", "markup_error", "kept"
+)  # fmt: skip
+_DISAMBIGUATION = re.compile(
+    r"\{\{\s*(?:disambiguation|disambig|dab|disamb|hndis|geodis|numberdis)\s*[|}]", re.I
+)
+
+
+def _available_cpus() -> int:
+    """Cores this process may run on (respects taskset / container cpusets, unlike ``os.cpu_count``)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class PrepareConfig:
+    dump: str = field(
+        default=SAMPLE_NAME,
+        metadata={"help": "pages-articles dump: a .xml or .xml.bz2 path, an https URL (downloaded to "
+                          "--download_dir, resumable), or 'sample' (206-page excerpt bundled with gensim)"},
+    )  # fmt: skip
+    out_dir: str = field(
+        default="data/wiki", metadata={"help": "corpus directory: train/, eval/, manifest.json"}
+    )
+    eval_fraction: float = field(
+        default=0.005,
+        metadata={"help": "fraction of articles in the eval split, chosen by a hash of the title; 0.005 of "
+                          "English Wikipedia is ~100 MB of text (the 106-article sample needs ~0.1)"},
+    )  # fmt: skip
+    shard_size_mb: float = field(default=100.0, metadata={"help": "text per shard file, in MB"})
+    min_chars: int = field(
+        default=200,
+        metadata={"help": "skip articles with fewer characters of text once cleaned (title excluded)"},
+    )
+    workers: int = field(
+        default_factory=_available_cpus,
+        metadata={"help": "processes cleaning markup (1: no pool, all in this process)"},
+    )
+    max_pages: int | None = field(
+        default=None, metadata={"help": "stop after this many <page>s of the dump, any namespace (None: all)"}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace the shards of an earlier run in out_dir"}
+    )
+    download_dir: str = field(default="data/dumps", metadata={"help": "where a dump given as a URL is saved"})
+
+
+class DumpError(UserError):
+    """The dump is missing, truncated or not a MediaWiki XML export."""
+
+
+class Page(NamedTuple):
+    title: str
+    namespace: int
+    redirect: bool
+    text: str
+
+
+# -------------------------------------------------------------------------------- reading the dump
+def resolve_dump(spec: str, download_dir: str | Path = "data/dumps") -> Path:
+    """The local path of ``--dump``: 'sample', an https URL (downloaded first) or a file path."""
+    if spec == SAMPLE_NAME:
+        try:
+            return sample_dump_path()
+        except FileNotFoundError as e:
+            raise DumpError(str(e)) from None
+    if re.match(r"^[a-z]+://", spec):
+        return download_dump(spec, download_dir)
+    path = Path(spec)
+    if not path.is_file():
+        raise DumpError(f"dump file {path} does not exist (--dump takes a path, an https URL or 'sample')")
+    return path
+
+
+@contextlib.contextmanager
+def open_dump(path: Path) -> Iterator[tuple[BinaryIO, BinaryIO]]:
+    """(raw file, XML byte stream): the stream decompresses bz2; progress is measured on the raw file."""
+    with open(path, "rb") as raw:
+        magic = raw.read(4)
+        raw.seek(0)
+        if magic[:2] == b"\x1f\x8b" or magic == b"7z\xbc\xaf":
+            raise DumpError(
+                f"{path} is gzip or 7z compressed; give the .xml.bz2 dump or the decompressed .xml"
+            )
+        if magic[:3] != b"BZh":
+            yield raw, raw
+            return
+        with bz2.BZ2File(raw) as stream:  # also reads multistream dumps (many concatenated bz2 streams)
+            yield raw, stream
+
+
+def iter_pages(stream: BinaryIO, name: str | Path) -> Iterator[Page]:
+    """Every ``<page>`` of a MediaWiki XML export, in constant memory (any export schema version).
+
+    A truncated or corrupt dump raises ``DumpError`` naming ``name`` and the last title read.
+    """
+    root = None
+    tags: dict[str, str] = {}
+    last_title, n_pages = None, 0
+    try:
+        for event, elem in ET.iterparse(stream, events=("start", "end")):
+            if root is None:  # the first event: <mediawiki xmlns="http://www.mediawiki.org/xml/export-0.NN/">
+                root = elem
+                namespace, _, local = elem.tag.rpartition("}")
+                if local != "mediawiki":
+                    raise DumpError(f"{name} is not a MediaWiki XML export: its root element is <{local}>")
+                ns = namespace + "}" if namespace else ""
+                tags = {t: ns + t for t in ("page", "title", "ns", "redirect", "revision", "text")}
+            elif event == "end" and elem.tag == tags["page"]:
+                last_title = elem.findtext(tags["title"]) or ""
+                n_pages += 1
+                text_elem = elem.find(f"{tags['revision']}/{tags['text']}")
+                yield Page(
+                    title=last_title,
+                    namespace=int(elem.findtext(tags["ns"]) or 0),
+                    redirect=elem.find(tags["redirect"]) is not None,
+                    text=(text_elem.text or "") if text_elem is not None else "",
+                )
+                root.clear()  # drop the page (and everything before it): memory stays flat
+    except (ET.ParseError, EOFError, OSError) as e:
+        where = (
+            f"after article {last_title!r} (page {n_pages:,})"
+            if last_title is not None
+            else "before any page"
+        )
+        kind = "malformed XML" if isinstance(e, ET.ParseError) else "truncated or corrupt compressed data"
+        raise DumpError(f"dump {name} is unreadable {where}: {kind} ({e})") from None
+
+
+def split_of(title: str, eval_fraction: float) -> str:
+    """'eval' or 'train' for an article, from a hash of its title: the same on every run, in any order."""
+    digest = hashlib.blake2b(title.encode("utf-8"), digest_size=8).digest()
+    return "eval" if int.from_bytes(digest, "big") / 2**64 < eval_fraction else "train"
+
+
+# ------------------------------------------------------------------------------ cleaning (workers)
+class Cleaned(NamedTuple):
+    doc: str | None  # title line + text, or None when skipped
+    outcome: str  # "kept", "disambiguation", "too_short" or "markup_error"
+    error: str = ""
+
+
+def make_document(title: str, wikitext: str, min_chars: int) -> Cleaned:
+    """An article as a document: its title on the first line, then its cleaned text."""
+    if title.endswith("(disambiguation)") or _DISAMBIGUATION.search(wikitext):
+        return Cleaned(None, "disambiguation")
+    try:
+        text = clean_wikitext(wikitext)
+    except Exception as e:  # a parser bug on one page must not end a run of hours; counted and reported
+        return Cleaned(None, "markup_error", f"{type(e).__name__}: {e}")
+    if len(text) < min_chars:
+        return Cleaned(None, "too_short")
+    return Cleaned(f"{title}\n{text}", "kept")
+
+
+def _clean_batch(batch: list[tuple[str, str]], min_chars: int) -> list[Cleaned]:
+    return [make_document(title, text, min_chars) for title, text in batch]
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which terminates the pool
+
+
+def _batches(pages: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    batch, size = [], 0
+    for page in pages:
+        batch.append(page)
+        size += len(page[1])
+        if len(batch) >= BATCH_PAGES or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _worker_pool(workers: int) -> contextlib.AbstractContextManager[multiprocessing.pool.Pool | None]:
+    """A pool of ``workers`` processes, or None for 1 (all in this process). Start it before any thread
+    (tqdm's monitor), since forking a process that has threads can deadlock the children."""
+    if workers == 1:
+        return contextlib.nullcontext()
+    return multiprocessing.get_context().Pool(workers, initializer=_ignore_sigint)
+
+
+def _map_in_order(
+    pool: multiprocessing.pool.Pool | None, fn: Callable[[T], R], items: Iterable[T], max_in_flight: int
+) -> Iterator[tuple[T, R]]:
+    """``(item, fn(item))`` in input order, on the pool's processes (here without one).
+
+    Unlike ``Pool.imap``, which drains its input as fast as it can, at most ``max_in_flight`` items are
+    sent ahead, so the parent never reads the dump far ahead of the workers (memory stays bounded), and
+    an error reading the dump is raised here, in the parent, when it happens.
+    """
+    if pool is None:
+        for item in items:
+            yield item, fn(item)
+        return
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, pool.apply_async(fn, (item,))))
+        if len(pending) >= max_in_flight:
+            item, result = pending.popleft()
+            yield item, result.get()
+    while pending:
+        item, result = pending.popleft()
+        yield item, result.get()
+
+
+# ------------------------------------------------------------------------------------- the command
+def _check_config(cfg: PrepareConfig) -> None:
+    if not 0 <= cfg.eval_fraction < 1:
+        raise UserError(f"--eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
+    if cfg.shard_size_mb <= 0:
+        raise UserError(f"--shard_size_mb must be positive, got {cfg.shard_size_mb}")
+    if cfg.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {cfg.workers}")
+    if cfg.max_pages is not None and cfg.max_pages < 1:
+        raise UserError(f"--max_pages must be at least 1 (or None for all), got {cfg.max_pages}")
+
+
+def _clear_output(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix with an earlier corpus; with ``overwrite``, remove its shards and manifest first."""
+    old = [p for split in SPLITS for p in sorted((out_dir / split).glob(f"{split}_*.txt*"))]
+    manifest = out_dir / MANIFEST
+    if manifest.exists():
+        old.append(manifest)
+    if not old:
+        return
+    if not overwrite:
+        raise UserError(
+            f"{out_dir} already holds a corpus ({len(old)} shard/manifest files); "
+            "pass --overwrite to replace it"
+        )
+    manifest.unlink(missing_ok=True)  # first: a half-replaced corpus must not look finished
+    for path in old:
+        path.unlink(missing_ok=True)
+
+
+def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
+    """Write the train/eval shards and ``manifest.json`` of ``cfg.out_dir``; return the manifest."""
+    _check_config(cfg)
+    start = time.perf_counter()
+    dump = resolve_dump(cfg.dump, cfg.download_dir)
+    out_dir = Path(cfg.out_dir)
+    _clear_output(out_dir, cfg.overwrite)
+    shard_bytes = max(1, int(cfg.shard_size_mb * 1e6))
+    writers = {split: ShardWriter(out_dir / split, split, shard_bytes) for split in SPLITS}
+    articles_seen: Counter[str] = Counter()
+    counts: Counter[str] = Counter()  # what happened to every <page> read
+    wikitext_bytes = 0
+
+    def articles(stream: BinaryIO) -> Iterator[tuple[str, str]]:
+        nonlocal wikitext_bytes
+        for page in iter_pages(stream, dump):
+            counts["read"] += 1
+            if page.namespace != 0:
+                counts["not_article"] += 1
+            elif page.redirect:
+                counts["redirect"] += 1
+            elif not page.text.strip():
+                counts["empty"] += 1
+            else:
+                wikitext_bytes += len(page.text)
+                yield page.title, page.text
+            if counts["read"] == cfg.max_pages:
+                return
+
+    clean = functools.partial(_clean_batch, min_chars=cfg.min_chars)
+    try:
+        with (
+            _worker_pool(cfg.workers) as pool,
+            open_dump(dump) as (raw, stream),
+            tqdm(  # bytes of the dump file as stored (compressed for .bz2)
+                total=dump.stat().st_size, unit="B", unit_scale=True, desc="prepare", disable=not progress
+            ) as bar,
+        ):
+            # Two batches per worker: one being cleaned, one waiting, so that no worker idles.
+            batches = _map_in_order(pool, clean, _batches(articles(stream)), max_in_flight=2 * cfg.workers)
+            for batch, results in batches:
+                for (title, _), cleaned in zip(batch, results, strict=True):
+                    split = split_of(title, cfg.eval_fraction)
+                    articles_seen[split] += 1
+                    counts[cleaned.outcome] += 1
+                    if cleaned.doc is not None:
+                        writers[split].add(cleaned.doc)
+                    elif cleaned.error:
+                        tqdm.write(
+                            f"warning: skipped article {title!r}: markup parser failed: {cleaned.error}"
+                        )
+                bar.update(raw.tell() - bar.n)
+                bar.set_postfix(
+                    {"pages": f"{counts['read']:,}", "docs": f"{counts['kept']:,}"}, refresh=False
+                )
+            for writer in writers.values():
+                writer.close()
+            bytes_read = raw.tell()
+    except DumpError as e:
+        written = sum(w.n_shards for w in writers.values())
+        if not written:
+            raise DumpError(f"{e}. No shard was written to {out_dir}") from None
+        raise DumpError(
+            f"{e}. The {written} shards written to {out_dir} are whole, but the corpus is unfinished "
+            "(no manifest.json): fix the dump and run again with --overwrite"
+        ) from None
+
+    elapsed = time.perf_counter() - start
+    manifest = {
+        "dump": str(dump.resolve()),
+        "dump_spec": cfg.dump,
+        "dump_bytes": dump.stat().st_size,
+        "dump_bytes_read": bytes_read,  # less than dump_bytes with max_pages
+        "eval_fraction": cfg.eval_fraction,
+        "min_chars": cfg.min_chars,
+        "shard_size_mb": cfg.shard_size_mb,
+        "max_pages": cfg.max_pages,
+        "pages": {key: counts[key] for key in PAGE_COUNTS},
+        "wikitext_bytes": wikitext_bytes,
+        "splits": {
+            split: {
+                "articles": articles_seen[split],  # articles hashed into the split, before skips
+                "docs": w.n_docs,
+                "bytes": w.n_bytes,
+                "shards": w.n_shards,
+            }
+            for split, w in writers.items()
+        },
+        "elapsed_seconds": round(elapsed, 3),
+    }
+    with atomic_write(out_dir / MANIFEST, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return manifest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, PrepareConfig, "prepare")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = from_flags(PrepareConfig, args)
+    m = prepare(cfg)
+    p, seconds = m["pages"], m["elapsed_seconds"]
+    for split, s in m["splits"].items():
+        print(f"{split}: {s['docs']:,} documents, {s['bytes'] / 1e6:,.1f} MB in {s['shards']} shards")
+        if s["docs"] == 0:
+            print(
+                f"warning: the {split} split is empty; raise --eval_fraction or use a bigger dump",
+                file=sys.stderr,
+            )
+    print(
+        f"{p['read']:,} pages read: {p['kept']:,} kept; skipped {p['not_article']:,} outside the article "
+        f"namespace, {p['redirect']:,} redirects, {p['empty']:,} empty, {p['disambiguation']:,} "
+        f"disambiguation pages, {p['too_short']:,} under {cfg.min_chars} characters, "
+        f"{p['markup_error']:,} unparsable"
+    )
+    print(
+        f"wrote {Path(cfg.out_dir) / MANIFEST} in {seconds:.1f}s with {cfg.workers} workers: "
+        f"{m['dump_bytes_read'] / 1e6 / seconds:.1f} MB/s of dump file, "
+        f"{m['wikitext_bytes'] / 1e6 / seconds:.1f} MB/s of wikitext"
+    )
+    return 0

@@ -1,0 +1,404 @@
+"""``python -m gpt2 deploy CHECKPOINT``: export to ONNX, validate, build a TensorRT engine, benchmark.
+
+Stages (``--stages``, in this order):
+
+* ``export``    the checkpoint at ``--precision`` -> ``CKPT/export/model.<precision>.onnx``, checked;
+* ``validate``  ONNX Runtime against PyTorch on real eval batches (logits, loss, greedy tokens);
+* ``tensorrt``  build ``CKPT/export/model.<precision>.engine`` and validate it the same way; without
+                TensorRT or a GPU this stage says so and is skipped;
+* ``benchmark`` every available backend on the same inputs: prefill and cached decode.
+
+Everything is printed and written to ``CKPT/export/deploy_report.<precision>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model
+from gpt2.deployment.artifacts import (
+    PRECISIONS,
+    check_identity,
+    check_precision,
+    checkpoint_identity,
+    default_timing_cache,
+    engine_path,
+    export_dir,
+    onnx_path,
+)
+from gpt2.deployment.onnx_export import DEFAULT_OPSET
+from gpt2.deployment.profiles import Profile, ProfileConfig, resolve_profile
+from gpt2.errors import UserError
+from gpt2.flags import add_flags, from_flags
+from gpt2.inference import InferenceBackend, TorchBackend
+from gpt2.io import atomic_write
+
+STAGES = ("export", "validate", "tensorrt", "benchmark")
+BENCH_BACKENDS = ("pytorch", "pytorch-compile", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
+
+
+@dataclass
+class DeployConfig:
+    precision: str = field(
+        default="fp32", metadata={"help": "weights and cache dtype", "choices": tuple(PRECISIONS)}
+    )
+    stages: str = field(
+        default=",".join(STAGES), metadata={"help": f"comma-separated subset of {','.join(STAGES)}"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda"})
+    batch_size: int = field(
+        default=32, metadata={"help": "benchmark batch (and the profile's opt/max batch)"}
+    )
+    seq_len: int | None = field(
+        default=None,
+        metadata={"help": "benchmark sequence length (and profile's query length); None: max_seq_len"},
+    )
+    opset: int = field(
+        default=DEFAULT_OPSET, metadata={"help": "ONNX opset (18 parses on every TensorRT 10)"}
+    )
+    eval_tokens: str | None = field(
+        default=None,
+        metadata={"help": "token file for validation (default: the eval set recorded in the checkpoint)"},
+    )
+    validate_batches: int = field(default=4, metadata={"help": "eval batches for the accuracy check"})
+    validate_batch_size: int = field(default=4, metadata={"help": "sequences per validation batch"})
+    validate_seq_len: int | None = field(
+        default=None, metadata={"help": "tokens per validation sequence (None: min(256, max_seq_len))"}
+    )
+    greedy_steps: int = field(default=64, metadata={"help": "greedy tokens that must match PyTorch's"})
+    output: str | None = field(
+        default=None, metadata={"help": "JSON report (default: CKPT/export/deploy_report.*)"}
+    )
+
+
+@dataclass
+class BuildConfig:
+    workspace_gb: float = field(default=4.0, metadata={"help": "TensorRT builder workspace limit, GiB"})
+    timing_cache: str | None = field(
+        default=None,
+        metadata={"help": "TensorRT timing cache, reused across builds (default: RUN/trt_timing.cache)"},
+    )
+    allow_tf32: bool = field(
+        default=False, metadata={"help": "fp32 engines: allow TF32 matmuls (faster, ~1e-3)"}
+    )
+
+
+@dataclass
+class BenchConfig:
+    bench_backends: str = field(
+        default=",".join(BENCH_BACKENDS),
+        metadata={"help": "backends to benchmark (unavailable ones are skipped)"},
+    )
+    compile: bool = field(default=True, metadata={"help": "benchmark PyTorch + torch.compile too"})
+    warmup: int = field(default=2, metadata={"help": "untimed calls before timing"})
+    iters: int = field(default=10, metadata={"help": "timed prefill calls"})
+    decode_steps: int = field(default=32, metadata={"help": "timed decode steps (one token each)"})
+    ort_threads: int = field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"})
+    ort_optimization: str = field(
+        default="all",
+        metadata={
+            "help": "ONNX Runtime graph optimisation level",
+            "choices": ("disable", "basic", "extended", "all"),
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the benchmark's token ids"})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    add_flags(parser, DeployConfig, "deploy")
+    add_flags(parser, ProfileConfig, "TensorRT optimisation profile")
+    add_flags(parser, BuildConfig, "TensorRT build")
+    add_flags(parser, BenchConfig, "benchmark")
+
+
+def _parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in items if s not in allowed]
+    if unknown:
+        raise UserError(f"unknown {what} {unknown}; choose from {','.join(allowed)}")
+    return items
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible")
+    return torch.device(device)
+
+
+def load_validation_batches(ckpt: Checkpoint, cfg: DeployConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``validate_batches`` eval batches of the checkpoint's eval set (or ``--eval_tokens``)."""
+    from gpt2.data.loader import eval_batches
+    from gpt2.data.tokens import TokenFile, check_tokenizer_matches
+    from gpt2.tokenizer import Tokenizer
+
+    path = cfg.eval_tokens or ckpt.meta.get("data", {}).get("eval")
+    if not path:
+        raise UserError(
+            f"checkpoint {ckpt.path} records no eval set; pass --eval_tokens FILE for the accuracy check "
+            "(or leave validate out of --stages)"
+        )
+    if not Path(path).is_file():
+        raise UserError(f"eval token file {path} does not exist; pass --eval_tokens FILE")
+    token_file = TokenFile(path)
+    check_tokenizer_matches(token_file, Tokenizer.load(ckpt.tokenizer_path))
+    seq_len = cfg.validate_seq_len or min(256, ckpt.model_config.max_seq_len)
+    batches = list(eval_batches(token_file, seq_len, cfg.validate_batch_size, cfg.validate_batches))
+    if not batches:
+        raise UserError(f"eval token file {path} is shorter than one validation sequence of {seq_len} tokens")
+    return batches
+
+
+class Deployment:
+    """One deploy run: the stages share the checkpoint, the PyTorch reference and the report."""
+
+    def __init__(
+        self, ckpt: Checkpoint, cfg: DeployConfig, profile: Profile, build: BuildConfig, bench: BenchConfig
+    ):
+        self.ckpt, self.cfg, self.profile, self.build, self.bench = ckpt, cfg, profile, build, bench
+        self.device = _resolve_device(cfg.device)
+        self.onnx_file = onnx_path(ckpt, cfg.precision)
+        self.engine_file = engine_path(ckpt, cfg.precision)
+        self.engine_built = False
+        self.failed: list[str] = []
+        self.report: dict[str, Any] = {
+            "checkpoint": str(ckpt.path),
+            "step": ckpt.step,
+            "model_config": ckpt.model_config.to_dict(),
+            "precision": cfg.precision,
+            "device": str(self.device),
+            "environment": _environment(),
+        }
+        self._reference: TorchBackend | None = None
+        self._batches: list | None = None
+
+    def reference(self) -> TorchBackend:
+        """The PyTorch model in fp32: what every deployed form must reproduce."""
+        if self._reference is None:
+            model, _ = load_model(self.ckpt.path, self.device, torch.float32, dropout=0.0)
+            self._reference = TorchBackend(model)
+        return self._reference
+
+    def ort_device(self) -> str:
+        import onnxruntime as ort
+
+        cuda = self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        return str(self.device) if cuda else "cpu"
+
+    def export(self) -> None:
+        from gpt2.deployment.onnx_export import export_checkpoint
+
+        print(f"exporting {self.ckpt.path} ({self.cfg.precision}, opset {self.cfg.opset}) ...")
+        start = time.perf_counter()
+        path, info = export_checkpoint(self.ckpt, self.cfg.precision, opset=self.cfg.opset)
+        seconds = time.perf_counter() - start
+        self.report["export"] = {
+            "onnx": str(path),
+            "opset": info.opset,
+            "size_bytes": info.size_bytes,
+            "inputs": info.inputs,
+            "outputs": info.outputs,
+            "seconds": seconds,
+        }
+        print(f"  wrote {path} ({info.size_bytes / 2**20:.1f} MiB, {seconds:.1f} s)")
+        print(f"  onnx.checker and shape inference pass; inputs {info.inputs}")
+
+    def _validate(self, backend: InferenceBackend, key: str) -> None:
+        from gpt2.deployment.validate import validate
+
+        if self._batches is None:
+            self._batches = load_validation_batches(self.ckpt, self.cfg)
+        result = validate(self.reference(), backend, self._batches, self.cfg.precision, self.cfg.greedy_steps)
+        self.report.setdefault("validation", {})[key] = result.to_dict()
+        print("  " + result.summary())
+        if not result.passed:
+            self.failed.append(f"{key} validation")
+
+    def validate_ort(self) -> None:
+        from gpt2.deployment import load_backend
+
+        device = self.ort_device()
+        if self.cfg.precision == "bf16" and device == "cpu":
+            note = "skipped: ONNX Runtime's CPU provider has no bf16 kernels; bf16 is validated with TensorRT"
+            self.report.setdefault("validation", {})["onnxruntime"] = {"status": note}
+            print(f"  onnxruntime {note}")
+            return
+        print(f"validating ONNX Runtime ({device}) against PyTorch ({self.device}) ...")
+        self._validate(load_backend("onnxruntime", self.ckpt.path, device, self.cfg.precision), "onnxruntime")
+
+    def tensorrt(self) -> None:
+        from gpt2.deployment.onnx_export import read_onnx_metadata
+        from gpt2.deployment.tensorrt import (
+            TensorRTBackend,
+            TensorRTUnavailable,
+            build_engine,
+            import_tensorrt,
+        )
+
+        try:
+            import_tensorrt(self.device)
+        except TensorRTUnavailable as e:
+            self.report["tensorrt"] = {"status": f"skipped: {e}"}
+            print(f"TensorRT step skipped: {e}")
+            return
+        if not self.onnx_file.is_file():
+            raise UserError(f"no ONNX export at {self.onnx_file}; add export to --stages")
+        identity = checkpoint_identity(self.ckpt, self.cfg.precision)
+        check_identity(read_onnx_metadata(self.onnx_file), identity, self.onnx_file)
+        timing_cache = (
+            Path(self.build.timing_cache) if self.build.timing_cache else default_timing_cache(self.ckpt)
+        )
+        print(
+            f"building TensorRT engine (profile {self.profile.to_dict()}, "
+            f"workspace {self.build.workspace_gb} GiB, timing cache {timing_cache}) ..."
+        )
+        start = time.perf_counter()
+        build_engine(
+            self.onnx_file,
+            self.engine_file,
+            self.profile,
+            self.cfg.precision,
+            self.build.workspace_gb,
+            timing_cache,
+            self.build.allow_tf32,
+        )
+        seconds = time.perf_counter() - start
+        self.engine_built = True
+        self.report["tensorrt"] = {
+            "status": "ok",
+            "engine": str(self.engine_file),
+            "build_seconds": seconds,
+            "profile": self.profile.to_dict(),
+            "timing_cache": str(timing_cache),
+        }
+        print(f"  wrote {self.engine_file} ({seconds:.1f} s)")
+        print("validating TensorRT against PyTorch ...")
+        backend = TensorRTBackend(self.engine_file, self.device, expected_identity=identity)
+        self._validate(backend, "tensorrt")
+
+    def benchmark(self, seq_len: int) -> None:
+        from gpt2.deployment.benchmark import BenchmarkResult, benchmark_backend, format_table
+
+        self._reference = None  # free the fp32 reference model: each backend loads its own
+        names = _parse_list(self.bench.bench_backends, BENCH_BACKENDS, "benchmark backends")
+        if not self.bench.compile:
+            names = [n for n in names if n != "pytorch-compile"]
+        generator = torch.Generator().manual_seed(self.bench.seed)
+        vocab = self.ckpt.model_config.vocab_size
+        tokens = torch.randint(0, vocab, (self.cfg.batch_size, seq_len), generator=generator)
+        print(
+            f"benchmarking {', '.join(names)}: batch {self.cfg.batch_size}, seq_len {seq_len}, "
+            f"{self.bench.iters} prefill iterations, {self.bench.decode_steps} decode steps ..."
+        )
+        results = []
+        for name in names:
+            make, why_not = self._backend_factory(name)
+            if make is None:
+                results.append(BenchmarkResult(name, f"skipped: {why_not}", self.cfg.batch_size, seq_len))
+            else:
+                bench = self.bench
+                results.append(
+                    benchmark_backend(name, make, tokens, bench.warmup, bench.iters, bench.decode_steps)
+                )
+            print(f"  {name}: {results[-1].status}")
+        config = {**vars(self.bench), "batch_size": self.cfg.batch_size, "seq_len": seq_len}
+        self.report["benchmark"] = {"config": config, "results": [r.to_dict() for r in results]}
+        print(format_table(results))
+
+    def _backend_factory(self, name: str) -> tuple[Any, str]:
+        """``(make_backend, "")`` or ``(None, why it is unavailable)``."""
+        from gpt2.deployment import load_backend
+
+        dtype = PRECISIONS[self.cfg.precision]
+        if name in ("pytorch", "pytorch-compile"):
+
+            def make() -> InferenceBackend:
+                model, _ = load_model(self.ckpt.path, self.device, dtype, dropout=0.0)
+                return TorchBackend(torch.compile(model) if name == "pytorch-compile" else model)
+
+            return make, ""
+        if name.startswith("onnxruntime"):
+            device = name.removeprefix("onnxruntime-")
+            if device == "cuda":
+                device = self.ort_device()
+                if device == "cpu":
+                    return None, "no CUDA GPU or no CUDA provider in this ONNX Runtime"
+            if self.cfg.precision == "bf16" and device == "cpu":
+                return None, "ONNX Runtime's CPU provider has no bf16 kernels"
+            if not self.onnx_file.is_file():
+                return None, f"no export at {self.onnx_file}"
+            options = {"threads": self.bench.ort_threads, "optimization": self.bench.ort_optimization}
+            return lambda: load_backend(
+                "onnxruntime", self.ckpt.path, device, self.cfg.precision, **options
+            ), ""
+        if not self.engine_built and not self.engine_file.is_file():
+            return None, "no TensorRT engine (needs TensorRT and a GPU)"
+        if self.device.type != "cuda":
+            return None, "TensorRT needs a CUDA device"
+        return lambda: load_backend("tensorrt", self.ckpt.path, str(self.device), self.cfg.precision), ""
+
+
+def _environment() -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = from_flags(DeployConfig, args)
+    profile_cfg, build = from_flags(ProfileConfig, args), from_flags(BuildConfig, args)
+    bench = from_flags(BenchConfig, args)
+    stages = _parse_list(cfg.stages, STAGES, "stages")
+    check_precision(cfg.precision)
+    ckpt = find_checkpoint(args.checkpoint)
+    max_seq_len = ckpt.model_config.max_seq_len
+    seq_len = cfg.seq_len or max_seq_len
+    for name, value in (("seq_len", seq_len), ("validate_seq_len", cfg.validate_seq_len)):
+        if value is not None and not 1 <= value <= max_seq_len:
+            raise UserError(f"--{name} {value} is outside [1, {max_seq_len}] (the model's max_seq_len)")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {cfg.batch_size}")
+    profile = resolve_profile(profile_cfg, cfg.batch_size, seq_len, max_seq_len)
+
+    deployment = Deployment(ckpt, cfg, profile, build, bench)
+    if "export" in stages:
+        deployment.export()
+    if "validate" in stages:
+        deployment.validate_ort()
+    if "tensorrt" in stages:
+        deployment.tensorrt()
+    if "benchmark" in stages:
+        deployment.benchmark(seq_len)
+
+    output = Path(cfg.output) if cfg.output else export_dir(ckpt) / f"deploy_report.{cfg.precision}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    deployment.report["failed"] = deployment.failed
+    with atomic_write(output) as f:
+        json.dump(deployment.report, f, indent=2)
+    print(f"wrote {output}")
+    if deployment.failed:
+        print(f"error: {', '.join(deployment.failed)} failed (see above)")
+        return 1
+    return 0

@@ -1,0 +1,275 @@
+"""Export a checkpoint to ONNX with its KV cache as explicit inputs and outputs.
+
+One graph serves prefill and decode::
+
+    input_ids      int64 [batch, query_len]
+    past_keys      [n_layers, batch, n_heads, cache_len, head_dim]   (cache_len may be 0)
+    past_values    [n_layers, batch, n_heads, cache_len, head_dim]
+    ->
+    logits         float32 [batch, query_len, vocab_size]
+    present_keys   [n_layers, batch, n_heads, cache_len + query_len, head_dim]
+    present_values [n_layers, batch, n_heads, cache_len + query_len, head_dim]
+
+Positions start at ``cache_len`` (read from ``past_keys``' shape inside the graph) and
+the causal mask is built from the shapes, aligned bottom-right, so nothing about the
+lengths is baked in. Attention runs through plain PyTorch ops (the fused Triton kernel
+does not export): SDPA with an explicit additive mask for softmax, the reference
+decomposition for softplus (ONNX ``Softplus`` and friends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2.attention import AttentionFn
+from gpt2.attention.mask import causal_mask
+from gpt2.attention.softmax import softmax_naive_attention
+from gpt2.attention.softplus import softplus_attention_reference
+from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model
+from gpt2.deployment.artifacts import check_precision, checkpoint_identity, onnx_path
+from gpt2.deployment.graph_io import INPUT_NAMES, OUTPUT_NAMES
+from gpt2.io import fsync_dir
+from gpt2.model import GPT, ModelConfig
+
+# opset 18: LayerNormalization (17) and everything else we emit; parsed by every TensorRT 10.x (opset <= 20)
+# and ONNX Runtime. From opset 23 the exporter emits SDPA as the ONNX ``Attention`` op (TensorRT >= 10.15);
+# ONNX Runtime 1.32's CPU kernel for it was 2x slower than the decomposition in our prefill benchmark.
+DEFAULT_OPSET = 18
+
+
+def _masked_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    # Always the explicit bottom-right mask: the eager path's `q_len == kv_len` branch would be specialised.
+    # Additive (0 / -inf) rather than boolean: a boolean mask exports as Where + IsNaN passes over every
+    # score matrix, which more than doubled ONNX Runtime's prefill time. No row is fully masked (every
+    # query sees at least its own key), so -inf never makes a NaN.
+    visible = causal_mask(q.shape[-2], k.shape[-2], q.device)
+    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill(~visible, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+def export_attention(cfg: ModelConfig) -> AttentionFn:
+    """The attention to trace for ``cfg``: plain PyTorch ops only, whatever device the model is on."""
+    if cfg.attention == "softmax":
+        return _masked_sdpa
+    if cfg.attention == "softmax_naive":
+        return softmax_naive_attention
+    if cfg.attention == "softplus":
+        return functools.partial(softplus_attention_reference, length_base=cfg.softplus_length_base)
+    raise ValueError(f"no exportable implementation of attention {cfg.attention!r}")
+
+
+class _ConcatCache:
+    """The model's cache interface over explicit tensors: each layer returns past + new, and keeps it."""
+
+    def __init__(self, past_keys: torch.Tensor, past_values: torch.Tensor) -> None:
+        self.past_keys, self.past_values = past_keys, past_values
+        self.pos = past_keys.shape[3]
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = torch.cat([self.past_keys[layer], k], dim=2)
+        v = torch.cat([self.past_values[layer], v], dim=2)
+        self.keys.append(k)
+        self.values.append(v)
+        return k, v
+
+    def advance(self, n: int) -> None:
+        pass  # the new length is in the shapes
+
+
+class ExportableGPT(nn.Module):
+    """``GPT`` with the cache as tensors in and out; shares the model's blocks.
+
+    The top of ``GPT.forward`` is restated here (embeddings, final norm, head) so that the tied
+    embedding is exported without its padding rows, positions come from the cache length, and
+    no Python-side length check is traced.
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        cfg = model.cfg
+        self.cfg = cfg
+        self.embedding = nn.Parameter(model.tok_emb.weight.detach()[: cfg.vocab_size].clone())
+        self.pos_emb, self.blocks, self.ln_f = model.pos_emb, model.blocks, model.ln_f
+        attend = export_attention(cfg)
+        for block in self.blocks:
+            block.attn.attend = attend
+
+    def forward(
+        self, input_ids: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cache = _ConcatCache(past_keys, past_values)
+        positions = torch.arange(cache.pos, cache.pos + input_ids.shape[1], device=input_ids.device)
+        x = F.embedding(input_ids, self.embedding) + self.pos_emb(positions)
+        for block in self.blocks:
+            x = block(x, cache)
+        logits = F.linear(self.ln_f(x), self.embedding).float()
+        return logits, torch.stack(cache.keys), torch.stack(cache.values)
+
+
+@dataclass(frozen=True)
+class OnnxGraphInfo:
+    """What :func:`check_onnx` verified about an exported graph."""
+
+    path: Path
+    opset: int
+    inputs: dict[str, list[str | int]]
+    outputs: dict[str, list[str | int]]
+    metadata: dict[str, str]
+    size_bytes: int
+
+
+def expected_dims(cfg: ModelConfig) -> dict[str, list[str | int]]:
+    """The symbolic shape of each graph input and output (``None``: any symbolic name)."""
+    cache = [cfg.n_layers, "batch", cfg.n_heads, "cache_len", cfg.head_dim]
+    present = [cfg.n_layers, "batch", cfg.n_heads, None, cfg.head_dim]
+    return {
+        "input_ids": ["batch", "query_len"],
+        "past_keys": cache,
+        "past_values": cache,
+        "logits": ["batch", "query_len", cfg.vocab_size],
+        "present_keys": present,
+        "present_values": present,
+    }
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[str | int]:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def check_onnx(path: str | Path, cfg: ModelConfig | None = None) -> OnnxGraphInfo:
+    """Run ``onnx.checker`` (full check) and strict shape inference, and check the named dynamic dims."""
+    path = Path(path)
+    onnx.checker.check_model(str(path), full_check=True)  # by path: works for external-data models too
+    model = onnx.load(str(path), load_external_data=False)  # shape inference needs no weights
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if cfg is None:
+        cfg = ModelConfig.from_dict(json.loads(metadata["gpt2.model_config"]))
+    inputs = {v.name: _dims(v) for v in inferred.graph.input}
+    outputs = {v.name: _dims(v) for v in inferred.graph.output}
+    problems = []
+    for name, want in expected_dims(cfg).items():
+        got = inputs.get(name, outputs.get(name))
+        if got is None:
+            problems.append(f"{name} is missing")
+        elif len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want, strict=False)):
+            problems.append(f"{name} has dims {got}, expected {want}")
+        elif None in want and not isinstance(got[want.index(None)], str):
+            problems.append(f"{name} has a fixed length {got}; it must grow with the cache")
+    if problems:
+        raise ValueError(
+            f"{path}: the exported graph does not have the expected interface: " + "; ".join(problems)
+        )
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    return OnnxGraphInfo(path, opset, inputs, outputs, metadata, size)
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` (weights are not read)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's routine chatter (torchvision op registration, dim-name notes)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_model(
+    model: GPT, path: str | Path, metadata: dict[str, str] | None = None, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Export ``model`` (in the dtype it is in) to ``path``; written atomically, weights external over 2 GB.
+
+    The model's attention is switched to its exportable form (see :func:`export_attention`).
+    """
+    from torch.export import Dim
+
+    path = Path(path)
+    cfg = model.cfg
+    wrapper = ExportableGPT(model).eval()
+    dtype = wrapper.embedding.dtype
+    # Trace with distinct sizes >= 2 on every dynamic axis: sizes 0 and 1 (or equal sizes) get specialised.
+    batch, query, cache = 2, 3, 4
+    cache_shape = (cfg.n_layers, batch, cfg.n_heads, cache, cfg.head_dim)
+    example = (
+        torch.zeros(batch, query, dtype=torch.long),
+        torch.zeros(cache_shape, dtype=dtype),
+        torch.zeros(cache_shape, dtype=dtype),
+    )
+    b = Dim("batch", min=1)
+    q = Dim("query_len", min=1, max=cfg.max_seq_len)
+    c = Dim("cache_len", min=0, max=cfg.max_seq_len - 1)
+    dynamic_shapes = {"input_ids": {0: b, 1: q}, "past_keys": {1: b, 3: c}, "past_values": {1: b, 3: c}}
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            example,
+            dynamo=True,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            verbose=False,
+        )
+    program.model.metadata_props.update(metadata or {})
+    # Save into a scratch folder and move into place: an interrupted export never leaves a half-written
+    # file under the final name (the .onnx and its external .data must also keep matching names).
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
+        tmp_path = Path(tmp) / path.name
+        program.save(tmp_path)
+        for file in Path(tmp).iterdir():
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+        for old in path.parent.glob(path.name + "*"):
+            old.unlink()
+        for file in sorted(Path(tmp).iterdir(), key=lambda p: p.suffix == ".onnx"):  # the .onnx last
+            shutil.move(str(file), path.parent / file.name)
+    fsync_dir(path.parent)
+    return path
+
+
+def export_checkpoint(
+    checkpoint: str | Path | Checkpoint,
+    precision: str = "fp32",
+    path: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> tuple[Path, OnnxGraphInfo]:
+    """Export a checkpoint at ``precision`` (default: ``CKPT/export/model.<precision>.onnx``) and check it."""
+    dtype = check_precision(precision)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
+    model, _ = load_model(ckpt.path, "cpu", dtype, dropout=0.0)
+    path = Path(path) if path else onnx_path(ckpt, precision)
+    export_model(
+        model.eval(), path, {**checkpoint_identity(ckpt, precision), "gpt2.opset": str(opset)}, opset
+    )
+    return path, check_onnx(path, ckpt.model_config)

@@ -1,0 +1,104 @@
+"""The TensorRT optimisation profile: the range of batch, query and cache lengths one engine accepts.
+
+TensorRT compiles an engine for shapes between a profile's min and max and tunes it
+for opt. One profile covers prefill (query = sequence, empty cache) and decode
+(query 1, long cache); by default it is derived from the deploy batch size and
+sequence length, and each bound can be set on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpt2.deployment.graph_io import GraphDims, input_shapes
+from gpt2.errors import UserError
+
+Range = tuple[int, int, int]  # (min, opt, max)
+
+
+@dataclass
+class ProfileConfig:
+    min_batch: int = field(default=1, metadata={"help": "TensorRT profile: smallest batch"})
+    opt_batch: int | None = field(
+        default=None, metadata={"help": "TensorRT profile: batch to tune for (None: batch_size)"}
+    )
+    max_batch: int | None = field(
+        default=None, metadata={"help": "TensorRT profile: largest batch (None: batch_size)"}
+    )
+    min_query: int = field(default=1, metadata={"help": "TensorRT profile: shortest query (1: decode)"})
+    opt_query: int | None = field(
+        default=None, metadata={"help": "TensorRT profile: query length to tune for (None: seq_len, prefill)"}
+    )
+    max_query: int | None = field(
+        default=None, metadata={"help": "TensorRT profile: longest query (None: seq_len)"}
+    )
+    min_cache: int = field(default=0, metadata={"help": "TensorRT profile: shortest cache (0: prefill)"})
+    opt_cache: int = field(default=0, metadata={"help": "TensorRT profile: cache length to tune for"})
+    max_cache: int | None = field(
+        default=None,
+        metadata={"help": "TensorRT profile: longest cache (None: seq_len - 1, the last decode step)"},
+    )
+
+
+@dataclass(frozen=True)
+class Profile:
+    batch: Range
+    query: Range
+    cache: Range
+
+    def to_dict(self) -> dict[str, Range]:
+        return {"batch": self.batch, "query": self.query, "cache": self.cache}
+
+    def check_call(self, batch: int, query_len: int, cache_len: int) -> None:
+        """Raise a clear error for a call the engine cannot run (TensorRT's own message is cryptic)."""
+        calls = (("batch", batch, self.batch), ("query length", query_len, self.query))
+        for axis, value, (lo, _, hi) in (*calls, ("cache length", cache_len, self.cache)):
+            if not lo <= value <= hi:
+                raise UserError(
+                    f"{axis} {value} is outside the TensorRT engine's profile [{lo}, {hi}]; "
+                    "rebuild the engine with a wider profile (deploy --min_*/--max_* flags)"
+                )
+
+
+def _check_range(axis: str, values: Range, floor: int) -> None:
+    lo, opt, hi = values
+    if lo < floor:
+        raise UserError(f"profile {axis}: min {lo} must be >= {floor}")
+    if not lo <= opt <= hi:
+        raise UserError(f"profile {axis}: need min <= opt <= max, got min {lo}, opt {opt}, max {hi}")
+
+
+def resolve_profile(cfg: ProfileConfig, batch_size: int, seq_len: int, max_seq_len: int) -> Profile:
+    """The profile for a deploy run; a clear error for an inconsistent or out-of-range one."""
+    profile = Profile(
+        batch=(cfg.min_batch, cfg.opt_batch or batch_size, cfg.max_batch or batch_size),
+        query=(cfg.min_query, cfg.opt_query or seq_len, cfg.max_query or seq_len),
+        cache=(cfg.min_cache, cfg.opt_cache, seq_len - 1 if cfg.max_cache is None else cfg.max_cache),
+    )
+    _check_range("batch", profile.batch, 1)
+    _check_range("query", profile.query, 1)
+    _check_range("cache", profile.cache, 0)
+    if profile.query[2] > max_seq_len:
+        raise UserError(f"profile max_query {profile.query[2]} exceeds the model's max_seq_len {max_seq_len}")
+    if profile.cache[2] + profile.query[0] > max_seq_len:
+        raise UserError(
+            f"profile max_cache {profile.cache[2]} + min_query {profile.query[0]} exceeds the model's "
+            f"max_seq_len {max_seq_len}"
+        )
+    if profile.query[1] + profile.cache[1] > max_seq_len:
+        raise UserError(
+            f"profile opt_query {profile.query[1]} + opt_cache {profile.cache[1]} exceeds the model's "
+            f"max_seq_len {max_seq_len}: the engine would be tuned for a call that cannot happen"
+        )
+    if not profile.batch[0] <= batch_size <= profile.batch[2] or seq_len > profile.query[2]:
+        raise UserError(
+            f"batch_size {batch_size} / seq_len {seq_len} do not fit the profile (batch {profile.batch}, "
+            f"query {profile.query}); the benchmark could not run on the engine"
+        )
+    return profile
+
+
+def profile_shapes(profile: Profile, dims: GraphDims) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """``{input name: (min shape, opt shape, max shape)}`` for ``IOptimizationProfile.set_shape``."""
+    per_level = [input_shapes(dims, profile.batch[i], profile.query[i], profile.cache[i]) for i in range(3)]
+    return {name: tuple(level[name] for level in per_level) for name in per_level[0]}

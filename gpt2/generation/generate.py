@@ -1,0 +1,53 @@
+"""Autoregressive generation with a KV cache: prefill the prompt once, then one token per step."""
+
+from __future__ import annotations
+
+import torch
+
+from gpt2.errors import UserError
+from gpt2.generation.sampling import SamplingConfig, sample_next
+from gpt2.inference import InferenceBackend
+
+
+def generate(
+    backend: InferenceBackend,
+    prompt: list[int],
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    num_samples: int = 1,
+    stop_token: int | None = None,
+    seed: int | None = None,
+) -> list[list[int]]:
+    """``num_samples`` continuations of ``prompt`` (new tokens only, each cut after ``stop_token``)."""
+    if not prompt:
+        raise ValueError("the prompt must hold at least one token (start from <|endoftext|> for none)")
+    total = len(prompt) + max_new_tokens
+    if total > backend.max_seq_len:
+        raise UserError(
+            f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"max_seq_len {backend.max_seq_len}; shorten the prompt or lower --max_new_tokens"
+        )
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=backend.device).manual_seed(seed)
+    state = backend.new_state(num_samples, total)
+    tokens = torch.tensor([prompt] * num_samples, dtype=torch.long, device=backend.device)
+    logits = backend.forward(tokens, state)[:, -1]
+    out = torch.empty(num_samples, 0, dtype=torch.long, device=backend.device)
+    done = torch.zeros(num_samples, dtype=torch.bool, device=backend.device)
+    for i in range(max_new_tokens):
+        next_token = sample_next(logits, sampling, generator)
+        out = torch.cat([out, next_token[:, None]], dim=1)
+        if stop_token is not None:
+            done |= next_token == stop_token
+            if bool(done.all()):
+                break
+        if i + 1 < max_new_tokens:
+            logits = backend.forward(next_token[:, None], state)[:, -1]
+    return [_cut_at(row, stop_token) for row in out.tolist()]
+
+
+def _cut_at(tokens: list[int], stop_token: int | None) -> list[int]:
+    if stop_token is not None and stop_token in tokens:
+        return tokens[: tokens.index(stop_token)]
+    return tokens

@@ -1,0 +1,66 @@
+"""``python -m gpt2 generate CHECKPOINT``: sample continuations of prompts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpt2.checkpoint import find_checkpoint
+from gpt2.errors import UserError
+from gpt2.flags import add_flags, from_flags
+from gpt2.generation.generate import generate
+from gpt2.generation.sampling import SamplingConfig
+from gpt2.inference import BACKENDS, open_backend
+from gpt2.tokenizer import Tokenizer
+
+
+@dataclass
+class GenerateConfig:
+    prompt_file: str | None = field(default=None, metadata={"help": "file of prompts, one per line"})
+    max_new_tokens: int = field(default=100, metadata={"help": "tokens to generate per sample"})
+    num_samples: int = field(default=1, metadata={"help": "samples per prompt"})
+    seed: int | None = field(default=None, metadata={"help": "random seed (None: nondeterministic)"})
+    backend: str = field(default="pytorch", metadata={"help": "what runs the model", "choices": BACKENDS})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda"})
+    output: str | None = field(default=None, metadata={"help": "also write the samples to this JSONL file"})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; '' for none)")
+    add_flags(parser, GenerateConfig, "generation")
+    add_flags(parser, SamplingConfig, "sampling")
+
+
+def read_prompts(args: argparse.Namespace, cfg: GenerateConfig) -> list[str]:
+    prompts = list(args.prompt)
+    if cfg.prompt_file:
+        path = Path(cfg.prompt_file)
+        if not path.is_file():
+            raise UserError(f"prompt file {path} does not exist")
+        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return prompts or [""]
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, sampling = from_flags(GenerateConfig, args), from_flags(SamplingConfig, args)
+    ckpt = find_checkpoint(args.checkpoint)
+    tokenizer = Tokenizer.load(ckpt.tokenizer_path)
+    backend = open_backend(str(ckpt.path), cfg.backend, cfg.device)
+    records = []
+    for prompt in read_prompts(args, cfg):
+        # An empty prompt starts a fresh document, as GPT-2 does for unconditional samples.
+        prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+        samples = generate(
+            backend, prompt_ids, cfg.max_new_tokens, sampling, cfg.num_samples, tokenizer.eot_id, cfg.seed
+        )
+        for i, sample in enumerate(samples):
+            text = tokenizer.decode(sample)
+            print(f"=== prompt {prompt!r}, sample {i + 1}/{len(samples)} ===\n{prompt}{text}\n")
+            records.append({"prompt": prompt, "sample": i, "text": text, "tokens": len(sample)})
+    if cfg.output:
+        with open(cfg.output, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return 0

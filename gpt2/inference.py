@@ -1,0 +1,68 @@
+"""Inference backends: one interface for running a trained model, whatever runs it.
+
+``evaluate`` and ``generate`` talk to a backend, not to a model, so the same
+code measures and samples PyTorch eager, ONNX Runtime and TensorRT. A backend
+continues sequences from a state (its KV cache): ``forward`` takes the new
+tokens and returns their logits, advancing the state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from gpt2.model import GPT
+
+
+class InferenceBackend(Protocol):
+    name: str
+    vocab_size: int
+    max_seq_len: int
+    device: torch.device
+
+    def new_state(self, batch_size: int, max_len: int) -> Any:
+        """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        ...
+
+    def forward(self, tokens: torch.Tensor, state: Any | None = None) -> torch.Tensor:
+        """Logits ``(B, T, vocab_size)`` (float32) for ``tokens (B, T)`` continuing ``state`` (None: no cache)."""
+        ...
+
+
+class TorchBackend:
+    """The PyTorch model itself (eager, or compiled by the caller)."""
+
+    name = "pytorch"
+
+    def __init__(self, model: GPT) -> None:
+        self.model = model.eval()
+        self.vocab_size = model.cfg.vocab_size
+        self.max_seq_len = model.cfg.max_seq_len
+        self.device = model.lm_head.weight.device
+
+    def new_state(self, batch_size: int, max_len: int) -> Any:
+        return self.model.new_cache(batch_size, max_len)
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, state: Any | None = None) -> torch.Tensor:
+        return self.model(tokens.to(self.device), state).float()
+
+
+BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+
+
+def open_backend(checkpoint: str, backend: str = "pytorch", device: str = "auto", **kwargs: Any) -> InferenceBackend:
+    """Load a checkpoint (or its exported form) into the named backend."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if backend == "pytorch":
+        from gpt2.checkpoint import load_model
+
+        model, _ = load_model(checkpoint, device=device, dropout=0.0)
+        return TorchBackend(model)
+    if backend in BACKENDS:
+        from gpt2.deployment import load_backend
+
+        return load_backend(backend, checkpoint, device=device, **kwargs)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

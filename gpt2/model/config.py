@@ -1,0 +1,73 @@
+"""Model hyperparameters and named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AttentionKind = Literal["softmax", "softmax_naive", "softplus"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = field(default=50257, metadata={"help": "tokens in the vocabulary", "cli": False})
+    n_layers: int = field(default=12, metadata={"help": "transformer blocks"})
+    dim: int = field(default=768, metadata={"help": "residual stream width"})
+    n_heads: int = field(default=12, metadata={"help": "attention heads"})
+    head_dim: int | None = field(
+        default=None, metadata={"help": "width of one head; n_heads*head_dim may differ from dim (None: dim/n_heads)"}
+    )
+    max_seq_len: int = field(default=1024, metadata={"help": "longest sequence (learned positions)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on embeddings and residual branches"})
+    bias: bool = field(default=True, metadata={"help": "biases in Linear and LayerNorm layers (GPT-2 has them)"})
+    attention: AttentionKind = field(default="softmax", metadata={"help": "attention kind"})
+    softplus_length_base: float | None = field(
+        default=None,
+        metadata={"help": "softplus only: scale scores by log(n_keys)/log(base) (length-aware); None: off"},
+    )
+    pad_vocab_multiple: int = field(
+        default=64, metadata={"help": "pad the embedding rows to a multiple of this (faster matmuls)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; set head_dim")
+            self.head_dim = self.dim // self.n_heads
+        if self.vocab_size < 1 or self.n_layers < 1 or self.max_seq_len < 1:
+            raise ValueError(f"invalid model config: {self}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+# Shapes of the named models. `small` is the seed's research config.
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": dict(n_layers=4, dim=128, n_heads=4, max_seq_len=2048),
+    "gpt2": dict(n_layers=12, dim=768, n_heads=12, max_seq_len=1024),
+    "gpt2-medium": dict(n_layers=24, dim=1024, n_heads=16, max_seq_len=1024),
+    "gpt2-large": dict(n_layers=36, dim=1280, n_heads=20, max_seq_len=1024),
+    "gpt2-xl": dict(n_layers=48, dim=1600, n_heads=25, max_seq_len=1024),
+}
+
+
+def model_config_from_preset(preset: str, **overrides: Any) -> ModelConfig:
+    """A preset's config with some fields replaced (``None`` values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return ModelConfig(**values)

@@ -1,0 +1,1 @@
+"""Training: configs, optimizer and schedule, the trainer, checkpoints of a run."""

@@ -1,0 +1,60 @@
+"""Training hyperparameters: the optimizer and the training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=6e-4, metadata={"help": "peak learning rate"})
+    min_lr: float = field(default=6e-5, metadata={"help": "learning rate at the end of the cosine decay"})
+    warmup_steps: int = field(default=200, metadata={"help": "linear warmup steps"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: off)"})
+
+
+@dataclass
+class TrainConfig:
+    # Data and output.
+    data_dir: str = field(default="data/tokens", metadata={"help": "folder with train.bin and eval.bin (encode)"})
+    tokenizer: str = field(default="data/tokenizer.json", metadata={"help": "tokenizer.json the data was encoded with"})
+    out_dir: str = field(default="runs/gpt2", metadata={"help": "run folder: checkpoints, metrics.jsonl"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in out_dir from its newest checkpoint"})
+    # Model.
+    preset: str = field(default="small", metadata={"help": "model shape (small, gpt2, gpt2-medium, ...)"})
+    # Batches: one optimizer step sees batch_size * accum_steps * world_size sequences.
+    seq_len: int = field(default=1024, metadata={"help": "tokens per training sequence"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch (per process)"})
+    accum_steps: int = field(default=1, metadata={"help": "gradient accumulation micro-batches per step"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train for"})
+    seed: int = field(default=1337, metadata={"help": "seed for initialisation, data order and dropout"})
+    # Evaluation, logging, checkpoints.
+    eval_every: int = field(default=250, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    eval_batches: int = field(default=20, metadata={"help": "eval batches per evaluation (0: the whole eval set)"})
+    log_every: int = field(default=10, metadata={"help": "write train metrics every N steps"})
+    checkpoint_every: int = field(default=500, metadata={"help": "save a checkpoint every N steps (0: only at end)"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "keep the newest K checkpoints"})
+    max_bad_steps: int = field(
+        default=5, metadata={"help": "stop after this many consecutive steps with a non-finite loss or gradient"}
+    )
+    # Hardware, precision and speed.
+    device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda, cuda:1, ..."})
+    amp_fp16: bool = field(default=False, metadata={"help": "autocast to fp16 with dynamic loss scaling"})
+    amp_bf16: bool = field(default=False, metadata={"help": "autocast to bf16 (fp32 weights)"})
+    bf16: bool = field(default=False, metadata={"help": "pure bf16: weights and optimizer state in bf16"})
+    allow_tf32: bool = field(default=False, metadata={"help": "TF32 tensor cores for fp32 matmuls (CUDA)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,38 @@
+"""``python -m gpt2 train``: build the configs from flags and run the trainer."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from gpt2.flags import add_flags, from_flags
+from gpt2.model import ModelConfig, model_config_from_preset
+from gpt2.training.config import OptimConfig, TrainConfig
+from gpt2.training.trainer import Trainer
+
+# Model flags default to "unset" so that a preset's values apply unless overridden.
+_MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli") is not False]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, TrainConfig, "training")
+    add_flags(parser, OptimConfig, "optimizer")
+    add_flags(parser, ModelConfig, "model (overrides the preset; must match the checkpoint when resuming)")
+    parser.set_defaults(**dict.fromkeys(_MODEL_FIELDS))
+
+
+def model_config_from_args(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
+    overrides = {name: getattr(args, name) for name in _MODEL_FIELDS}
+    return model_config_from_preset(args.preset, vocab_size=vocab_size, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpt2.tokenizer import Tokenizer
+
+    cfg, optim_cfg = from_flags(TrainConfig, args), from_flags(OptimConfig, args)
+    explicit = any(getattr(args, name) is not None for name in _MODEL_FIELDS)
+    model_cfg = None
+    if not cfg.resume or explicit:
+        model_cfg = model_config_from_args(args, Tokenizer.load(cfg.tokenizer).vocab_size)
+    Trainer(cfg, optim_cfg, model_cfg).fit()
+    return 0

@@ -1,0 +1,427 @@
+"""The trainer: one loop for CPU, one GPU and (under torchrun) FSDP.
+
+Everything that differs between those settings (device, precision, sharding,
+compilation) is decided once in ``__init__``; ``fit`` and ``train_step`` are the
+same loop everywhere. A step is a pure function of (checkpoint, step number):
+the data order comes from the step, and the optimizer, scaler and RNG states
+travel in the checkpoint, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gpt2.checkpoint import (
+    Checkpoint,
+    find_checkpoint,
+    list_checkpoints,
+    load_training_state,
+    save_checkpoint,
+)
+from gpt2.data.loader import TrainBatches, count_eval_batches, eval_batches
+from gpt2.data.tokens import TokenFile, check_tokenizer_matches
+from gpt2.errors import UserError
+from gpt2.evaluation import EvalResult, evaluate_loss
+from gpt2.evaluation.metrics import IGNORE_INDEX
+from gpt2.io import atomic_write
+from gpt2.model import GPT, ModelConfig
+from gpt2.tokenizer import Tokenizer
+from gpt2.training.config import OptimConfig, TrainConfig
+from gpt2.training.mfu import compute_kind, peak_flops
+from gpt2.training.optim import build_optimizer, lr_at
+from gpt2.training.parallel import all_reduce_mean, apply_fsdp, init_distributed
+from gpt2.training.precision import resolve_precision
+from gpt2.training.run_log import MetricsLog
+from gpt2.training.signals import StopRequest
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for, but CUDA is not available")
+    return device
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, optim_cfg: OptimConfig, model_cfg: ModelConfig | None = None) -> None:
+        """``model_cfg`` describes a new model; when resuming, the checkpoint's config is used (and checked)."""
+        self.cfg, self.optim_cfg = cfg, optim_cfg
+        self.env, self.device = init_distributed(resolve_device(cfg.device))
+        self.precision = resolve_precision(cfg.amp_fp16, cfg.amp_bf16, cfg.bf16, cfg.allow_tf32, self.device)
+        if self.env.distributed and self.precision.loss_scaling:
+            raise UserError("--amp_fp16 is not supported with FSDP; use --amp_bf16 or --bf16")
+        self.run_dir = Path(cfg.out_dir)
+
+        self.tokenizer = Tokenizer.load(cfg.tokenizer)
+        data_dir = Path(cfg.data_dir)
+        self.train_tokens = TokenFile(data_dir / "train.bin")
+        self.eval_tokens = TokenFile(data_dir / "eval.bin")
+        for token_file in (self.train_tokens, self.eval_tokens):
+            check_tokenizer_matches(token_file, self.tokenizer)
+
+        resume_from = self._checkpoint_to_resume()
+        if resume_from is not None:
+            model_cfg = self._check_resume_compatible(resume_from, model_cfg)
+        elif model_cfg is None:
+            raise ValueError("a new run needs a model config")
+        if model_cfg.vocab_size != self.tokenizer.vocab_size:
+            raise UserError(
+                f"model vocab_size {model_cfg.vocab_size} != tokenizer vocab_size {self.tokenizer.vocab_size}"
+            )
+        if cfg.seq_len > model_cfg.max_seq_len:
+            raise UserError(f"--seq_len {cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
+
+        # Initialise on the CPU from the seed: every rank (and a single-process run) starts identical.
+        torch.manual_seed(cfg.seed)
+        model = GPT(model_cfg).to(self.device, dtype=self.precision.param_dtype)
+        # Under FSDP, bf16 compute is FSDP's mixed-precision policy (bf16 params, fp32 reduction), not autocast.
+        fsdp_bf16 = self.env.distributed and self.precision.compute_dtype == torch.bfloat16
+        if self.env.distributed:
+            apply_fsdp(model, param_dtype=torch.bfloat16 if fsdp_bf16 else None)
+        self.model = model
+        self.forward = torch.compile(model) if cfg.compile else model  # state dicts come from the raw module
+        self.autocast_dtype = self.precision.compute_dtype if self.precision.autocast and not fsdp_bf16 else None
+        self.optimizer = build_optimizer(model, optim_cfg, self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.loss_scaling)
+        self.batches = TrainBatches(
+            self.train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed,
+            rank=self.env.rank, world_size=self.env.world_size, accum_steps=cfg.accum_steps,
+        )  # fmt: skip
+        self.token_bytes = self.tokenizer.token_byte_lengths()
+        self.flops_per_token = model.flops_per_token(cfg.seq_len)
+        self.peak_flops = peak_flops(self.device, compute_kind(self.precision.compute_dtype, cfg.allow_tf32))
+
+        self.step = 0
+        self.bad_steps = 0  # consecutive steps with a non-finite loss or gradient
+        if resume_from is not None:
+            self._restore(resume_from)
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_run_config()
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.env.is_main)
+        if resume_from is not None:
+            self.metrics.write("resume", self.step, checkpoint=str(resume_from.path))
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.cfg.accum_steps * self.env.world_size
+
+    # ----------------------------------------------------------------- setup
+    def _checkpoint_to_resume(self) -> Checkpoint | None:
+        if not self.cfg.resume:
+            if list_checkpoints(self.run_dir) or (self.run_dir / "metrics.jsonl").exists():
+                raise UserError(
+                    f"{self.run_dir} already holds an earlier run; pass --resume to continue it "
+                    "(its newest checkpoint), or choose another --out_dir"
+                )
+            return None
+        if not list_checkpoints(self.run_dir):
+            raise UserError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+        return find_checkpoint(self.run_dir)
+
+    def _check_resume_compatible(self, ckpt: Checkpoint, requested: ModelConfig | None) -> ModelConfig:
+        if ckpt.tokenizer_sha256 != self.tokenizer.sha256:
+            raise UserError(
+                f"cannot resume {ckpt.path}: it was trained with tokenizer {ckpt.tokenizer_sha256[:12]}, "
+                f"but --tokenizer {self.cfg.tokenizer} is {self.tokenizer.sha256[:12]}"
+            )
+        if requested is not None and requested != ckpt.model_config:
+            raise UserError(
+                f"cannot resume {ckpt.path}: the model config differs from the checkpoint's\n"
+                f"  checkpoint: {ckpt.model_config}\n  requested:  {requested}"
+            )
+        saved = ckpt.train_config
+        order_fields = ("seq_len", "batch_size", "accum_steps", "seed")
+        changed = [f for f in order_fields if f in saved and saved[f] != getattr(self.cfg, f)]
+        if changed and self.env.is_main:
+            print(f"warning: resuming with a different {', '.join(changed)}: the data order differs from the original")
+        return ckpt.model_config
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        state = load_training_state(ckpt, self.model, self.optimizer, self.env)
+        self.step = state["step"]
+        self.bad_steps = state.get("bad_steps", 0)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.env.is_main:
+            print(f"resumed from {ckpt.path} at step {self.step}")
+
+    def _write_run_config(self) -> None:
+        record = {
+            "argv": sys.argv,
+            "train_config": self.cfg.to_dict(),
+            "optim_config": asdict(self.optim_cfg),
+            "model_config": self.model.cfg.to_dict(),
+            "world_size": self.env.world_size,
+            "precision": self.precision.name,
+            "torch": torch.__version__,
+        }
+        with atomic_write(self.run_dir / f"run_config_step{self.step}.json") as f:
+            json.dump(record, f, indent=2)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> EvalResult | None:
+        """Train until ``max_steps`` or a stop signal; returns the last evaluation."""
+        try:
+            return self._fit()
+        except torch.OutOfMemoryError:
+            raise UserError(
+                f"out of GPU memory with --batch_size {self.cfg.batch_size} x --seq_len {self.cfg.seq_len}: lower "
+                f"--batch_size and raise --accum_steps to keep the global batch of {self.global_batch} sequences, "
+                "or use --amp_bf16 / --bf16"
+            ) from None
+        finally:
+            self.metrics.close()
+
+    def _fit(self) -> EvalResult | None:
+        cfg = self.cfg
+        if self.env.is_main:
+            self._print_header()
+        last_eval: EvalResult | None = None
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.env.is_main))
+        window = _Window()
+        with StopRequest() as stop:
+            while self.step < cfg.max_steps:
+                stats = self.train_step()
+                self.step += 1
+                window.add(stats)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    record = self._log(window, bar)
+                    window = _Window()
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}"
+                    )
+                bar.update(1)
+                if self.bad_steps >= cfg.max_bad_steps:
+                    bar.close()
+                    self._stop_on_bad_steps(stats)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    last_eval = self.evaluate()
+                    if self.env.is_main:
+                        bar.write(
+                            f"step {self.step}: eval loss {last_eval.loss:.4f}, bpb {last_eval.bits_per_byte:.4f}"
+                        )
+                if self._stop_requested(stop):
+                    bar.close()
+                    path = self.save()
+                    if self.env.is_main:
+                        print(f"stopped at step {self.step}; saved {path}\nresume: the same command with --resume")
+                    return last_eval
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+                    self.save()
+        bar.close()
+        last_eval = self.evaluate()
+        path = self.save()
+        if self.env.is_main:
+            print(
+                f"step {self.step}: eval loss {last_eval.loss:.4f}, perplexity {last_eval.perplexity:.2f}, "
+                f"bits per byte {last_eval.bits_per_byte:.4f}\nsaved {path}"
+            )
+        return last_eval
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over ``accum_steps`` micro-batches (per rank)."""
+        cfg = self.cfg
+        self.model.train()
+        lr = lr_at(self.step, self.optim_cfg, cfg.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro_step in range(cfg.accum_steps):
+            if self.env.distributed:  # reduce-scatter gradients once, after the last micro-batch
+                self.model.set_requires_gradient_sync(micro_step == cfg.accum_steps - 1)
+            inputs, targets = self.batches.get(self.step, micro_step, device=self.device)
+            with self._compute_context():
+                logits = self.forward(inputs)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+            self.scaler.scale(loss / cfg.accum_steps).backward()
+            loss_sum += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
+        mean_loss = all_reduce_mean(loss_sum / cfg.accum_steps)
+        loss_value, norm_value = torch.stack([mean_loss, grad_norm.float()]).tolist()  # one device sync
+        finite = math.isfinite(loss_value) and math.isfinite(norm_value)
+        if self.scaler.is_enabled():
+            # Overflowing fp16 gradients are the scaler's business: it skips the step and lowers the scale.
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale
+            self.bad_steps = 0 if math.isfinite(loss_value) else self.bad_steps + 1
+        else:
+            skipped = not finite
+            if finite:
+                self.optimizer.step()
+            self.bad_steps = 0 if finite else self.bad_steps + 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if skipped and self.env.is_main:
+            tqdm.write(f"step {self.step}: skipped the update (loss {loss_value}, grad norm {norm_value})")
+        return {"loss": loss_value, "grad_norm": norm_value, "lr": lr, "skipped": float(skipped)}
+
+    def _compute_context(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        """Whether any rank got SIGINT/SIGTERM: all ranks must stop (and save) at the same step."""
+        flag = torch.tensor(float(stop.requested), device=self.device)
+        return bool(all_reduce_mean(flag).item() > 0) if self.env.distributed else stop.requested
+
+    def _stop_on_bad_steps(self, stats: dict[str, float]) -> None:
+        path = self.save()  # no update was applied in the bad steps: this is the last good state
+        raise UserError(
+            f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (last: loss {stats['loss']}, "
+            f"grad norm {stats['grad_norm']}) at step {self.step}; the last good weights are in {path}. "
+            "Lower --lr, raise --warmup_steps, keep --grad_clip on, or use --amp_bf16/--bf16 instead of fp16, "
+            "then continue with --resume."
+        )
+
+    def _log(self, window: _Window, bar: tqdm) -> dict[str, float]:
+        elapsed = time.perf_counter() - window.start
+        tokens_per_s = window.steps * self.global_batch * self.cfg.seq_len / elapsed
+        record = {
+            "loss": window.loss_sum / max(1, window.steps - window.skipped),
+            "lr": window.last["lr"],
+            "grad_norm": window.last["grad_norm"],
+            "tokens_per_s": tokens_per_s,
+            "skipped_steps": window.skipped,
+            "peak_memory_gb": _peak_memory_gb(self.device),
+        }
+        if self.peak_flops:
+            record["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.env.world_size)
+        self.metrics.write("train", self.step, **record)
+        return record
+
+    # ------------------------------------------------------- eval and saving
+    @torch.no_grad()
+    def evaluate(self) -> EvalResult:
+        cfg = self.cfg
+        self.model.eval()
+        max_batches = cfg.eval_batches or None
+        total = count_eval_batches(self.eval_tokens, cfg.seq_len, cfg.batch_size, max_batches)
+        batches = eval_batches(self.eval_tokens, cfg.seq_len, cfg.batch_size, max_batches)
+        if self.env.distributed:
+            batches = _rank_share(batches, total, self.env.rank, self.env.world_size)
+            total = math.ceil(total / self.env.world_size)
+
+        def logits_fn(tokens: torch.Tensor) -> torch.Tensor:
+            with self._compute_context():
+                return self.forward(tokens)
+
+        result = evaluate_loss(
+            logits_fn, batches, self.token_bytes, device=self.device, total=total, all_reduce=self.env.distributed
+        )
+        self.metrics.write("eval", self.step, **result.to_dict())
+        return result
+
+    def save(self) -> Path:
+        trainer_state: dict[str, Any] = {
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+        meta = {
+            "train_config": self.cfg.to_dict(),
+            "optim_config": asdict(self.optim_cfg),
+            "precision": self.precision.name,
+            "tokens_seen": self.step * self.global_batch * self.cfg.seq_len,
+            "data": {"train": str(self.train_tokens.path.resolve()), "eval": str(self.eval_tokens.path.resolve())},
+            "tokenizer_source": str(self.cfg.tokenizer),
+        }
+        try:
+            return save_checkpoint(
+                self.run_dir, self.step, self.model, self.optimizer, self.tokenizer.path, meta,
+                trainer_state, self.cfg.keep_checkpoints, self.env,
+            )  # fmt: skip
+        except OSError as e:
+            raise UserError(
+                f"could not write the checkpoint of step {self.step} to {self.run_dir} ({e}); the earlier "
+                "checkpoints are intact. Free disk space and continue with --resume."
+            ) from e
+
+    def _print_header(self) -> None:
+        cfg, model = self.cfg, self.model
+        print(
+            f"model: {model.num_params() / 1e6:.2f}M non-embedding parameters, {model.cfg}\n"
+            f"device: {self.device}, world size {self.env.world_size}, precision {self.precision.name}"
+            f"{', compiled' if cfg.compile else ''}\n"
+            f"data: {len(self.train_tokens):,} train tokens, {len(self.eval_tokens):,} eval tokens\n"
+            f"global batch: {self.global_batch} sequences x {cfg.seq_len} tokens = "
+            f"{self.global_batch * cfg.seq_len:,} tokens (batch_size {cfg.batch_size} x accum_steps "
+            f"{cfg.accum_steps} x world size {self.env.world_size})\n"
+            f"run folder: {self.run_dir}"
+        )
+
+
+class _Window:
+    """Train statistics accumulated between two log records."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.steps = self.skipped = 0
+        self.loss_sum = 0.0
+        self.last: dict[str, float] = {}
+
+    def add(self, stats: dict[str, float]) -> None:
+        self.steps += 1
+        if stats["skipped"]:
+            self.skipped += 1
+        elif math.isfinite(stats["loss"]):
+            self.loss_sum += stats["loss"]
+        self.last = stats
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _rank_share(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], total: int, rank: int, world_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's batches (every world_size-th), padded with fully ignored batches so all ranks run equally often.
+
+    FSDP's forward is collective: a rank that ran out of batches would leave the others waiting.
+    """
+    mine = 0
+    template = None
+    for i, (inputs, targets) in enumerate(batches):
+        template = inputs
+        if i % world_size == rank:
+            mine += 1
+            yield inputs, targets
+    for _ in range(math.ceil(total / world_size) - mine):
+        yield torch.zeros_like(template[:1]), torch.full_like(template[:1], IGNORE_INDEX)

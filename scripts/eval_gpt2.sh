@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Evaluate a checkpoint: loss, perplexity, bits per byte. Edit the variables below, or set them in the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CHECKPOINT=${CHECKPOINT:-runs/gpt2-softplus}   # a checkpoint folder, or a run folder (its newest checkpoint)
+EVAL_TOKENS=${EVAL_TOKENS:-}                   # empty: the eval.bin the model was trained with
+MAX_BATCHES=${MAX_BATCHES:-0}                  # 0: the whole eval set, exactly once
+BATCH_SIZE=${BATCH_SIZE:-8}
+BACKEND=${BACKEND:-pytorch}                    # pytorch | onnxruntime | tensorrt
+DEVICE=${DEVICE:-auto}
+
+python -m gpt2 evaluate "$CHECKPOINT" ${EVAL_TOKENS:+--eval_tokens "$EVAL_TOKENS"} \
+  --max_batches "$MAX_BATCHES" --batch_size "$BATCH_SIZE" --backend "$BACKEND" --device "$DEVICE" "$@"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Train GPT-2 on several GPUs / nodes with FSDP2 through torchrun: the same trainer as train_gpt2.sh.
+# Run this script on every node (NODE_RANK 0..NNODES-1). Edit the variables below, or set them in the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NNODES=${NNODES:-1}
+NPROC_PER_NODE=${NPROC_PER_NODE:-8}            # GPUs per node
+NODE_RANK=${NODE_RANK:-0}
+RDZV_ENDPOINT=${RDZV_ENDPOINT:-localhost:29500} # host:port of node 0
+RDZV_ID=${RDZV_ID:-gpt2-softplus}
+
+DATA_DIR=${DATA_DIR:-data/tokens}
+TOKENIZER=${TOKENIZER:-data/tokenizer.json}
+OUT_DIR=${OUT_DIR:-runs/gpt2-softplus-fsdp}
+RESUME=${RESUME:-false}
+
+PRESET=${PRESET:-gpt2}
+ATTENTION=${ATTENTION:-softplus}               # softmax | softmax_naive | softplus
+SEQ_LEN=${SEQ_LEN:-1024}
+BATCH_SIZE=${BATCH_SIZE:-16}                   # per GPU micro-batch
+ACCUM_STEPS=${ACCUM_STEPS:-4}                  # global batch = BATCH_SIZE * ACCUM_STEPS * NNODES * NPROC_PER_NODE
+MAX_STEPS=${MAX_STEPS:-20000}
+LR=${LR:-6e-4}
+MIN_LR=${MIN_LR:-6e-5}
+WARMUP_STEPS=${WARMUP_STEPS:-700}
+PRECISION_FLAGS=${PRECISION_FLAGS:---amp_bf16 --allow_tf32}  # or --bf16; add --compile
+EVAL_EVERY=${EVAL_EVERY:-250}
+EVAL_BATCHES=${EVAL_BATCHES:-50}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
+
+# shellcheck disable=SC2086
+torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" --node_rank "$NODE_RANK" \
+  --rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "$RDZV_ID" \
+  -m gpt2 train \
+  --data_dir "$DATA_DIR" --tokenizer "$TOKENIZER" --out_dir "$OUT_DIR" --resume "$RESUME" \
+  --preset "$PRESET" --attention "$ATTENTION" --seq_len "$SEQ_LEN" --batch_size "$BATCH_SIZE" \
+  --accum_steps "$ACCUM_STEPS" --max_steps "$MAX_STEPS" --lr "$LR" --min_lr "$MIN_LR" --warmup_steps "$WARMUP_STEPS" \
+  --eval_every "$EVAL_EVERY" --eval_batches "$EVAL_BATCHES" --checkpoint_every "$CHECKPOINT_EVERY" \
+  $PRECISION_FLAGS "$@"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Train GPT-2 in one process (one GPU, or the CPU). Edit the variables below, or set them in the environment.
+set -euo pipefail
+# shellcheck disable=SC2086  # PRECISION_FLAGS is a list of flags
+cd "$(dirname "$0")/.."
+
+DATA_DIR=${DATA_DIR:-data/tokens}              # train.bin / eval.bin from scripts/encode_wikipedia.sh
+TOKENIZER=${TOKENIZER:-data/tokenizer.json}
+OUT_DIR=${OUT_DIR:-runs/gpt2-softplus}
+RESUME=${RESUME:-false}                        # true: continue OUT_DIR from its newest checkpoint
+
+PRESET=${PRESET:-gpt2}                         # small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
+ATTENTION=${ATTENTION:-softplus}               # softmax | softmax_naive | softplus
+DROPOUT=${DROPOUT:-0.0}
+
+SEQ_LEN=${SEQ_LEN:-1024}
+BATCH_SIZE=${BATCH_SIZE:-16}                   # per micro-batch
+ACCUM_STEPS=${ACCUM_STEPS:-32}                 # global batch = BATCH_SIZE * ACCUM_STEPS sequences
+MAX_STEPS=${MAX_STEPS:-20000}
+LR=${LR:-6e-4}
+MIN_LR=${MIN_LR:-6e-5}
+WARMUP_STEPS=${WARMUP_STEPS:-700}
+WEIGHT_DECAY=${WEIGHT_DECAY:-0.1}
+GRAD_CLIP=${GRAD_CLIP:-1.0}
+SEED=${SEED:-1337}
+
+EVAL_EVERY=${EVAL_EVERY:-250}
+EVAL_BATCHES=${EVAL_BATCHES:-50}               # 0: the whole eval set
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
+KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-3}
+DEVICE=${DEVICE:-auto}
+PRECISION_FLAGS=${PRECISION_FLAGS:-auto}       # auto: "--amp_bf16 --allow_tf32" on a GPU, fp32 on the CPU;
+                                               # or any of --amp_fp16 --amp_bf16 --bf16 --allow_tf32 --compile
+if [ "$PRECISION_FLAGS" = auto ]; then
+  if python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    PRECISION_FLAGS="--amp_bf16 --allow_tf32"
+  else
+    PRECISION_FLAGS=""
+  fi
+fi
+
+python -m gpt2 train \
+  --data_dir "$DATA_DIR" --tokenizer "$TOKENIZER" --out_dir "$OUT_DIR" --resume "$RESUME" \
+  --preset "$PRESET" --attention "$ATTENTION" --dropout "$DROPOUT" \
+  --seq_len "$SEQ_LEN" --batch_size "$BATCH_SIZE" --accum_steps "$ACCUM_STEPS" --max_steps "$MAX_STEPS" \
+  --lr "$LR" --min_lr "$MIN_LR" --warmup_steps "$WARMUP_STEPS" --weight_decay "$WEIGHT_DECAY" \
+  --grad_clip "$GRAD_CLIP" --seed "$SEED" \
+  --eval_every "$EVAL_EVERY" --eval_batches "$EVAL_BATCHES" \
+  --checkpoint_every "$CHECKPOINT_EVERY" --keep_checkpoints "$KEEP_CHECKPOINTS" --device "$DEVICE" \
+  $PRECISION_FLAGS "$@"

@@ -1,0 +1,101 @@
+"""Test setup and the data fixtures shared by the test modules: everything comes from the real excerpt."""
+
+import bz2
+import html
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# The Triton kernels run on CPU through Triton's interpreter. The variable is read when kernels are
+# defined (at import), so it must be set before any test module imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from gpt2.data.sample import sample_dump_path  # noqa: E402  (after the interpreter switch)
+from gpt2.data.text_shards import ShardWriter  # noqa: E402
+from gpt2.data.tokens import EncodeConfig, TokenFile, encode_corpus  # noqa: E402
+from gpt2.data.wikipedia import PrepareConfig, prepare  # noqa: E402
+from gpt2.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
+
+CORPUS_VOCAB = 500  # not a multiple of 64: the model pads its embedding to 512 rows, exports must not
+
+
+def wikipedia_pages(n: int) -> list[str]:
+    """The raw wikitext of the first ``n`` substantial pages of the real enwiki excerpt, blank lines collapsed."""
+    xml = bz2.decompress(sample_dump_path().read_bytes()).decode("utf-8")
+    pages = []
+    for raw in re.findall(r"<text[^>]*>(.*?)</text>", xml, re.S):
+        text = re.sub(r"\n\s*\n", "\n", html.unescape(raw)).strip()
+        if len(text) > 2000:  # skip redirects and stubs
+            pages.append(text)
+        if len(pages) == n:
+            break
+    return pages
+
+
+@pytest.fixture(scope="session")
+def wiki_corpus(tmp_path_factory) -> Path:
+    """A corpus layout (train/ and eval/ shards) of 24 + 6 real pages as raw wikitext (1.4 MB): markup,
+    templates and all, which stresses the tokenizer more than clean prose."""
+    root = tmp_path_factory.mktemp("raw_corpus")
+    pages = wikipedia_pages(30)
+    for split, docs in (("train", pages[:24]), ("eval", pages[24:])):
+        writer = ShardWriter(root / split, split, shard_bytes=200_000)  # several shards per split
+        for doc in docs:
+            writer.add(doc)
+        writer.close()
+    return root
+
+
+@pytest.fixture(scope="session")
+def wiki_tokenizer(wiki_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    return train_tokenizer(TokenizerConfig(corpus_dir=str(wiki_corpus), out=str(out), vocab_size=512), False)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The excerpt through the real pipeline: prepared text shards, a tokenizer, train.bin / eval.bin."""
+
+    text_dir: Path
+    tokenizer: Path
+    tokens: Path  # the trainer's --data_dir
+    vocab_size: int
+
+    @property
+    def train(self) -> TokenFile:
+        return TokenFile(self.tokens / "train.bin")
+
+    @property
+    def eval(self) -> TokenFile:
+        return TokenFile(self.tokens / "eval.bin")
+
+    def eval_ids(self, n: int) -> torch.Tensor:
+        """The first ``n`` eval tokens as int64."""
+        return torch.from_numpy(self.eval.tokens[:n].astype(np.int64))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Corpus:
+    """prepare -> train-tokenizer -> encode on the whole bundled excerpt, once per test session."""
+    root = tmp_path_factory.mktemp("corpus")
+    prepare(PrepareConfig(dump="sample", out_dir=str(root / "wiki"), eval_fraction=0.1, workers=2), progress=False)
+    cfg = TokenizerConfig(corpus_dir=str(root / "wiki"), out=str(root / "tokenizer.json"), vocab_size=CORPUS_VOCAB)
+    train_tokenizer(cfg, show_progress=False)
+    enc = EncodeConfig(corpus_dir=str(root / "wiki"), tokenizer=cfg.out, out_dir=str(root / "tokens"))
+    headers = encode_corpus(enc, progress=False)
+    assert headers["eval"].n_tokens > 20_000 and headers["train"].n_tokens > 5 * headers["eval"].n_tokens
+    return Corpus(root / "wiki", Path(cfg.out), root / "tokens", CORPUS_VOCAB)
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer(corpus, tmp_path_factory) -> Path:
+    """A second tokenizer of the same corpus (another vocabulary): it must never be mixed with the first."""
+    out = tmp_path_factory.mktemp("other_tokenizer") / "tokenizer.json"
+    train_tokenizer(TokenizerConfig(corpus_dir=str(corpus.text_dir), out=str(out), vocab_size=400), False)
+    return out

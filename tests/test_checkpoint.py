@@ -1,0 +1,98 @@
+"""Checkpoints: round trip, atomicity, retention, corruption detection and fallback."""
+
+import json
+
+import pytest
+import torch
+
+from gpt2.checkpoint import (
+    CheckpointError,
+    consolidate,
+    find_checkpoint,
+    list_checkpoints,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
+from gpt2.model import GPT, ModelConfig
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=300, n_layers=2, dim=32, n_heads=2, max_seq_len=32)).eval()
+
+
+@pytest.fixture
+def tokenizer_file(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text('{"stand-in": "the checkpoint copies this file byte for byte"}')
+    return path
+
+
+def test_round_trip_gives_identical_logits(tmp_path, model, tokenizer_file):
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = save_checkpoint(tmp_path / "run", 7, model, optimizer, tokenizer_file, meta={"note": "x"})
+    assert path.name == "step_00000007"
+    loaded, ckpt = load_model(tmp_path / "run")  # a run folder resolves to its newest checkpoint
+    tokens = torch.randint(0, 300, (2, 16))
+    assert torch.equal(loaded.eval()(tokens), model(tokens))
+    assert loaded.lm_head.weight is loaded.tok_emb.weight
+    assert ckpt.step == 7 and ckpt.meta["note"] == "x" and ckpt.model_config == model.cfg
+    assert ckpt.tokenizer_path.read_bytes() == tokenizer_file.read_bytes()
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path, model, tokenizer_file):
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, model, None, tokenizer_file, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+
+
+def test_corrupt_checkpoint_is_detected_and_run_falls_back(tmp_path, model, tokenizer_file, capsys):
+    save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+    newest = save_checkpoint(tmp_path, 2, model, None, tokenizer_file)
+    weights = newest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt: model.safetensors"):
+        read_checkpoint(newest)
+    assert find_checkpoint(tmp_path).step == 1
+    assert "skipping" in capsys.readouterr().out
+
+
+def test_incomplete_and_missing_checkpoints_give_clear_errors(tmp_path, model, tokenizer_file):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        find_checkpoint(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        find_checkpoint(tmp_path)  # an empty folder
+    path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+    (path / "meta.json").write_text("{ truncated")
+    with pytest.raises(CheckpointError, match="corrupt meta.json"):
+        read_checkpoint(path)
+    (path / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+        find_checkpoint(tmp_path)
+
+
+def test_a_failed_save_leaves_earlier_checkpoints_intact(tmp_path, model, tokenizer_file):
+    save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+    with pytest.raises(FileNotFoundError):
+        save_checkpoint(tmp_path, 2, model, None, tmp_path / "missing-tokenizer.json")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001"]
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+    read_checkpoint(list_checkpoints(tmp_path)[0])
+
+
+def test_meta_records_hashes_of_every_file(tmp_path, model, tokenizer_file):
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = save_checkpoint(tmp_path, 3, model, optimizer, tokenizer_file, trainer_state={"step": 3})
+    meta = json.loads((path / "meta.json").read_text())
+    assert set(meta["files"]) == {"model.safetensors", "tokenizer.json", "trainer.pt"}
+    assert meta["sharded"] is False and meta["world_size"] == 1
+
+
+def test_consolidate_is_a_no_op_for_single_file_checkpoints(tmp_path, model, tokenizer_file):
+    path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+    assert consolidate(path) == path / "model.safetensors"

@@ -1,0 +1,350 @@
+"""Deployment on real components: ONNX export of both attention kinds, ONNX Runtime against PyTorch,
+the accuracy check, the deploy command and its bad inputs.
+
+The fixtures start from the shared ``corpus`` (the bundled excerpt through prepare, train-tokenizer and
+encode): two tiny models (softmax, softplus) are trained for a few steps and saved as checkpoints that
+record their eval set, each exported once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2.checkpoint import CheckpointError, load_model, save_checkpoint
+from gpt2.cli import main as cli
+from gpt2.data.loader import eval_batches as real_eval_batches
+from gpt2.deployment import load_backend
+from gpt2.deployment.artifacts import StaleExportError
+from gpt2.deployment.benchmark import benchmark_backend, format_table
+from gpt2.deployment.graph_io import GraphDims, output_shapes
+from gpt2.deployment.onnx_export import check_onnx, export_checkpoint
+from gpt2.deployment.ort import OrtBackend
+from gpt2.deployment.profiles import ProfileConfig, profile_shapes, resolve_profile
+from gpt2.deployment.validate import validate
+from gpt2.errors import UserError
+from gpt2.generation.generate import generate
+from gpt2.generation.sampling import SamplingConfig
+from gpt2.inference import TorchBackend, open_backend
+from gpt2.model import GPT, ModelConfig
+from tests.conftest import CORPUS_VOCAB as VOCAB  # padded to 512 rows in the model, never in the export
+
+KINDS = ("softmax", "softplus")
+SEQ = 64
+
+
+def tiny_config(attention: str, **overrides) -> ModelConfig:
+    shape = dict(n_layers=2, dim=64, n_heads=4, max_seq_len=128)
+    return ModelConfig(vocab_size=VOCAB, attention=attention, **{**shape, **overrides})
+
+
+@pytest.fixture(scope="session")
+def checkpoints(corpus, tmp_path_factory) -> dict[str, Path]:
+    """One tiny model per attention kind, trained 40 steps; its checkpoint records the eval set."""
+    tokens = torch.from_numpy(corpus.train.tokens.astype(np.int64))
+    data = {"data": {"train": str(corpus.train.path), "eval": str(corpus.eval.path)}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: OpenMP synchronisation would cost more than it saves
+    try:
+        paths = {}
+        for kind in KINDS:
+            torch.manual_seed(0)
+            model = GPT(tiny_config(kind))
+            optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+            for _ in range(40):
+                starts = torch.randint(0, len(tokens) - SEQ - 1, (16, 1)) + torch.arange(SEQ + 1)
+                windows = tokens[starts]
+                loss = F.cross_entropy(model(windows[:, :-1]).flatten(0, 1), windows[:, 1:].flatten())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            run_dir = tmp_path_factory.mktemp(kind)
+            paths[kind] = save_checkpoint(run_dir, 40, model.eval(), None, corpus.tokenizer, meta=data)
+    finally:
+        torch.set_num_threads(threads)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def eval_batches(corpus) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(real_eval_batches(corpus.eval, SEQ, batch_size=4, max_batches=2))
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoints) -> dict[str, Path]:
+    return {kind: export_checkpoint(path, "fp32")[0] for kind, path in checkpoints.items()}
+
+
+def reference(checkpoint: Path) -> TorchBackend:
+    return TorchBackend(load_model(checkpoint)[0])
+
+
+# --- export -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_passes_checker_and_shape_inference_with_named_dynamic_dims(kind, checkpoints, exported):
+    info = check_onnx(exported[kind])  # onnx.checker (full) + strict shape inference + interface
+    assert info.inputs == {
+        "input_ids": ["batch", "query_len"],
+        "past_keys": [2, "batch", 4, "cache_len", 16],
+        "past_values": [2, "batch", 4, "cache_len", 16],
+    }
+    assert info.outputs["logits"] == ["batch", "query_len", VOCAB]  # padded vocabulary rows are not exported
+    assert isinstance(info.outputs["present_keys"][3], str) and "cache_len" in info.outputs["present_keys"][3]
+    assert info.metadata["gpt2.checkpoint_step"] == "40" and info.metadata["gpt2.precision"] == "fp32"
+
+    graph = onnx.load(str(exported[kind]))
+    ops = {node.op_type for node in graph.graph.node}
+    assert all(node.domain in ("", "ai.onnx") for node in graph.graph.node)  # standard ops only, no custom op
+    assert ("Softplus" in ops) == (kind == "softplus") and ("Softmax" in ops) == (kind == "softmax")
+    shapes = [list(i.dims) for i in graph.graph.initializer]
+    assert [VOCAB, 64] in shapes and [512, 64] not in shapes  # the tied embedding, without its padding rows
+
+
+def test_length_aware_softplus_exports_and_matches(corpus, tmp_path):
+    torch.manual_seed(1)
+    model = GPT(tiny_config("softplus", softplus_length_base=64.0)).eval()
+    ckpt = save_checkpoint(tmp_path, 1, model, None, corpus.tokenizer)
+    export_checkpoint(ckpt, "fp32")
+    backend = load_backend("onnxruntime", ckpt)
+    tokens = corpus.eval_ids(40).view(2, 20)
+    state = backend.new_state(2, 20)
+    logits = torch.cat(
+        [backend.forward(tokens[:, :12], state), backend.forward(tokens[:, 12:], state)], dim=1
+    )
+    torch.testing.assert_close(logits, reference(ckpt).forward(tokens), atol=1e-4, rtol=1e-4)
+
+
+# --- ONNX Runtime against PyTorch ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ort_matches_pytorch_on_prefill_and_on_decode_with_a_cache(kind, checkpoints, exported, eval_batches):
+    ort_backend, torch_backend = load_backend("onnxruntime", checkpoints[kind]), reference(checkpoints[kind])
+    tokens = eval_batches[0][0]
+    full = torch_backend.forward(tokens)
+
+    state = ort_backend.new_state(4, SEQ)
+    assert state.pos == 0  # prefill runs against an empty (cache_len 0) cache
+    prefill = ort_backend.forward(tokens[:, :40], state)
+    assert state.pos == 40 and state.keys.shape == (2, 4, 4, 40, 16)
+    step = ort_backend.forward(tokens[:, 40:41], state)  # decode: one token, 40 cached
+    chunk = ort_backend.forward(tokens[:, 41:], state)  # several tokens against a cache
+    assert prefill.dtype == torch.float32 and state.pos == SEQ
+    torch.testing.assert_close(prefill, full[:, :40], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.cat([step, chunk], dim=1), full[:, 40:], atol=1e-4, rtol=1e-4)
+    assert (prefill - full[:, :40]).abs().max() > 0  # two implementations, not one run twice
+
+
+def test_sizes_the_export_never_traced_work(checkpoints, exported, corpus):
+    """Traced with batch 2, query 3, cache 4: batch 1, query 1, cache 0 and max_seq_len must still run."""
+    ort_backend, torch_backend = (
+        load_backend("onnxruntime", checkpoints["softmax"]),
+        reference(checkpoints["softmax"]),
+    )
+    one = corpus.eval_ids(1).view(1, 1)
+    torch.testing.assert_close(ort_backend.forward(one), torch_backend.forward(one), atol=1e-4, rtol=1e-4)
+    longest = corpus.eval_ids(128).view(1, 128)
+    torch.testing.assert_close(
+        ort_backend.forward(longest), torch_backend.forward(longest), atol=1e-4, rtol=1e-4
+    )
+    state = ort_backend.new_state(1, 128)
+    ort_backend.forward(longest[:, :127], state)
+    with pytest.raises(ValueError, match="KV cache full"):
+        ort_backend.forward(longest[:, :2], state)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_validate_passes_in_fp32_loss_and_64_greedy_tokens(kind, checkpoints, exported, eval_batches):
+    report = validate(
+        reference(checkpoints[kind]), load_backend("onnxruntime", checkpoints[kind]), eval_batches
+    )
+    assert report.passed, report.summary()
+    assert report.loss_diff <= 1e-4 and report.prefill_max_abs < 1e-4 and report.decode_max_abs < 1e-4
+    assert report.greedy_steps == 64 and report.greedy_matching == 64
+    assert report.loss_reference < math.log(VOCAB) - 0.5  # it has learned something
+
+
+def test_validate_fails_for_a_model_that_differs(checkpoints, exported, eval_batches):
+    softplus_in_ort = load_backend("onnxruntime", checkpoints["softplus"])
+    report = validate(reference(checkpoints["softmax"]), softplus_in_ort, eval_batches)
+    assert not report.passed
+    assert any("logits" in f for f in report.failures) and any("eval loss" in f for f in report.failures)
+
+
+def test_fp16_export_runs_in_ort_within_the_fp16_thresholds(checkpoints, eval_batches):
+    path, info = export_checkpoint(checkpoints["softmax"], "fp16")
+    assert path.name == "model.fp16.onnx" and info.metadata["gpt2.precision"] == "fp16"
+    backend = load_backend("onnxruntime", checkpoints["softmax"], precision="fp16")
+    assert backend.cache_dtype == torch.float16
+    report = validate(reference(checkpoints["softmax"]), backend, eval_batches, precision="fp16")
+    assert report.passed, report.summary()
+    assert 1e-5 < report.prefill_max_abs < 1e-1  # really fp16: off by more than fp32 rounding, within bounds
+
+
+def test_bf16_exports_and_onnxruntime_cpu_refuses_it_clearly(checkpoints):
+    path, info = export_checkpoint(checkpoints["softplus"], "bf16")  # for TensorRT; checked all the same
+    assert info.metadata["gpt2.precision"] == "bf16" and info.inputs["past_keys"][3] == "cache_len"
+    with pytest.raises(UserError, match="ONNX Runtime cannot load .*model.bf16.onnx on cpu"):
+        load_backend("onnxruntime", checkpoints["softplus"], precision="bf16")
+
+
+def test_generate_through_the_onnxruntime_backend(checkpoints, exported, corpus):
+    """What `generate --backend onnxruntime` runs: the lead's open_backend and generate on our backend."""
+    backend = open_backend(str(checkpoints["softplus"]), "onnxruntime", "cpu")
+    assert isinstance(backend, OrtBackend)
+    torch_backend = reference(checkpoints["softplus"])
+    prompt = corpus.eval_ids(10).tolist()
+    for sampling in (SamplingConfig(temperature=0.0), SamplingConfig(temperature=1.0, top_k=50)):
+        ours = generate(backend, prompt, 30, sampling, num_samples=2, seed=7)
+        assert ours == generate(torch_backend, prompt, 30, sampling, num_samples=2, seed=7)
+    assert ours[0] != ours[1] and len(set(ours[0])) > 5  # sampled: the same draws from the same distribution
+
+
+# --- the binding logic TensorRT uses, checked on the real graph ---------------------------------------
+
+
+def test_profile_shapes_are_calls_the_exported_graph_accepts(checkpoints, exported):
+    """Every min/opt/max shape of a profile is a valid call; the outputs have the shapes we allocate."""
+    backend = load_backend("onnxruntime", checkpoints["softmax"])
+    dims = GraphDims.from_config(backend.config)
+    profile = resolve_profile(ProfileConfig(opt_cache=16), batch_size=3, seq_len=32, max_seq_len=128)
+    shapes = profile_shapes(profile, dims)
+    graph_inputs = {i.name: i.shape for i in backend.session.get_inputs()}
+    assert set(shapes) == set(graph_inputs)
+    for level in range(3):  # min, opt, max
+        ids, keys, values = (shapes[name][level] for name in ("input_ids", "past_keys", "past_values"))
+        for name, shape in (("input_ids", ids), ("past_keys", keys)):
+            fixed = [(s, g) for s, g in zip(shape, graph_inputs[name], strict=True) if isinstance(g, int)]
+            assert all(s == g for s, g in fixed), (name, shape, graph_inputs[name])
+        past = torch.zeros(keys, dtype=torch.float32)
+        feeds = {
+            "input_ids": torch.zeros(ids, dtype=torch.long).numpy(),
+            "past_keys": past.numpy(),
+            "past_values": past.numpy(),
+        }
+        outputs = dict(
+            zip(("logits", "present_keys", "present_values"), backend.session.run(None, feeds), strict=True)
+        )
+        expected = output_shapes(dims, ids[0], ids[1], keys[3])
+        assert {k: v.shape for k, v in outputs.items()} == expected
+
+
+# --- benchmark ----------------------------------------------------------------------------------------
+
+
+def test_benchmark_times_each_backend_and_reports_failures(checkpoints, exported, tmp_path):
+    tokens = torch.randint(0, VOCAB, (2, 32))
+    missing = tmp_path / "missing.onnx"
+    quick = dict(warmup=1, iters=3, decode_steps=4)
+    results = [
+        benchmark_backend("pytorch", lambda: reference(checkpoints["softmax"]), tokens, **quick),
+        benchmark_backend(
+            "onnxruntime-cpu", lambda: load_backend("onnxruntime", checkpoints["softmax"]), tokens, **quick
+        ),
+        benchmark_backend("broken", lambda: OrtBackend(missing), tokens),
+    ]
+    for r in results[:2]:
+        assert r.status == "ok" and r.prefill.n == 3 and r.decode.n == 4 and r.decode_context == 28
+        assert (
+            r.prefill.p50_ms <= r.prefill.p90_ms <= r.prefill.p99_ms
+            and r.tokens_per_s == 32 * r.sequences_per_s
+        )
+    assert results[2].status.startswith("failed: UserError") and "missing.onnx" in results[2].status
+    table = format_table(results)
+    assert "onnxruntime-cpu" in table and "failed: UserError" in table
+
+
+# --- the deploy command -------------------------------------------------------------------------------
+
+
+def test_deploy_command_validates_against_the_eval_set_the_checkpoint_records(checkpoints, capsys):
+    assert (
+        cli(["deploy", str(checkpoints["softmax"]), "--stages", "export,validate", "--greedy_steps", "32"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "onnxruntime fp32 vs PyTorch" in out and "-> PASS" in out
+    report = json.loads((checkpoints["softmax"] / "export" / "deploy_report.fp32.json").read_text())
+    result = report["validation"]["onnxruntime"]
+    assert result["passed"] and result["greedy_matching"] == 32 and result["loss_diff"] <= 1e-4
+    assert report["failed"] == []
+
+
+def test_deploy_command_exports_skips_tensorrt_clearly_and_benchmarks(checkpoints, tmp_path, capsys):
+    report_file = tmp_path / "report.json"
+    run_dir = checkpoints["softplus"].parent.parent
+    sizes = ["--batch_size", "2", "--seq_len", "32", "--iters", "2", "--warmup", "1", "--decode_steps", "4"]
+    backends = ["--bench_backends", "pytorch,onnxruntime-cpu,tensorrt"]
+    stages = ["--stages", "export,tensorrt,benchmark"]
+    code = cli(
+        [
+            "deploy",
+            str(run_dir),
+            *stages,
+            *sizes,
+            *backends,
+            "--compile",
+            "false",
+            "--output",
+            str(report_file),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "TensorRT step skipped" in out and "NGC PyTorch container" in out
+    report = json.loads(report_file.read_text())
+    assert report["step"] == 40 and report["export"]["opset"] == 18
+    assert report["tensorrt"]["status"].startswith("skipped:")
+    rows = {r["backend"]: r for r in report["benchmark"]["results"]}
+    assert rows["pytorch"]["status"] == rows["onnxruntime-cpu"]["status"] == "ok"
+    assert rows["onnxruntime-cpu"]["prefill"]["p50_ms"] > 0 and rows["onnxruntime-cpu"]["decode_speedup"] > 0
+    assert rows["tensorrt"]["status"].startswith("skipped:")
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+def test_missing_or_non_checkpoints_give_clear_errors(tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_backend("onnxruntime", tmp_path / "nope")
+    assert cli(["deploy", str(tmp_path)]) == 2
+    assert "is not a checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--seq_len", "129"], "outside \\[1, 128\\] \\(the model's max_seq_len\\)"),
+        (["--validate_seq_len", "500"], "outside \\[1, 128\\]"),
+        (["--min_batch", "8", "--opt_batch", "4", "--max_batch", "2"], "need min <= opt <= max"),
+        (["--max_query", "200"], "exceeds the model's max_seq_len 128"),
+        (["--stages", "export,compile"], "unknown stages"),
+    ],
+)
+def test_bad_deploy_flags_give_clear_errors(flags, message, checkpoints, capsys):
+    assert cli(["deploy", str(checkpoints["softmax"]), "--seq_len", "64", *flags]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_onnx_file_of_another_model_version_is_refused(checkpoints, exported, tmp_path):
+    with pytest.raises(StaleExportError, match="another model version.*weights_sha256"):
+        load_backend("onnxruntime", checkpoints["softmax"], path=exported["softplus"])
+    foreign = onnx.load(str(exported["softmax"]))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, tmp_path / "foreign.onnx")
+    with pytest.raises(StaleExportError, match="not exported by"):
+        load_backend("onnxruntime", checkpoints["softmax"], path=tmp_path / "foreign.onnx")
+    with pytest.raises(
+        UserError, match="no onnxruntime export at .*model.bf16.onnx.*found: .*model.fp32.onnx"
+    ):
+        load_backend("onnxruntime", checkpoints["softmax"], precision="bf16")

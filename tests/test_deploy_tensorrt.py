@@ -1,0 +1,167 @@
+"""The TensorRT stage without TensorRT: profiles, precision -> builder settings, binding helpers, and the
+clear message when TensorRT or a GPU is missing.
+
+TensorRT cannot be installed on the CI machines (no GPU, libraries too large), so the engine build and
+run themselves are not exercised here; the shape logic they rely on is also checked against the real
+exported graph in test_deploy_onnx.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gpt2.checkpoint import save_checkpoint
+from gpt2.deployment import load_backend
+from gpt2.deployment.artifacts import engine_path
+from gpt2.deployment.graph_io import GraphDims, GraphState, check_step, empty_state, output_shapes
+from gpt2.deployment.profiles import Profile, ProfileConfig, profile_shapes, resolve_profile
+from gpt2.deployment.tensorrt import (
+    TensorRTUnavailable,
+    build_engine,
+    engine_info_path,
+    import_tensorrt,
+    precision_plan,
+    tensor_address,
+    torch_dtype,
+)
+from gpt2.errors import UserError
+from gpt2.model import GPT, ModelConfig
+
+TENSORRT_USABLE = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+needs_no_tensorrt = pytest.mark.skipif(
+    TENSORRT_USABLE, reason="checks the message shown where TensorRT is missing"
+)
+DIMS = GraphDims(n_layers=4, n_heads=4, head_dim=32, vocab_size=50257, max_seq_len=2048)
+
+
+# --- optimisation profile -----------------------------------------------------------------------------
+
+
+def test_default_profile_covers_prefill_and_decode_of_the_benchmark():
+    profile = resolve_profile(ProfileConfig(), batch_size=32, seq_len=2048, max_seq_len=2048)
+    assert profile == Profile(batch=(1, 32, 32), query=(1, 2048, 2048), cache=(0, 0, 2047))
+    profile.check_call(32, 2048, 0)  # prefill of the benchmark
+    profile.check_call(32, 1, 2047)  # its last decode step
+    with pytest.raises(UserError, match="batch 33 is outside the TensorRT engine's profile \\[1, 32\\]"):
+        profile.check_call(33, 1, 0)
+    with pytest.raises(UserError, match="cache length 2048 is outside"):
+        profile.check_call(1, 1, 2048)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            ProfileConfig(min_batch=8, opt_batch=4, max_batch=2),
+            "batch: need min <= opt <= max, got min 8, opt 4",
+        ),
+        (ProfileConfig(opt_batch=64), "batch: need min <= opt <= max"),
+        (ProfileConfig(min_query=0), "query: min 0 must be >= 1"),
+        (ProfileConfig(min_cache=-1), "cache: min -1 must be >= 0"),
+        (ProfileConfig(opt_query=300, max_query=200), "query: need min <= opt <= max"),
+        (ProfileConfig(max_query=2049), "max_query 2049 exceeds the model's max_seq_len 2048"),
+        (
+            ProfileConfig(max_cache=2048),
+            "max_cache 2048 \\+ min_query 1 exceeds the model's max_seq_len 2048",
+        ),
+        (ProfileConfig(opt_cache=1024), "opt_query 2048 \\+ opt_cache 1024 exceeds"),
+        (ProfileConfig(opt_batch=8, max_batch=16), "batch_size 32 / seq_len 2048 do not fit the profile"),
+    ],
+)
+def test_inconsistent_profiles_are_refused_with_the_offending_values(cfg, message):
+    with pytest.raises(UserError, match=message):
+        resolve_profile(cfg, batch_size=32, seq_len=2048, max_seq_len=2048)
+
+
+def test_profile_shapes_are_the_graph_inputs_at_min_opt_max():
+    profile = resolve_profile(ProfileConfig(opt_cache=512, opt_query=1024), 8, 1536, 2048)
+    shapes = profile_shapes(profile, DIMS)
+    assert shapes["input_ids"] == ((1, 1), (8, 1024), (8, 1536))
+    assert shapes["past_keys"] == ((4, 1, 4, 0, 32), (4, 8, 4, 512, 32), (4, 8, 4, 1535, 32))
+    assert shapes["past_values"] == shapes["past_keys"]
+
+
+# --- precision -> builder settings --------------------------------------------------------------------
+
+
+def test_precision_plan_follows_the_graph_dtypes():
+    fp32 = precision_plan("fp32", trt_major=10)
+    assert fp32.dtype == torch.float32 and fp32.strongly_typed_flag and fp32.clear_flags == ("TF32",)
+    assert precision_plan("fp32", 10, allow_tf32=True).clear_flags == ()
+    fp16 = precision_plan("fp16", 10)
+    assert fp16.dtype == torch.float16 and fp16.strongly_typed_flag and fp16.clear_flags == ()
+    assert precision_plan("bf16", 10).dtype == torch.bfloat16
+    # TensorRT 11: always strongly typed, no flag to ask for it.
+    assert not precision_plan("fp16", 11).strongly_typed_flag
+    with pytest.raises(UserError, match="unknown precision 'int8'"):
+        precision_plan("int8", 10)
+    with pytest.raises(TensorRTUnavailable, match="too old"):
+        precision_plan("fp16", 8)
+
+
+# --- binding helpers ----------------------------------------------------------------------------------
+
+
+def test_tensor_dtypes_and_addresses_for_binding():
+    assert torch_dtype(SimpleNamespace(name="HALF")) == torch.float16
+    assert torch_dtype(SimpleNamespace(name="INT64")) == torch.int64
+    with pytest.raises(TypeError, match="FP8"):
+        torch_dtype(SimpleNamespace(name="FP8"))
+    placeholder = torch.zeros(4)
+    state = empty_state(DIMS, batch=2, max_len=16, dtype=torch.float16, device=torch.device("cpu"))
+    assert state.keys.shape == (4, 2, 4, 0, 32) and state.pos == 0
+    assert (
+        tensor_address(state.keys, placeholder) == placeholder.data_ptr()
+    )  # empty cache: still a valid address
+    full = torch.zeros(3)
+    assert tensor_address(full, placeholder) == full.data_ptr()
+
+
+def test_output_shapes_and_step_checks():
+    assert output_shapes(DIMS, batch=2, query_len=5, cache_len=7) == {
+        "logits": (2, 5, 50257),
+        "present_keys": (4, 2, 4, 12, 32),
+        "present_values": (4, 2, 4, 12, 32),
+    }
+    state = GraphState(torch.zeros(4, 2, 4, 10, 32), torch.zeros(4, 2, 4, 10, 32), max_len=12)
+    check_step(DIMS, torch.zeros(2, 2, dtype=torch.long), state)
+    with pytest.raises(ValueError, match="KV cache full: 13 positions needed, 12 allocated"):
+        check_step(DIMS, torch.zeros(2, 3, dtype=torch.long), state)
+    with pytest.raises(ValueError, match="3 sequences given, the cache holds 2"):
+        check_step(DIMS, torch.zeros(3, 1, dtype=torch.long), state)
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len"):
+        empty_state(DIMS, 1, 4096, torch.float32, torch.device("cpu"))
+
+
+# --- TensorRT missing ---------------------------------------------------------------------------------
+
+
+@needs_no_tensorrt
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_missing_tensorrt_or_gpu_says_what_is_needed(device):
+    with pytest.raises(TensorRTUnavailable, match="NGC PyTorch container") as err:
+        import_tensorrt(device)
+    assert isinstance(err.value, UserError)  # the CLI prints it without a traceback
+
+
+@needs_no_tensorrt
+def test_tensorrt_backend_and_build_refuse_clearly_without_tensorrt(tmp_path):
+    model = GPT(ModelConfig(vocab_size=100, n_layers=1, dim=32, n_heads=2, max_seq_len=16))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    ckpt = save_checkpoint(tmp_path / "run", 1, model, None, tmp_path / "tokenizer.json")
+    with pytest.raises(UserError, match="no tensorrt export at .*model.fp16.engine"):
+        load_backend("tensorrt", ckpt, device="cuda", precision="fp16")
+    engine = engine_path(SimpleNamespace(path=ckpt), "fp16")
+    engine.parent.mkdir()
+    engine.write_bytes(b"not an engine")
+    engine_info_path(engine).write_text(json.dumps({"identity": {}}))
+    with pytest.raises(TensorRTUnavailable, match="NGC"):
+        load_backend("tensorrt", ckpt, device="cuda", precision="fp16")
+    profile = resolve_profile(ProfileConfig(), 1, 16, 16)
+    with pytest.raises(TensorRTUnavailable, match="NGC"):
+        build_engine(tmp_path / "model.onnx", engine, profile, "fp16")

@@ -1,0 +1,59 @@
+"""FSDP2 under torchrun (gloo, 2 CPU processes): same losses as one process, sharded checkpoints."""
+
+import os
+import subprocess
+import sys
+
+import torch
+from test_training import train_args, train_losses
+
+from gpt2.checkpoint import find_checkpoint, load_model
+from gpt2.cli import main as cli
+
+
+def torchrun(args, nproc=2):
+    # --standalone: a rendezvous on a free local port (a fixed port could clash with a parallel run).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd += ["-m", "gpt2", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tmp_path):
+    steps = ["--max_steps", "4", "--eval_batches", "3"]
+    out = torchrun(train_args(corpus, tmp_path / "fsdp", *steps, "--batch_size", "2", "--accum_steps", "1"))
+    assert "global batch: 4 sequences" in out and "world size 2" in out
+    assert cli(train_args(corpus, tmp_path / "single", *steps, "--batch_size", "2", "--accum_steps", "2")) == 0
+
+    fsdp, single = train_losses(tmp_path / "fsdp"), train_losses(tmp_path / "single")
+    assert fsdp.keys() == single.keys() == {1, 2, 3, 4}
+    for step in fsdp:
+        assert abs(fsdp[step] - single[step]) <= 1e-5 * abs(single[step]), (step, fsdp[step], single[step])
+
+    # The sharded checkpoint loads in a single process (no process group) and gives the same model.
+    ckpt = find_checkpoint(tmp_path / "fsdp")
+    assert ckpt.meta["sharded"] and (ckpt.path / "dcp").is_dir()
+    sharded_model, _ = load_model(tmp_path / "fsdp")
+    single_model, _ = load_model(tmp_path / "single")
+    tokens = corpus.eval_ids(64).view(2, 32)
+    torch.testing.assert_close(sharded_model(tokens), single_model(tokens), rtol=1e-5, atol=1e-5)
+    dim = sharded_model.cfg.dim
+    for (name, a), (_, b) in zip(sharded_model.state_dict().items(), single_model.state_dict().items(), strict=True):
+        if name.endswith("attn.qkv.bias"):
+            # The key bias cannot change softmax attention (it adds a constant per query row), so its
+            # gradient is pure rounding noise, which Adam normalises into updates: compare q and v only.
+            a, b = a[torch.arange(3 * dim) // dim != 1], b[torch.arange(3 * dim) // dim != 1]
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    assert cli(["consolidate", str(tmp_path / "fsdp")]) == 0
+    assert (ckpt.path / "model.safetensors").is_file()
+    assert find_checkpoint(tmp_path / "fsdp").meta["files"]["model.safetensors"]  # re-verified with its hash
+
+
+def test_sharded_run_resumes(corpus, tmp_path):
+    args = train_args(corpus, tmp_path / "run", "--batch_size", "2", "--eval_batches", "2")
+    torchrun([*args, "--max_steps", "2"])
+    out = torchrun([*args, "--max_steps", "4", "--resume"])
+    assert "resumed from" in out
+    assert find_checkpoint(tmp_path / "run").step == 4

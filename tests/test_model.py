@@ -1,0 +1,102 @@
+"""Model shapes, KV-cache equivalence and Hugging Face GPT-2 parity."""
+
+import pytest
+import torch
+import transformers
+
+from gpt2.model import GPT, ModelConfig, model_config_from_preset
+from gpt2.model.hf import config_from_hf, hf_config_dict, load_hf_state_dict, to_hf_state_dict
+
+ATTENTIONS = ["softmax", "softmax_naive", "softplus"]
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    values = dict(vocab_size=301, n_layers=2, dim=48, n_heads=3, max_seq_len=64)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_forward_shapes(attention):
+    model = GPT(tiny_config(attention=attention))
+    tokens = torch.randint(0, 301, (2, 17))
+    logits = model(tokens)
+    assert logits.shape == (2, 17, 301)
+    assert model.tok_emb.weight.shape[0] == 320  # padded to a multiple of 64
+    assert model.lm_head.weight is model.tok_emb.weight
+
+
+def test_head_dim_may_differ_from_dim_over_heads():
+    model = GPT(tiny_config(n_heads=4, head_dim=8))  # attention width 32, residual width 48
+    assert model.blocks[0].attn.qkv.weight.shape == (3 * 32, 48)
+    assert model(torch.randint(0, 301, (1, 5))).shape == (1, 5, 301)
+
+
+def test_presets():
+    assert model_config_from_preset("small").n_layers == 4
+    gpt2 = GPT(model_config_from_preset("gpt2", vocab_size=50257, attention="softmax"))
+    assert gpt2.num_params(non_embedding=False) == 124_439_808 + (50304 - 50257) * 768  # GPT-2 124M + padding rows
+    with pytest.raises(ValueError, match="unknown preset"):
+        model_config_from_preset("gpt5")
+
+
+def test_residual_projections_are_scaled_at_init():
+    torch.manual_seed(0)
+    model = GPT(tiny_config(n_layers=8, dim=256, n_heads=4))
+    std_fc = model.blocks[0].mlp.fc.weight.std().item()
+    std_proj = model.blocks[0].mlp.proj.weight.std().item()
+    assert std_fc == pytest.approx(0.02, rel=0.05)
+    assert std_proj == pytest.approx(0.02 / 4, rel=0.05)
+
+
+def test_too_long_sequence_is_rejected():
+    model = GPT(tiny_config(max_seq_len=8))
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_kv_cache_prefill_then_decode_matches_full_forward(attention):
+    torch.manual_seed(0)
+    model = GPT(tiny_config(attention=attention)).eval()
+    tokens = torch.randint(0, 301, (3, 25))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_cache(batch_size=3, max_len=32)
+        steps = [model(tokens[:, :10], cache)]
+        steps += [model(tokens[:, t : t + 1], cache) for t in range(10, 25)]
+    assert cache.pos == 25
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_kv_cache_overflow_is_an_error():
+    model = GPT(tiny_config()).eval()
+    cache = model.new_cache(batch_size=1, max_len=4)
+    with pytest.raises(ValueError, match="KV cache full"):
+        model(torch.zeros(1, 5, dtype=torch.long), cache)
+
+
+def test_hf_parity_both_directions():
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(vocab_size=301, n_positions=64, n_embd=48, n_layer=2, n_head=3)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    model = GPT(config_from_hf(hf_cfg)).eval()
+    load_hf_state_dict(model, hf.state_dict())
+    tokens = torch.randint(0, 301, (2, 33))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        torch.testing.assert_close(model(tokens), expected, rtol=0, atol=1e-5)
+
+    # Export back into a fresh HF model: identical logits again.
+    hf_back = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config_dict(model.cfg))).eval()
+    missing, unexpected = hf_back.load_state_dict(to_hf_state_dict(model), strict=False)
+    assert not unexpected and all(k.endswith("attn.bias") or k.endswith("masked_bias") for k in missing)
+    with torch.no_grad():
+        torch.testing.assert_close(hf_back(tokens).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_hf_import_rejects_mismatched_shapes():
+    model = GPT(tiny_config(vocab_size=300))
+    state = to_hf_state_dict(GPT(tiny_config(vocab_size=301)))
+    with pytest.raises(ValueError, match="HF wte"):
+        load_hf_state_dict(model, state)

@@ -1,0 +1,330 @@
+"""The fused Triton softplus attention kernels against a float64 PyTorch reference.
+
+Without a GPU the real kernel code runs in Triton's interpreter (NumPy on CPU; conftest sets
+TRITON_INTERPRET=1); with one, the same tests run the compiled kernels on CUDA.
+
+Error measure: relative error = max|kernel - ref| / max|ref| over the whole tensor, with ref the
+fp64 reference on the same (rounded) inputs. The denominator is floored at 1: inputs are O(1), so the
+floor only matters for tensors that are exactly zero in exact arithmetic (dq and dk with a single key),
+where the kernel returns rounding noise. Bounds per input dtype are in ``TOL``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2.attention import softplus_triton as kernels
+from gpt2.attention.softplus import length_scale, softplus_attention_reference, softplus_attention_triton
+from gpt2.attention.softplus_op import softplus_attention_op
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreter_bf16_like_gpu():
+    """Make the interpreter's bf16 behave as on the GPU: it stores bf16 as raw uint16, so its ``tl.dot`` would
+    multiply the bit patterns as integers, and its fp32 -> bf16 cast truncates. Here a bf16 dot is computed
+    exactly in fp32 (as tensor cores do) and the cast rounds to nearest even (as cvt.rn.bf16.f32 does)."""
+    if not kernels.INTERPRET:
+        yield
+        return
+    import triton.language as tl
+    from triton.runtime.interpreter import TensorHandle, interpreter_builder
+
+    builder = interpreter_builder
+    create_dot, cast_impl = builder.create_dot, builder.cast_impl
+
+    def bf16_to_fp32(h):
+        return TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    def dot(a, b, d, *args):
+        a = bf16_to_fp32(a) if a.dtype.scalar == tl.bfloat16 else a
+        b = bf16_to_fp32(b) if b.dtype.scalar == tl.bfloat16 else b
+        return create_dot(a, b, d, *args)
+
+    def cast(src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            bits = src.data.astype(np.float32).view(np.uint32)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest, ties to even
+            return TensorHandle(rounded.astype(np.uint16), tl.bfloat16)
+        return cast_impl(src, dst_type)
+
+    builder.create_dot, builder.cast_impl = dot, cast
+    yield
+    builder.create_dot, builder.cast_impl = create_dot, cast_impl
+
+
+@pytest.fixture(autouse=True)
+def poison():
+    """Every kernel output starts as NaN, so an element a kernel forgets to write fails the comparison."""
+    with kernels.poisoned_outputs():
+        yield
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    assert a.shape == ref.shape
+    assert torch.isfinite(a).all(), "non-finite values (unwritten output?)"
+    return ((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1.0)).item()
+
+
+def make_qkv(B, H, q_len, kv_len, D, dtype, q_scale=1.0):
+    q = (torch.randn(B, H, q_len, D, device=DEVICE) * q_scale).to(dtype)
+    k = torch.randn(B, H, kv_len, D, device=DEVICE).to(dtype)
+    v = torch.randn(B, H, kv_len, D, device=DEVICE).to(dtype)
+    return q, k, v
+
+
+def reference_with_grads(q, k, v, do, length_base, scale=None):
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    o = softplus_attention_reference(q64, k64, v64, scale, length_base)
+    o.backward(do.double())
+    return o.detach(), q64.grad, k64.grad, v64.grad
+
+
+def check_against_reference(q, k, v, length_base, scale=None, tol=None):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    o = softplus_attention_triton(q, k, v, scale, length_base)
+    do = torch.randn_like(o)
+    o.backward(do)
+    expected = reference_with_grads(q, k, v, do, length_base, scale)
+    tol = tol or TOL[q.dtype]
+    got = (o, q.grad, k.grad, v.grad)
+    errors = {name: rel_err(a, b) for name, a, b in zip(("o", "dq", "dk", "dv"), got, expected, strict=True)}
+    assert max(errors.values()) < tol, errors
+    return errors
+
+
+# (batch, heads, q_len, kv_len, head_dim): lengths off the block sizes, q_len < kv_len (prefill against a
+# cache), exact multiples, and q_len <= 16 (which goes through the split-K decode forward).
+SHAPES = [
+    (1, 2, 45, 45, 32),
+    (2, 3, 64, 64, 64),
+    (2, 1, 37, 101, 64),
+    (1, 1, 130, 130, 128),
+    (1, 2, 20, 83, 128),
+    (2, 2, 5, 40, 64),
+    (1, 1, 1, 1, 32),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("length_base", [None, 64.0])
+def test_forward_and_backward_match_reference(dtype, shape, length_base):
+    torch.manual_seed(zlib.crc32(repr((dtype, shape, length_base)).encode()))
+    check_against_reference(*make_qkv(*shape, dtype), length_base)
+
+
+def test_custom_scale_and_wide_scores():
+    # Scores spread over roughly [-40, 40]: both the linear tail (w ~ s) and the exponential tail (w ~ e^s).
+    torch.manual_seed(1)
+    q, k, v = make_qkv(2, 2, 50, 50, 64, torch.float32, q_scale=5.0)
+    check_against_reference(q, k, v, None, scale=1.0 / 4)
+
+
+def test_very_negative_scores_keep_relative_accuracy():
+    # Every score is about -40: softplus(s) ~ e^s ~ 4e-18, where 1 + e^s == 1 in fp32. The weights must
+    # keep their relative accuracy (softplus attention then behaves like softmax), not round to 0/0.
+    torch.manual_seed(2)
+    B, H, L, D = 1, 2, 40, 32
+    u = torch.nn.functional.normalize(torch.randn(D), dim=0)
+    k = (u + 0.05 * torch.randn(B, H, L, D)).to(DEVICE)
+    q = (-40.0 * u + 2.0 * torch.randn(B, H, L, D)).to(DEVICE)
+    v = torch.randn(B, H, L, D, device=DEVICE)
+    errors = check_against_reference(q, k, v, None, scale=1.0)
+    assert errors["o"] < 1e-5
+
+
+def test_first_query_with_length_scale_returns_first_value():
+    # n = 1 key gives lam = log(1) = 0, so the one weight is softplus(0) and the output is v_0.
+    torch.manual_seed(3)
+    q, k, v = make_qkv(1, 2, 33, 33, 32, torch.float32)
+    o = softplus_attention_triton(q, k, v, length_base=512.0)
+    torch.testing.assert_close(o[:, :, 0], v[:, :, 0], rtol=1e-6, atol=1e-6)
+
+
+def test_length_scale_values():
+    lam = length_scale(3, 5, 4.0, dtype=torch.float64)
+    n_keys = torch.tensor([3.0, 4.0, 5.0], dtype=torch.float64)
+    torch.testing.assert_close(lam, torch.log(n_keys) / math.log(4.0))
+    assert torch.equal(length_scale(4, 4, None), torch.ones(4))
+    with pytest.raises(ValueError, match="length_base"):
+        length_scale(4, 4, 1.0)
+
+
+def test_strided_inputs_like_the_model():
+    # The model passes q, k, v as permuted views of one packed qkv projection.
+    torch.manual_seed(4)
+    B, L, H, D = 2, 70, 3, 32
+    qkv = torch.randn(B, L, 3, H, D, device=DEVICE)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    assert not q.is_contiguous()
+    check_against_reference(q, k, v, 128.0)
+
+
+def test_broadcast_output_gradient():
+    # out.sum() hands back an expanded gradient whose strides are all zero.
+    torch.manual_seed(11)
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 40, 40, 32, torch.float32))
+    softplus_attention_triton(q, k, v).sum().backward()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    softplus_attention_reference(q64, k64, v64).sum().backward()
+    for got, want in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        assert rel_err(got, want) < TOL[torch.float32]
+
+
+def test_output_layout_makes_head_merge_free():
+    q, k, v = make_qkv(2, 3, 40, 40, 32, torch.float32)
+    o = softplus_attention_triton(q, k, v)
+    assert o.transpose(1, 2).is_contiguous()  # the model's (B, L, H * D) reshape is a view
+
+
+@pytest.mark.parametrize("q_len", [1, 5, 16])
+def test_decode_kernel_matches_full_kernel_last_rows(q_len):
+    torch.manual_seed(5)
+    q, k, v = make_qkv(2, 3, 100, 100, 64, torch.float32)
+    lam = length_scale(100, 100, 256.0, DEVICE)
+    o_full, l_full = kernels.flash_forward(q, k, v, lam, 0.125)
+    # Chunks of 24 keys: five splits, the last one ragged, chunk ends inside key tiles, and the causal
+    # edge inside the last chunk.
+    o_dec, l_dec = kernels.decode_forward(q[:, :, -q_len:], k, v, lam[-q_len:], 0.125, chunk=24)
+    assert rel_err(o_dec, o_full[:, :, -q_len:]) < 1e-6
+    assert rel_err(l_dec, l_full[:, :, -q_len:]) < 1e-6
+
+
+def test_decode_dispatch_matches_reference():
+    torch.manual_seed(6)
+    q, k, v = make_qkv(1, 4, 1, 300, 128, torch.float16)
+    o, _ = kernels.forward(q, k, v, length_scale(1, 300, None, DEVICE), 1 / math.sqrt(128))
+    assert rel_err(o, softplus_attention_reference(q.double(), k.double(), v.double())) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("length_base", [None, 3.0])
+def test_reference_gradcheck(length_base):
+    torch.manual_seed(7)
+    q, k, v = (torch.randn(1, 2, n, 4, dtype=torch.float64, requires_grad=True) for n in (5, 7, 7))
+
+    def attention(q, k, v):
+        return softplus_attention_reference(q, k, v, 0.7, length_base)
+
+    assert torch.autograd.gradcheck(attention, (q, k, v))
+
+
+def test_opcheck():
+    torch.manual_seed(8)
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 24, 40, 32, torch.float32))
+    lam = length_scale(24, 40, 64.0, DEVICE)
+    torch.library.opcheck(softplus_attention_op, (q, k, v, lam, 0.2))
+
+
+def test_compiles_without_graph_breaks():
+    torch.manual_seed(9)
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 40, 40, 32, torch.float32))
+
+    def loss(q, k, v):
+        return softplus_attention_triton(q * 2, k, v, length_base=64.0).square().sum()
+
+    # fullgraph: a graph break is an error. aot_eager runs the fake kernels and the autograd registration
+    # (inductor also works on CPU but compiles C++ for ~15 s).
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    expected = torch.autograd.grad(loss(q, k, v), (q, k, v))
+    got = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_other_head_dims_are_padded():
+    torch.manual_seed(10)
+    check_against_reference(*make_qkv(1, 2, 40, 40, 48, torch.float32), 64.0)
+
+
+def test_rejects_unsupported_inputs():
+    q, k, v = make_qkv(1, 1, 8, 8, 160, torch.float32)
+    with pytest.raises(ValueError, match="head_dim"):
+        softplus_attention_triton(q, k, v)
+    q, k, v = make_qkv(1, 1, 9, 8, 32, torch.float32)
+    with pytest.raises(ValueError, match="exceeds kv_len"):
+        softplus_attention_triton(q, k, v)
+    q, k, v = make_qkv(1, 1, 8, 8, 32, torch.float32)
+    with pytest.raises(ValueError, match="dtype"):
+        softplus_attention_triton(q, k.half(), v)
+
+
+def test_poison_hook_is_live():
+    o, l = kernels.forward_output_like(torch.empty(1, 2, 3, 32, device=DEVICE))
+    assert o.isnan().all() and l.isnan().all()
+
+
+def compile_for_hopper() -> dict[str, str]:
+    """PTX of every kernel compiled for sm_90 (one config each, bf16, head_dim 64), without a GPU.
+
+    Runs in a process without TRITON_INTERPRET (the kernels must be real JIT functions). Uses Triton's
+    ahead-of-time path (ASTSource + the bundled ptxas); strides and pointers are marked 16-divisible as the
+    launcher's specialisation would mark them for aligned tensors.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    def compile_one(kernel, config, data_args, fp32_args, float_args, **constants):
+        jit = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+        signature, attrs = {}, {}
+        for i, name in enumerate(jit.arg_names):
+            signature[name] = ("*bf16" if name in data_args.split() else "*fp32" if name in fp32_args.split()
+                               else "fp32" if name in float_args.split() else "i32")
+            if signature[name].startswith("*") or name.startswith("stride"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        constants = dict(HEAD_DIM=64, **constants, **config.kwargs)
+        signature.update(dict.fromkeys(constants, "constexpr"))
+        source = ASTSource(fn=jit, signature=signature, constexprs=constants, attrs=attrs)
+        options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+    K, one, dot = kernels, triton.Config({}, num_warps=4, num_stages=2), dict(DOT_PRECISION="tf32")
+    return {
+        "fwd": compile_one(K._fwd_kernel, K._FWD_CONFIGS[0], "Q K V O", "LAM L", "qk_scale", **dot),
+        "dkdv": compile_one(K._bwd_dkdv_kernel, K._DKDV_CONFIGS[0], "Q K V DO DK DV", "LAM L DELTA",
+                            "qk_scale scale", **dot),
+        "dq": compile_one(K._bwd_dq_kernel, K._DQ_CONFIGS[0], "Q K V DO DQ", "LAM L DELTA", "qk_scale scale",
+                          **dot),
+        "decode": compile_one(K._decode_partial_kernel, K._DECODE_CONFIGS[0], "Q K V", "LAM ACC LSUM",
+                              "qk_scale", BLOCK_M=16, **dot),
+        "combine": compile_one(K._decode_combine_kernel, one, "O", "ACC LSUM L", "", BLOCK_M=16),
+        "preprocess": compile_one(K._bwd_preprocess_kernel, one, "O DO", "DELTA", "", BLOCK_M=64),
+    }
+
+
+def test_kernels_compile_for_hopper_gpus():
+    # The interpreter runs the kernels' logic but not Triton's GPU compiler, which has rules of its own
+    # (e.g. no non-constexpr globals). Compile for an H100 and check the PTX for what makes it fast.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    script = f"""
+import json, sys
+sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]!r}
+import test_softplus_kernel as t
+ptx = t.compile_for_hopper()
+print(json.dumps({{name: {{op: text.count(op) for op in ("ex2.approx", "lg2.approx", "log2f", "cp.async")}}
+                   for name, text in ptx.items()}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads(done.stdout.splitlines()[-1])
+    for name in ("fwd", "dkdv", "decode"):  # one hardware exp2 and log2 per score, no software log2f
+        ops = counts[name]
+        assert ops["ex2.approx"] > 0 and ops["lg2.approx"] == ops["ex2.approx"] and ops["log2f"] == 0, name
+    assert counts["dq"]["ex2.approx"] > 0 and counts["dq"]["lg2.approx"] == 0  # dQ needs no log2
+    for name in ("fwd", "dkdv", "dq", "decode"):  # key/value loads are software-pipelined (cp.async)
+        assert counts[name]["cp.async"] > 0, name

@@ -1,0 +1,90 @@
+"""Training building blocks: schedule, optimizer groups, precision flags, signals, plots."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from gpt2.errors import UserError
+from gpt2.model import GPT, ModelConfig
+from gpt2.training.config import OptimConfig
+from gpt2.training.optim import build_optimizer, lr_at
+from gpt2.training.plot import loss_curves, plot_runs
+from gpt2.training.precision import resolve_precision
+from gpt2.training.signals import StopRequest
+
+CPU = torch.device("cpu")
+
+
+def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    cfg = OptimConfig(lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert lr_at(0, cfg, 100) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 100) == pytest.approx(1.0)
+    assert lr_at(10, cfg, 100) == pytest.approx(1.0)
+    assert lr_at(55, cfg, 100) == pytest.approx(0.55)  # halfway through the cosine
+    assert lr_at(100, cfg, 100) == pytest.approx(0.1)
+    decay = [lr_at(s, cfg, 100) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = GPT(ModelConfig(vocab_size=300, n_layers=2, dim=32, n_heads=2, max_seq_len=16))
+    decay, no_decay = build_optimizer(model, OptimConfig(weight_decay=0.1), "cpu").param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    # Every parameter exactly once (the tied embedding / LM head counts once).
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_precision_modes():
+    assert resolve_precision(False, False, False, False, CPU).name == "fp32"
+    amp = resolve_precision(False, True, False, False, CPU)
+    assert (amp.param_dtype, amp.compute_dtype, amp.autocast) == (torch.float32, torch.bfloat16, True)
+    fp16 = resolve_precision(True, False, False, False, CPU)
+    assert fp16.loss_scaling and fp16.compute_dtype == torch.float16
+    pure = resolve_precision(False, False, True, False, CPU)
+    assert pure.param_dtype == torch.bfloat16 and not pure.autocast
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ((True, True, False, False), "choose one precision mode"),
+        ((False, True, True, False), "choose one precision mode"),
+        ((False, False, False, True), "only applies to CUDA"),
+    ],
+)
+def test_contradictory_precision_flags_are_rejected(flags, message):
+    with pytest.raises(UserError, match=message):
+        resolve_precision(*flags, CPU)
+
+
+def test_stop_request_catches_a_real_sigterm_and_restores_the_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_plot_reads_runs_and_keeps_the_last_record_of_a_replayed_step(tmp_path):
+    for name, offset in (("softmax", 0.0), ("softplus", -0.1)):
+        run = tmp_path / name
+        run.mkdir()
+        records = [{"kind": "train", "step": s, "loss": 5.0 - s / 10 + offset} for s in range(1, 11)]
+        records += [{"kind": "eval", "step": s, "loss": 5.2 - s / 10 + offset} for s in (5, 10)]
+        records += [{"kind": "resume", "step": 5}, {"kind": "eval", "step": 10, "loss": 1.0}]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{torn")
+    curves = loss_curves(tmp_path / "softmax")
+    assert curves["eval"] == ([5, 10], [4.7, 1.0])
+    assert curves["train"][0] == list(range(1, 11))
+    out = plot_runs([tmp_path / "softmax", tmp_path / "softplus"], tmp_path / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_plot_of_a_folder_without_metrics_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no metrics.jsonl"):
+        loss_curves(tmp_path)

@@ -1,0 +1,390 @@
+"""``prepare``: the real Wikipedia excerpt -> text shards; splits, bad dumps, and resumable downloads.
+
+The downloads run against a real HTTP server on 127.0.0.1 (with Range / If-Range support, which the
+standard library's file server lacks), in a thread of the test process.
+"""
+
+import bz2
+import http.server
+import json
+import random
+import re
+import threading
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from gpt2.cli import main as cli
+from gpt2.data import wikipedia
+from gpt2.data.download import DownloadError, download, download_dump, dump_file_name
+from gpt2.data.sample import sample_dump_path
+from gpt2.data.text_shards import iter_documents
+from gpt2.data.wikipedia import DumpError, PrepareConfig, iter_pages, open_dump, prepare, split_of
+from gpt2.errors import UserError
+
+LATEX = re.compile(r"\\[a-zA-Z]+")  # a line of a formula, where {{ and }} are LaTeX grouping
+DEBRIS = ("[[", "]]", "<ref", "</ref", "&nbsp;", "&amp;", "thumb|", "''", "()", "__TOC__")  # markup left over
+
+
+def config(out_dir, **kwargs) -> PrepareConfig:
+    defaults = dict(dump="sample", eval_fraction=0.1, shard_size_mb=0.5, min_chars=200, workers=2)
+    return PrepareConfig(out_dir=str(out_dir), **{**defaults, **kwargs})
+
+
+@pytest.fixture(scope="session", name="prepared")
+def prepared_fixture(tmp_path_factory):
+    """The whole excerpt, prepared once: (corpus dir, manifest)."""
+    out = tmp_path_factory.mktemp("wiki")
+    return out, prepare(config(out), progress=False)
+
+
+def shard_files(out: Path) -> list[Path]:
+    return sorted(out.rglob("*.txt*"))
+
+
+# -------------------------------------------------------------------------------------- the sample
+def test_manifest_matches_the_files(prepared):
+    out, manifest = prepared
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    pages = manifest["pages"]
+    # The excerpt: 206 pages, 99 redirects, 1 outside namespace 0, 106 articles (8 disambiguation pages).
+    assert (pages["read"], pages["redirect"], pages["not_article"]) == (206, 99, 1)
+    assert pages["disambiguation"] == 8 and pages["markup_error"] == 0
+    splits = manifest["splits"]
+    assert sum(s["articles"] for s in splits.values()) == 206 - 99 - 1 - pages["empty"]
+    assert sum(s["docs"] for s in splits.values()) == pages["kept"] > 90
+    for split, s in splits.items():
+        files = sorted((out / split).iterdir())
+        assert [f.name for f in files] == [f"{split}_{i:05d}.txt" for i in range(s["shards"])]
+        assert sum(f.stat().st_size for f in files) == s["bytes"]
+        assert len(list(iter_documents(out / split))) == s["docs"]
+    assert splits["eval"]["docs"] >= 5  # eval_fraction 0.1 of the excerpt gives a usable eval split
+    assert splits["train"]["shards"] >= 4  # 2.5 MB in 0.5 MB shards
+    assert not [f for f in shard_files(out) if not f.name.endswith(".txt")]  # no .tmp left behind
+
+
+def test_documents_are_clean_text_split_by_title(prepared):
+    out, _ = prepared
+    docs = {split: list(iter_documents(out / split)) for split in ("train", "eval")}
+    by_title = {}
+    for split, split_docs in docs.items():
+        for doc in split_docs:
+            title, _, text = doc.partition("\n")
+            assert split_of(title, 0.1) == split
+            assert len(text) >= 200 and "\n\n" not in doc
+            by_title[title] = text
+            for line in text.splitlines():
+                assert line and line == line.strip()
+                for debris in DEBRIS:
+                    assert debris not in line, (title, debris, line)
+                if "{{" in line or "}}" in line:
+                    assert LATEX.search(line), (title, line)
+    assert by_title["Anarchism"].startswith(
+        "Anarchism is a political philosophy that advocates self-governed societies based on voluntary"
+    )
+    assert "Austin (disambiguation)" not in by_title
+    assert "AccessibleComputing" not in by_title  # a redirect
+
+
+def test_split_is_a_stable_function_of_the_title():
+    titles = [f"Article {i}" for i in range(20_000)]
+    first = {t: split_of(t, 0.1) for t in titles}
+    random.Random(0).shuffle(titles)
+    assert {t: split_of(t, 0.1) for t in titles} == first  # any order, any call
+    assert split_of("Anarchism", 0.1) == split_of("Anarchism", 0.1)
+    share = sum(s == "eval" for s in first.values()) / len(first)
+    assert 0.09 < share < 0.11  # binomial sd 0.002
+    assert all(split_of(t, 0.0) == "train" for t in titles[:1000])
+    # A larger fraction only moves titles from train to eval: a corpus grows its eval split consistently.
+    assert all(split_of(t, 0.2) == "eval" for t in titles if first[t] == "eval")
+
+
+def test_output_does_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(wikipedia, "BATCH_PAGES", 3)  # many small tasks, so that they finish out of order
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        prepare(config(out, workers=workers, max_pages=80, shard_size_mb=0.2), progress=False)
+        outputs[workers] = {f.relative_to(out): f.read_bytes() for f in shard_files(out)}
+    assert len(outputs[1]) >= 3 and outputs[1] == outputs[2]
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path):
+    out = tmp_path / "wiki"
+    prepare(config(out, workers=1, max_pages=20), progress=False)
+    stale = out / "train" / "train_00042.txt"
+    stale.write_text("an older corpus\n\n")
+    with pytest.raises(UserError, match="--overwrite"):
+        prepare(config(out, workers=1, max_pages=20), progress=False)
+    assert stale.exists()  # nothing was touched
+    manifest = prepare(config(out, workers=1, max_pages=20, overwrite=True), progress=False)
+    assert not stale.exists()
+    assert len(shard_files(out)) == sum(s["shards"] for s in manifest["splits"].values())
+
+
+def test_plain_xml_of_another_schema_version(tmp_path):
+    def page(title, ns=0, text="", redirect=False):
+        redirect_tag = '<redirect title="Cats" />' if redirect else ""
+        return (
+            f"<page><title>{title}</title><ns>{ns}</ns><id>1</id>{redirect_tag}"
+            f'<revision><id>2</id><text xml:space="preserve">{text}</text></revision></page>'
+        )
+
+    # As in real dumps, the XML escapes the wikitext's own tags: &lt;ref&gt; is <ref> in the wikitext.
+    body = "Some '''bold''' words about [[cats|felines]]&lt;ref&gt;a {{cite}}&lt;/ref&gt; here."
+    dump = tmp_path / "tiny.xml"
+    dump.write_text(
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" version="0.11">'
+        "<siteinfo><sitename>Test</sitename></siteinfo>"
+        + page("Cats", text=body)
+        + page("Talk:Cats", ns=1, text=body)
+        + page("Felines", text="#REDIRECT [[Cats]]", redirect=True)
+        + page("Empty")
+        + page("Tiny", text="Too short.")
+        + page("Mercury", text="'''Mercury''' may refer to: {{disambiguation}}")
+        + "</mediawiki>",
+        encoding="utf-8",
+    )
+    manifest = prepare(
+        config(tmp_path / "out", dump=str(dump), eval_fraction=0, min_chars=20), progress=False
+    )
+    assert list(iter_documents(tmp_path / "out" / "train")) == ["Cats\nSome bold words about felines here."]
+    assert manifest["pages"] == dict(
+        read=6, not_article=1, redirect=1, empty=1, disambiguation=1, too_short=1, markup_error=0, kept=1
+    )
+
+
+def test_reading_a_dump_takes_constant_memory(tmp_path):
+    xml = bz2.decompress(sample_dump_path().read_bytes())
+    start, end = xml.index(b"<page>"), xml.rindex(b"</page>") + len(b"</page>")
+    peaks = {}
+    for copies in (1, 4):
+        dump = tmp_path / f"x{copies}.xml"
+        dump.write_bytes(xml[:start] + xml[start:end] * copies + b"</mediawiki>")
+        tracemalloc.start()
+        with open_dump(dump) as (_, stream):
+            n_pages = sum(1 for _ in iter_pages(stream, dump))
+        peaks[copies] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n_pages == 206 * copies
+    assert peaks[4] < 1.5 * peaks[1]  # 4x the dump (24 MB of XML), not 4x the memory
+
+
+# --------------------------------------------------------------------------------------- bad input
+def test_missing_dump_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "enwiki.xml.bz2"
+    with pytest.raises(DumpError, match=re.escape(str(missing))):
+        prepare(config(tmp_path / "out", dump=str(missing)), progress=False)
+    assert cli(["prepare", "--dump", str(missing), "--out_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dump file") and str(missing) in err and "Traceback" not in err
+
+
+def complete_titles(xml: bytes) -> list[str]:
+    """The titles of the whole <page>s in (partial) dump XML, found without the code under test."""
+    pages = xml[: xml.rindex(b"</page>")]
+    return [t.decode() for t in re.findall(rb"<title>(.*?)</title>", pages)]
+
+
+def test_truncated_bz2_names_file_and_last_article_and_keeps_whole_shards(tmp_path, prepared):
+    raw = sample_dump_path().read_bytes()
+    truncated = raw[: len(raw) * 3 // 10]
+    dump = tmp_path / "enwiki-truncated.xml.bz2"
+    dump.write_bytes(truncated)
+    out = tmp_path / "out"
+    with pytest.raises(DumpError) as e:
+        prepare(config(out, dump=str(dump), workers=1, shard_size_mb=0.2), progress=False)
+    message = str(e.value)
+    assert str(dump) in message and "truncated" in message
+    # The last page read: one of the last whole pages of the readable part (bz2 hands it out in blocks).
+    titles = complete_titles(bz2.BZ2Decompressor().decompress(truncated))
+    n = int(re.search(r"after article .* \(page (\d+)\)", message)[1])
+    assert len(titles) - 5 <= n <= len(titles) and f"after article {titles[n - 1]!r} (page {n})" in message
+    assert not (out / "manifest.json").exists()
+    shards = shard_files(out)
+    assert shards and all(f.name.endswith(".txt") for f in shards)  # whole shards only, no .tmp
+    assert f"The {len(shards)} shards written to {out} are whole" in message
+    full = {doc for split in ("train", "eval") for doc in iter_documents(prepared[0] / split)}
+    for split in {f.parent.name for f in shards}:  # whole documents, as the complete dump gives them
+        assert all(doc in full for doc in iter_documents(out / split))
+
+
+def test_malformed_xml_names_file_and_last_article(tmp_path):
+    dump = tmp_path / "broken.xml"
+    xml = sample_dump_path().read_bytes()
+    xml = bz2.decompress(xml)[:200_000]  # a complete siteinfo and a few pages, then a cut mid-element
+    dump.write_bytes(xml + b"<oops></page></mediawiki>")
+    with pytest.raises(DumpError, match="malformed XML") as e:
+        prepare(config(tmp_path / "out", dump=str(dump), workers=1), progress=False)
+    titles = complete_titles(xml)
+    assert str(dump) in str(e.value) and f"after article {titles[-1]!r} (page {len(titles)})" in str(e.value)
+
+    other = tmp_path / "other.xml"
+    other.write_text("<rss><channel/></rss>")
+    with pytest.raises(DumpError, match="not a MediaWiki XML export"):
+        prepare(config(tmp_path / "out2", dump=str(other)), progress=False)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("eval_fraction", 1.0), ("eval_fraction", -0.1), ("shard_size_mb", 0), ("workers", 0)]
+)
+def test_bad_settings_are_refused(tmp_path, field, value):
+    with pytest.raises(UserError, match=field):
+        prepare(config(tmp_path, **{field: value}), progress=False)
+
+
+def test_cli_prepare(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["prepare", "--dump", "sample", "--out_dir", str(out), "--max_pages", "12", "--workers", "1"]
+    assert cli(args) == 0
+    assert json.loads((out / "manifest.json").read_text())["pages"]["read"] == 12
+    assert "12 pages read" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------- downloads
+def test_dump_urls_are_checked_and_named():
+    url = "https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2"
+    assert dump_file_name(url) == "enwiki-latest-pages-articles.xml.bz2"
+    assert dump_file_name("https://mirror.example/a/simplewiki-20240101-pages-articles.xml") == (
+        "simplewiki-20240101-pages-articles.xml"
+    )
+    for bad in (
+        "http://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2",  # not https
+        "https://dumps.wikimedia.org/enwiki/latest/",  # no file
+        "https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.gz",
+        "https://dumps.wikimedia.org/enwiki/latest/..%2F..%2Fetc.xml",  # a path, once unquoted
+    ):
+        with pytest.raises(UserError, match=re.escape(bad)):
+            dump_file_name(bad)
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.data`` at any path, with ETag, Range and If-Range, and injectable faults."""
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        s = self.server
+        s.requests.append((self.headers.get("Range"), self.headers.get("If-Range")))
+        if s.errors:  # answer with this HTTP error status instead
+            self.send_error(s.errors.pop(0))
+            return
+        data, start, end = s.data, 0, len(s.data)
+        rng = self.headers.get("Range")
+        if rng and self.headers.get("If-Range") in (None, s.etag):
+            start = int(rng.removeprefix("bytes=").rstrip("-"))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if s.short_ranges:  # a server that answers with less than the range asked for
+                end = start + (end - start) // 2
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(end - start))
+        self.send_header("ETag", s.etag)
+        self.end_headers()
+        body = data[start:end]
+        if s.drop_connections > 0:  # send half the body, then hang up
+            s.drop_connections -= 1
+            body = body[: len(body) // 2]
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(name="server")
+def server_fixture():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    server.data = sample_dump_path().read_bytes()[:300_000]
+    server.etag, server.requests, server.errors = '"v1"', [], []
+    server.drop_connections, server.short_ranges = 0, False
+    server.url = f"http://127.0.0.1:{server.server_port}/enwiki-test-pages-articles.xml.bz2"
+    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.01), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_streams_the_whole_file(server, tmp_path):
+    dest = download(server.url, tmp_path / "dump.xml.bz2", retries=0, progress=False)
+    assert dest.read_bytes() == server.data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.xml.bz2"]  # no .part, no .part.json
+
+
+def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
+    dest = tmp_path / "dump.xml.bz2"
+    server.drop_connections = 1
+    with pytest.raises(DownloadError, match="run again to resume"):
+        download(server.url, dest, retries=0, progress=False)
+    part = tmp_path / "dump.xml.bz2.part"
+    assert part.stat().st_size == len(server.data) // 2 and not dest.exists()
+    download(server.url, dest, retries=0, progress=False)
+    assert dest.read_bytes() == server.data
+    assert server.requests == [(None, None), (f"bytes={len(server.data) // 2}-", '"v1"')]
+
+
+def test_dropped_connections_are_retried_automatically(server, tmp_path):
+    server.drop_connections = 2
+    dest = download(server.url, tmp_path / "dump.xml.bz2", retries=2, retry_wait_s=0, progress=False)
+    assert dest.read_bytes() == server.data
+    n = len(server.data)
+    assert [r for r, _ in server.requests] == [None, f"bytes={n // 2}-", f"bytes={n * 3 // 4}-"]
+
+
+def test_server_errors_are_retried_client_errors_are_not(server, tmp_path):
+    server.errors = [503, 429]
+    dest = download(server.url, tmp_path / "dump.xml.bz2", retries=2, retry_wait_s=0, progress=False)
+    assert dest.read_bytes() == server.data and len(server.requests) == 3
+    server.errors, server.requests = [404], []
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(server.url, tmp_path / "other.xml.bz2", retries=2, retry_wait_s=0, progress=False)
+    assert len(server.requests) == 1
+
+
+def test_a_changed_file_is_downloaded_again_not_spliced(server, tmp_path):
+    dest = tmp_path / "dump.xml.bz2"
+    server.drop_connections = 1
+    with pytest.raises(DownloadError):
+        download(server.url, dest, retries=0, progress=False)
+    server.data, server.etag = server.data[::-1], '"v2"'  # a new dump under the same URL
+    download(server.url, dest, retries=0, progress=False)
+    assert dest.read_bytes() == server.data
+    assert server.requests[-1] == (f"bytes={len(server.data) // 2}-", '"v1"')  # If-Range "v1" -> 200, whole
+
+
+def test_a_part_longer_than_the_file_starts_over(server, tmp_path):
+    dest = tmp_path / "dump.xml.bz2"
+    server.drop_connections = 1
+    with pytest.raises(DownloadError):
+        download(server.url, dest, retries=0, progress=False)
+    part = tmp_path / "dump.xml.bz2.part"
+    part.write_bytes(server.data + b"junk")
+    download(server.url, dest, retries=0, progress=False)
+    assert dest.read_bytes() == server.data
+
+
+def test_size_mismatch_is_an_error_and_keeps_the_part(server, tmp_path):
+    dest = tmp_path / "dump.xml.bz2"
+    server.drop_connections = 1
+    with pytest.raises(DownloadError):
+        download(server.url, dest, retries=0, progress=False)
+    server.short_ranges = True
+    with pytest.raises(
+        DownloadError, match=f"got {len(server.data) * 3 // 4:,} of {len(server.data):,} bytes"
+    ):
+        download(server.url, dest, retries=0, progress=False)
+    assert not dest.exists() and (tmp_path / "dump.xml.bz2.part").stat().st_size == len(server.data) * 3 // 4
+
+
+def test_download_dump_reuses_a_complete_download(server, tmp_path):
+    url = server.url.replace("http://", "https://")
+    done = tmp_path / dump_file_name(url)
+    done.write_bytes(b"complete")
+    assert download_dump(url, tmp_path) == done
+    assert server.requests == []
