@@ -1,5 +1,6 @@
 """Errors the user can fix."""
 
 
-class UserError(Exception):
-    """An error caused by bad input; the CLI prints its message without a traceback."""
+class UserError(ValueError):
+    """An error caused by bad input (a bad value, a missing file...); the CLI prints its message without a
+    traceback. A ValueError, so code that validates arguments can raise it where a ValueError is expected."""

@@ -132,3 +132,17 @@ def test_metrics_and_run_config_are_recorded(corpus, tmp_path):
     assert [r["kind"] for r in records].count("eval") == 1
     config = json.loads((tmp_path / "run" / "run_config_step0.json").read_text())
     assert config["model_config"]["n_layers"] == 2 and config["precision"] == "fp32"
+
+
+def test_compiled_model_trains_like_the_eager_one(corpus, tmp_path):
+    # torch.compile (inductor, C++ on the CPU: ~40 s) and eager differ only in rounding.
+    assert cli(train_args(corpus, tmp_path / "eager", "--max_steps", "3", "--attention", "softplus")) == 0
+    assert cli(train_args(corpus, tmp_path / "compiled", "--max_steps", "3", "--attention", "softplus",
+                          "--compile")) == 0  # fmt: skip
+    eager, compiled = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys() == {1, 2, 3}
+    for step in eager:
+        assert compiled[step] == pytest.approx(eager[step], rel=1e-4), step
+    # Saved from the underlying module: plain parameter names, no `_orig_mod.` prefix.
+    saved = load_file(find_checkpoint(tmp_path / "compiled").path / "model.safetensors")
+    assert saved.keys() == load_file(find_checkpoint(tmp_path / "eager").path / "model.safetensors").keys()

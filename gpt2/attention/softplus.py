@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2.attention.mask import causal_mask
+from gpt2.errors import UserError
 
 try:
     from gpt2.attention import softplus_op
@@ -48,7 +49,7 @@ def length_scale(
     if length_base is None:
         return torch.ones(q_len, device=device, dtype=dtype)
     if not length_base > 1:
-        raise ValueError(f"length_base must be > 1 (or None for no length scaling), got {length_base}")
+        raise UserError(f"length_base must be > 1 (or None for no length scaling), got {length_base}")
     n_keys = torch.arange(kv_len - q_len + 1, kv_len + 1, device=device, dtype=dtype)
     return torch.log(n_keys) / math.log(length_base)
 

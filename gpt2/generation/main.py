@@ -50,11 +50,14 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.load(ckpt.tokenizer_path)
     backend = open_backend(str(ckpt.path), cfg.backend, cfg.device)
     records = []
-    for prompt in read_prompts(args, cfg):
+    for n, prompt in enumerate(read_prompts(args, cfg)):
         # An empty prompt starts a fresh document, as GPT-2 does for unconditional samples.
         prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+        # One seed per prompt: with a shared one, every prompt would draw the same random numbers, and the
+        # samples of different prompts would be correlated.
+        seed = None if cfg.seed is None else cfg.seed + n
         samples = generate(
-            backend, prompt_ids, cfg.max_new_tokens, sampling, cfg.num_samples, tokenizer.eot_id, cfg.seed
+            backend, prompt_ids, cfg.max_new_tokens, sampling, cfg.num_samples, tokenizer.eot_id, seed
         )
         for i, sample in enumerate(samples):
             text = tokenizer.decode(sample)

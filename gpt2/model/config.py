@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gpt2.errors import UserError
+
 AttentionKind = Literal["softmax", "softmax_naive", "softplus"]
 
 
@@ -33,10 +35,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.head_dim is None:
             if self.dim % self.n_heads:
-                raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; set head_dim")
+                raise UserError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; set head_dim")
             self.head_dim = self.dim // self.n_heads
         if self.vocab_size < 1 or self.n_layers < 1 or self.max_seq_len < 1:
-            raise ValueError(f"invalid model config: {self}")
+            raise UserError(f"invalid model config: {self}")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -51,7 +53,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+            raise UserError(f"unknown model config keys {sorted(unknown)}")
         return cls(**d)
 
 
@@ -68,6 +70,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 def model_config_from_preset(preset: str, **overrides: Any) -> ModelConfig:
     """A preset's config with some fields replaced (``None`` values are ignored)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise UserError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     return ModelConfig(**values)

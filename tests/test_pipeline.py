@@ -1,0 +1,128 @@
+"""The whole pipeline through its command line, on the real excerpt, as scripts/quickstart.sh runs it (smaller):
+prepare -> train-tokenizer -> encode -> train -> evaluate -> generate."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from gpt2.checkpoint import find_checkpoint, load_model
+from gpt2.cli import main as cli
+from gpt2.data.tokens import TokenFile
+from gpt2.tokenizer import Tokenizer
+from gpt2.training.run_log import read_metrics
+
+STEPS = 250
+TRAIN = [
+    "--preset", "small", "--n_layers", "2", "--dim", "64", "--n_heads", "2", "--max_seq_len", "128",
+    "--seq_len", "64", "--batch_size", "16", "--max_steps", str(STEPS), "--lr", "5e-3", "--min_lr", "5e-4",
+    "--warmup_steps", "20", "--eval_every", "125", "--eval_batches", "0", "--checkpoint_every", "125",
+    "--log_every", "25", "--progress", "false", "--attention", "softplus",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """Every stage's command, in order, into one folder (the checks below read what they left)."""
+    work = tmp_path_factory.mktemp("pipeline")
+    wiki, tokenizer, tokens, run = work / "wiki", work / "tokenizer.json", work / "tokens", work / "run"
+    assert cli(["prepare", "--dump", "sample", "--out_dir", str(wiki), "--eval_fraction", "0.1", "--workers", "2"]) == 0
+    assert cli(["train-tokenizer", "--corpus_dir", str(wiki), "--vocab_size", "1024", "--out", str(tokenizer)]) == 0
+    assert cli(["encode", "--corpus_dir", str(wiki), "--tokenizer", str(tokenizer), "--out_dir", str(tokens)]) == 0
+    train = ["train", "--data_dir", str(tokens), "--tokenizer", str(tokenizer), "--out_dir", str(run), *TRAIN]
+    assert cli(train) == 0
+    return work
+
+
+def test_training_learns_and_beats_the_unigram_baseline(work, capsys):
+    records = read_metrics(work / "run" / "metrics.jsonl")
+    train = [r["loss"] for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(train) == STEPS // 25 and all(map(math.isfinite, train))
+    assert train[-1] < train[0] - 0.5
+    assert [r["step"] for r in evals] == [125, 250] and evals[1]["loss"] < evals[0]["loss"]
+
+    assert cli(["evaluate", str(work / "run"), "--unigram_baseline", "--device", "cpu"]) == 0
+    report = json.loads((work / "run" / "eval_step_00000250_pytorch.json").read_text())
+    # Clearly below the best model that knows token frequencies only (measured: 5.59 against 6.02).
+    assert report["loss"] < report["unigram_baseline_loss"] - 0.2
+    assert "unigram baseline" in capsys.readouterr().out
+
+
+def test_the_checkpoint_is_the_trained_model(work):
+    """evaluate rebuilds the model from the checkpoint alone; on the same batches it reproduces the loss the
+    trainer measured on its own model at the end of training, and the perplexity and bits per byte with it."""
+    assert cli(["evaluate", str(work / "run"), "--seq_len", "64", "--batch_size", "16", "--output",
+                str(work / "whole.json"), "--device", "cpu"]) == 0  # fmt: skip
+    report = json.loads((work / "whole.json").read_text())
+    final = [r for r in read_metrics(work / "run" / "metrics.jsonl") if r["kind"] == "eval"][-1]
+    assert report["step"] == final["step"] == STEPS
+    for key in ("loss", "perplexity", "bits_per_byte"):
+        assert report[key] == pytest.approx(final[key], rel=1e-6), key
+    # The whole eval set exactly once: every token but the first is predicted, and with them every UTF-8
+    # byte of the documents but the first token's.
+    eval_file = TokenFile(work / "tokens" / "eval.bin")
+    first_token_bytes = Tokenizer.load(work / "tokenizer.json").token_byte_lengths()[eval_file.tokens[0]]
+    assert report["whole_eval_set"] and report["tokens"] == len(eval_file) - 1
+    assert report["bytes"] == eval_file.header.n_bytes - first_token_bytes
+
+
+def test_evaluate_a_prefix_of_the_eval_set(work):
+    assert cli(["evaluate", str(work / "run"), "--max_batches", "3", "--batch_size", "4", "--seq_len", "32",
+                "--output", str(work / "prefix.json"), "--device", "cpu"]) == 0  # fmt: skip
+    report = json.loads((work / "prefix.json").read_text())
+    assert not report["whole_eval_set"] and report["batches"] == 3 and report["tokens"] == 3 * 4 * 32
+
+
+def test_generate_samples_words_reproducibly(work):
+    args = ["generate", str(work / "run"), "--prompt", "The history of", "--prompt", "In mathematics, a",
+            "--max_new_tokens", "40", "--num_samples", "2", "--seed", "0", "--device", "cpu"]  # fmt: skip
+    assert cli([*args, "--output", str(work / "a.jsonl")]) == 0
+    assert cli([*args, "--output", str(work / "b.jsonl")]) == 0
+    samples = [json.loads(line) for line in (work / "a.jsonl").read_text().splitlines()]
+    assert samples == [json.loads(line) for line in (work / "b.jsonl").read_text().splitlines()]
+    assert [(s["prompt"], s["sample"]) for s in samples] == [
+        ("The history of", 0), ("The history of", 1), ("In mathematics, a", 0), ("In mathematics, a", 1)
+    ]  # fmt: skip
+    texts = [s["text"] for s in samples]
+    assert all(1 <= s["tokens"] <= 40 for s in samples) and len(set(texts)) == 4
+    words = " ".join(texts).split()
+    assert sum(w.strip(".,;:()\"'").isalpha() for w in words) > 0.6 * len(words)  # words, not byte noise
+
+
+def test_generate_continues_like_the_full_forward(work):
+    """Greedy decoding through the KV cache picks, at each step, the argmax of a full forward pass."""
+    model, ckpt = load_model(work / "run")
+    tokenizer = Tokenizer.load(ckpt.tokenizer_path)
+    prompt = tokenizer.encode("The history of")
+    assert cli(["generate", str(work / "run"), "--prompt", "The history of", "--temperature", "0",
+                "--max_new_tokens", "12", "--output", str(work / "greedy.jsonl"), "--device", "cpu"]) == 0  # fmt: skip
+    text = json.loads((work / "greedy.jsonl").read_text())["text"]
+    tokens = list(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            next_token = int(model(torch.tensor([tokens]))[0, -1].argmax())
+            if next_token == tokenizer.eot_id:
+                break
+            tokens.append(next_token)
+    assert text == tokenizer.decode(tokens[len(prompt) :])
+
+
+def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
+    # Token files from another tokenizer than the checkpoint's.
+    assert cli(["encode", "--corpus_dir", str(work / "wiki"), "--tokenizer", str(other_tokenizer),
+                "--out_dir", str(tmp_path / "other")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli(["evaluate", str(work / "run"), "--eval_tokens", str(tmp_path / "other" / "eval.bin")]) == 2
+    assert "was encoded with tokenizer" in capsys.readouterr().err
+    # A prompt that does not fit the model.
+    assert cli(["generate", str(work / "run"), "--prompt", "word " * 100, "--max_new_tokens", "100"]) == 2
+    assert "exceeds the model's max_seq_len 128" in capsys.readouterr().err
+    # Paths that are not checkpoints, corpora or token files.
+    assert cli(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    assert cli(["train-tokenizer", "--corpus_dir", str(tmp_path / "empty"), "--out", str(tmp_path / "t.json")]) == 2
+    assert "no text shards" in capsys.readouterr().err
+    assert find_checkpoint(work / "run").step == STEPS  # nothing above touched the run
