@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu_smoke", action="store_true",
                    help="tiny sizes on CPU through TRITON_INTERPRET=1: runs the script; times mean nothing")
     args = p.parse_args(argv)
-    if args.cpu_smoke:
-        vars(args).update(SMOKE)
+    if args.cpu_smoke:  # small sizes, except where given on the command line
+        defaults = p.parse_args([])
+        vars(args).update({k: v for k, v in SMOKE.items() if getattr(args, k) == getattr(defaults, k)})
     if args.batch_heads % args.heads:
         raise SystemExit(f"--batch_heads {args.batch_heads} is not a multiple of --heads {args.heads}")
     return args

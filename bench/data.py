@@ -7,10 +7,13 @@
 Rows:
 * read: the parent alone (decompress + parse the XML, no cleaning): the ceiling that more workers cannot
   pass, since the parent feeds them;
-* prepare workers=1: the whole stage in one process (the plain baseline), then workers=N (all cores).
-Rates are per second of wall time, in MB of the dump file as stored (compressed for .bz2) and in MB of
-wikitext (uncompressed article text). Each measurement is a function returning a row (a dict), and
-``print_table`` prints any list of rows, so other stages can add theirs. No assertions.
+* prepare workers=1: the whole stage in one process (the plain baseline), then workers=N (all cores);
+* encode: the prepared train split into a token file with a tokenizer trained on it (--vocab_size), by
+  ``encode_split`` (batches through ``encode_batch``, parallel in Rust) against the plain baseline, one
+  ``encode`` call per document on one thread.
+Rates are per second of wall time, in MB of the dump file as stored (compressed for .bz2), in MB of
+wikitext (uncompressed article text) and in tokens. Each measurement is a function returning a row (a
+dict), and ``print_table`` prints any list of rows. No assertions.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpt2.data.text_shards import iter_documents
+from gpt2.data.tokens import encode_split
 from gpt2.data.wikipedia import PrepareConfig, iter_pages, open_dump, prepare, resolve_dump
+from gpt2.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 
 COLUMNS = ("measurement", "setting", "seconds", "rate", "unit", "detail")
 
@@ -62,13 +68,12 @@ def bench_read(dump: Path, max_pages: int | None = None) -> dict:
     )  # fmt: skip
 
 
-def bench_prepare(dump: Path, workers: int, max_pages: int | None = None) -> dict:
-    """The whole stage (read, clean, split, write shards) into a temporary directory."""
-    with tempfile.TemporaryDirectory() as out:
-        cfg = PrepareConfig(dump=str(dump), out_dir=out, workers=workers, max_pages=max_pages)
-        start = time.perf_counter()
-        manifest = prepare(cfg, progress=False)
-        seconds = time.perf_counter() - start
+def bench_prepare(dump: Path, workers: int, out_dir: Path, max_pages: int | None = None) -> dict:
+    """The whole stage (read, clean, split, write shards) into ``out_dir``."""
+    cfg = PrepareConfig(dump=str(dump), out_dir=str(out_dir), workers=workers, max_pages=max_pages, overwrite=True)
+    start = time.perf_counter()
+    manifest = prepare(cfg, progress=False)
+    seconds = time.perf_counter() - start
     written = sum(s["bytes"] for s in manifest["splits"].values())
     read = manifest["dump_bytes_read"]
     return dict(
@@ -79,14 +84,39 @@ def bench_prepare(dump: Path, workers: int, max_pages: int | None = None) -> dic
     )  # fmt: skip
 
 
+def bench_encode(split_dir: Path, tokenizer: Tokenizer, out_dir: Path) -> dict:
+    """``encode_split``: documents in batches through ``encode_batch`` (Rust threads), into a token file."""
+    start = time.perf_counter()
+    header = encode_split(split_dir, tokenizer, out_dir / "train.bin", progress=False)
+    seconds = time.perf_counter() - start
+    return dict(
+        measurement="encode", setting="encode_split", seconds=seconds, rate=header.n_tokens / seconds,
+        unit="tokens/s", detail=f"{header.n_tokens:,} tokens, {header.n_bytes / 1e6 / seconds:.1f} MB/s of text",
+    )  # fmt: skip
+
+
+def bench_encode_one_by_one(split_dir: Path, tokenizer: Tokenizer) -> dict:
+    """The plain baseline: one ``encode`` call per document, one thread, nothing written."""
+    start = time.perf_counter()
+    n_tokens = n_bytes = 0
+    for doc in iter_documents(split_dir):
+        n_tokens += len(tokenizer.encode(doc)) + 1  # + EOT, as in the token file
+        n_bytes += len(doc.encode("utf-8"))
+    seconds = time.perf_counter() - start
+    return dict(
+        measurement="encode", setting="one by one", seconds=seconds, rate=n_tokens / seconds,
+        unit="tokens/s", detail=f"{n_tokens:,} tokens, {n_bytes / 1e6 / seconds:.1f} MB/s of text",
+    )  # fmt: skip
+
+
 def print_header() -> None:
-    print(f"{'measurement':<12} {'setting':<14} {'seconds':>8} {'rate':>10} {'unit':<16} detail")
+    print(f"{'measurement':<12} {'setting':<14} {'seconds':>8} {'rate':>12} {'unit':<16} detail")
 
 
 def print_row(row: dict) -> None:
     """A row has the keys of ``COLUMNS``; ``rate`` is in ``unit`` (MB/s, tokens/s, ...)."""
     print(
-        f"{row['measurement']:<12} {row['setting']:<14} {row['seconds']:>8.2f} {row['rate']:>10,.2f} "
+        f"{row['measurement']:<12} {row['setting']:<14} {row['seconds']:>8.2f} {row['rate']:>12,.1f} "
         f"{row['unit']:<16} {row.get('detail', '')}",
         flush=True,
     )
@@ -104,6 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="concatenate the dump's pages this many times")
     p.add_argument("--max_pages", type=int, default=None, help="stop after this many pages")
     p.add_argument("--workers", type=int, nargs="+", default=None, help="worker counts (default: 1 and all)")
+    p.add_argument("--vocab_size", type=int, default=50257, help="tokenizer trained for the encode rows")
     return p.parse_args(argv)
 
 
@@ -119,9 +150,17 @@ def main(argv: list[str] | None = None) -> None:
         print_header()
         rows = [bench_read(dump, args.max_pages)]
         print_row(rows[-1])
+        corpus = Path(tmp) / "wiki"
         for workers in worker_counts:
-            rows.append(bench_prepare(dump, workers, args.max_pages))
+            rows.append(bench_prepare(dump, workers, corpus, args.max_pages))
             print_row(rows[-1])
+        cfg = TokenizerConfig(corpus_dir=str(corpus), out=str(Path(tmp) / "tokenizer.json"), vocab_size=args.vocab_size)
+        tokenizer = train_tokenizer(cfg, show_progress=False)
+        # Tokenizers parallelises encode_batch over all cores (RAYON_NUM_THREADS caps it); encode is serial.
+        rows.append(bench_encode(corpus / "train", tokenizer, Path(tmp)))
+        print_row(rows[-1])
+        rows.append(bench_encode_one_by_one(corpus / "train", tokenizer))
+        print_row(rows[-1])
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
     python -m bench.train --preset gpt2 --seq_len 1024 --batch_size 16 --precision amp_bf16      # GPT-2 124M
     python -m bench.train --preset small --seq_len 2048 --batch_size 32 --precision amp_bf16     # the seed's config
-    python -m bench.train --preset small --seq_len 256 --batch_size 8 --device cpu --no-compile  # CPU
+    python -m bench.train --preset small --seq_len 256 --batch_size 8 --device cpu --precision fp32  # CPU
 
 Random tokens (throughput does not depend on the data); the timed steps follow warm-up steps (which
-include compilation). Prints a table and writes JSON. No assertions: targets are read off the table.
+include compilation). Prints a table and writes ``train.json`` to --out_dir. No assertions: targets are
+read off the table.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -91,21 +93,21 @@ def run_one(args: argparse.Namespace, attention: str, compile_model: bool) -> di
             torch.cuda.empty_cache()
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'attention':<14} {'compile':<8} {'step ms':>9} {'tokens/s':>12} {'MFU':>7} {'peak GB':>8}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['attention']:<14} {str(r['compile']):<8} {r['error']}")
-            continue
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        mem = f"{r['peak_memory_gb']:.2f}" if r["peak_memory_gb"] is not None else "-"
-        print(
-            f"{r['attention']:<14} {str(r['compile']):<8} {r['step_ms']:>9.1f} {r['tokens_per_s']:>12,.0f} "
-            f"{mfu:>7} {mem:>8}"
-        )
+HEADER = f"{'attention':<14} {'compile':<8} {'step ms':>9} {'tokens/s':>12} {'MFU':>7} {'peak GB':>8}"
 
 
-def main() -> None:
+def format_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['attention']:<14} {str(r['compile']):<8} {r['error']}"
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+    mem = f"{r['peak_memory_gb']:.2f}" if r["peak_memory_gb"] is not None else "-"
+    return (
+        f"{r['attention']:<14} {str(r['compile']):<8} {r['step_ms']:>9.1f} {r['tokens_per_s']:>12,.0f} "
+        f"{mfu:>7} {mem:>8}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gpt2")
     parser.add_argument("--vocab_size", type=int, default=50257)
@@ -118,22 +120,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", default="bench_train.json")
-    args = parser.parse_args()
+    parser.add_argument("--out_dir", type=Path, default=Path("out/bench"))
+    args = parser.parse_args(argv)
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"{device_name}, preset {args.preset}, seq {args.seq_len}, batch {args.batch_size}, {args.precision}")
+    print(HEADER)
     rows = []
     for attention in args.attention:
         for compile_model in (False, True) if args.compile else (False,):
             rows.append(run_one(args, attention, compile_model))
-            print_table(rows[-1:])
-    print()
-    print_table(rows)
-    with open(args.json, "w") as f:
-        json.dump({"device": device_name, "args": vars(args), "rows": rows}, f, indent=2)
-    print(f"wrote {args.json}")
-
+            print(format_row(rows[-1]), flush=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / "train.json"
+    path.write_text(json.dumps({"device": device_name, "args": vars(args), "rows": rows}, indent=2, default=str))
+    print(f"wrote {path}")
 
 if __name__ == "__main__":
     main()

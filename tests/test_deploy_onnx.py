@@ -105,7 +105,8 @@ def test_export_passes_checker_and_shape_inference_with_named_dynamic_dims(kind,
     graph = onnx.load(str(exported[kind]))
     ops = {node.op_type for node in graph.graph.node}
     assert all(node.domain in ("", "ai.onnx") for node in graph.graph.node)  # standard ops only, no custom op
-    assert ("Softplus" in ops) == (kind == "softplus") and ("Softmax" in ops) == (kind == "softmax")
+    # softplus as max(s, 0) + log(1 + exp(-|s|)): vectorised elementwise ops (ONNX Runtime's Softplus is not)
+    assert ({"Relu", "Exp", "Log"} <= ops) == (kind == "softplus") and ("Softmax" in ops) == (kind == "softmax")
     shapes = [list(i.dims) for i in graph.graph.initializer]
     assert [VOCAB, 64] in shapes and [512, 64] not in shapes  # the tied embedding, without its padding rows
 
@@ -122,6 +123,25 @@ def test_length_aware_softplus_exports_and_matches(corpus, tmp_path):
         [backend.forward(tokens[:, :12], state), backend.forward(tokens[:, 12:], state)], dim=1
     )
     torch.testing.assert_close(logits, reference(ckpt).forward(tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_softplus_export_keeps_weights_below_float_resolution(corpus, tmp_path):
+    """Scores of about -41 give weights e^-41, far under the 6e-8 that 1 + w can resolve in fp32: a plain
+    log(1 + exp(s)) makes them 0 and every row 0 / 0. The export must agree with PyTorch's softplus."""
+    cfg = tiny_config("softplus")
+    torch.manual_seed(2)
+    model = GPT(cfg).eval()
+    inner = cfg.n_heads * cfg.head_dim
+    with torch.no_grad():
+        for block in model.blocks:  # q = -3.2 and k = 3.2 everywhere: s = -3.2^2 * head_dim / sqrt(head_dim)
+            block.attn.qkv.weight[: 2 * inner].zero_()
+            block.attn.qkv.bias[:inner], block.attn.qkv.bias[inner : 2 * inner] = -3.2, 3.2
+    ckpt = save_checkpoint(tmp_path, 1, model, None, corpus.tokenizer)
+    export_checkpoint(ckpt, "fp32")
+    tokens = corpus.eval_ids(40).view(2, 20)
+    expected = reference(ckpt).forward(tokens)
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(load_backend("onnxruntime", ckpt).forward(tokens), expected, atol=1e-4, rtol=1e-4)
 
 
 # --- ONNX Runtime against PyTorch ---------------------------------------------------------------------

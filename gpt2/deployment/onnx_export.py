@@ -13,8 +13,8 @@ One graph serves prefill and decode::
 Positions start at ``cache_len`` (read from ``past_keys``' shape inside the graph) and
 the causal mask is built from the shapes, aligned bottom-right, so nothing about the
 lengths is baked in. Attention runs through plain PyTorch ops (the fused Triton kernel
-does not export): SDPA with an explicit additive mask for softmax, the reference
-decomposition for softplus (ONNX ``Softplus`` and friends).
+does not export): SDPA with an explicit additive mask for softmax, and for softplus the
+reference's math in vectorisable elementwise ops (``Relu``, ``Abs``, ``Exp``, ``Log``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from gpt2.attention import AttentionFn
 from gpt2.attention.mask import causal_mask
 from gpt2.attention.softmax import softmax_naive_attention
-from gpt2.attention.softplus import softplus_attention_reference
+from gpt2.attention.softplus import length_scale
 from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model
 from gpt2.deployment.artifacts import check_precision, checkpoint_identity, onnx_path
 from gpt2.deployment.graph_io import INPUT_NAMES, OUTPUT_NAMES
@@ -52,6 +53,12 @@ from gpt2.model import GPT, ModelConfig
 DEFAULT_OPSET = 18
 
 
+def _additive_mask(q_len: int, kv_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0 where a query may attend a key, -inf elsewhere (bottom-right aligned, see gpt2.attention.mask)."""
+    visible = causal_mask(q_len, kv_len, device)
+    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, float("-inf"))
+
+
 def _masked_sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
@@ -59,9 +66,34 @@ def _masked_sdpa(
     # Additive (0 / -inf) rather than boolean: a boolean mask exports as Where + IsNaN passes over every
     # score matrix, which more than doubled ONNX Runtime's prefill time. No row is fully masked (every
     # query sees at least its own key), so -inf never makes a NaN.
-    visible = causal_mask(q.shape[-2], k.shape[-2], q.device)
-    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill(~visible, float("-inf"))
+    bias = _additive_mask(q.shape[-2], k.shape[-2], q.dtype, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+def _softplus_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, length_base: float | None = None
+) -> torch.Tensor:
+    """The reference softplus attention (:mod:`gpt2.attention.softplus`) in ops ONNX runtimes run fast.
+
+    ONNX Runtime's ``Softplus`` kernel is scalar code, about 6 ns per score on a CPU core: a third of the
+    small preset's prefill. Here ``softplus(s) = max(s, 0) + log1p(exp(-|s|))`` is spelled in vectorised
+    elementwise ops; masked scores get -inf added (softplus(-inf) = 0: an Add, not a Where over the
+    weights), and the scale multiplies q, not the score matrix. ONNX Runtime's prefill of the small preset
+    (batch 32 x 256 tokens, 2 cores) went from ~480 ms with ``Softplus`` to ~290 ms.
+    """
+    q_len, kv_len, dtype = q.shape[-2], k.shape[-2], q.dtype
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    # The scale (and the length factor of each query) goes on q, Lq x D numbers, not on the Lq x Lk scores.
+    q = q.float() * scale
+    if length_base is not None:
+        q = q * length_scale(q_len, kv_len, length_base, q.device).unsqueeze(-1)
+    scores = q @ k.float().transpose(-2, -1) + _additive_mask(q_len, kv_len, torch.float32, q.device)
+    y = torch.exp(-scores.abs())
+    u = 1 + y
+    # log1p(y) without a Log1p op: log(u) is off by the rounding of 1 + y, which ((u - 1) - y) / u undoes.
+    # Without it a score under about -17 rounds to weight 0, and a row of such scores divides 0 by 0.
+    weights = torch.relu(scores) + (torch.log(u) - ((u - 1) - y) / u)
+    return ((weights @ v.float()) / weights.sum(dim=-1, keepdim=True)).to(dtype)
 
 
 def export_attention(cfg: ModelConfig) -> AttentionFn:
@@ -71,7 +103,7 @@ def export_attention(cfg: ModelConfig) -> AttentionFn:
     if cfg.attention == "softmax_naive":
         return softmax_naive_attention
     if cfg.attention == "softplus":
-        return functools.partial(softplus_attention_reference, length_base=cfg.softplus_length_base)
+        return functools.partial(_softplus_attention, length_base=cfg.softplus_length_base)
     raise ValueError(f"no exportable implementation of attention {cfg.attention!r}")
 
 

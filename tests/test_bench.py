@@ -1,0 +1,37 @@
+"""The benchmark scripts run end to end at tiny sizes (on the CPU their timings mean nothing; no timing asserts)."""
+
+import json
+
+from bench import attention, data, train
+
+
+def test_attention_benchmark_writes_its_table_json_and_plot(tmp_path, capsys):
+    attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "64", "--cache_lens", "256",
+                    "--out_dir", str(tmp_path)])  # fmt: skip
+    rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
+    providers = {"softplus (Triton)", "softplus (PyTorch)", "softmax (SDPA)", "softmax_naive"}
+    assert {(r["provider"], r["mode"]) for r in rows if r["kind"] == "train"} == {
+        (p, mode) for p in providers for mode in ("fwd", "fwd+bwd")
+    }
+    assert len([r for r in rows if r["kind"] == "decode"]) == 3
+    assert all(r["status"] == "ok" and r["ms"] > 0 for r in rows)
+    assert (tmp_path / "attention.png").stat().st_size > 10_000
+    assert "softplus decode (split-K)" in capsys.readouterr().out
+
+
+def test_training_benchmark_measures_every_attention(tmp_path, capsys):
+    train.main([
+        "--preset", "small", "--vocab_size", "512", "--seq_len", "64", "--batch_size", "2", "--precision", "fp32",
+        "--no-compile", "--warmup", "1", "--steps", "1", "--device", "cpu", "--out_dir", str(tmp_path),
+    ])  # fmt: skip
+    rows = json.loads((tmp_path / "train.json").read_text())["rows"]
+    assert [r["attention"] for r in rows] == ["softmax", "softmax_naive", "softplus"]
+    assert all("error" not in r and r["tokens_per_s"] > 0 for r in rows)
+    assert "tokens/s" in capsys.readouterr().out
+
+
+def test_data_benchmark_compares_with_single_process_baselines(capsys):
+    data.main(["--max_pages", "40", "--workers", "1", "2", "--vocab_size", "300"])
+    out = capsys.readouterr().out
+    for row in ("read ", "workers=1", "workers=2", "encode_split", "one by one"):
+        assert row in out, row
