@@ -78,6 +78,10 @@ CASES = {
         "{{lang|fr|la vie}}, {{frac|1|2}}.",
         "It is 5 km long, 3 to 4 m wide and very old, la vie, 1/2.",
     ),
+    "as of, with a date and in lower case": (
+        "{{As of|2014}}, {{as of|2010|lc=y}}, {{as of|2015|6|30}} and {{As of|2013|June|8|df=y}}.",
+        "As of 2014, as of 2010, As of June 30, 2015 and As of June 8, 2013.",
+    ),
     "line breaks": ("line one<br />line two", "line one\nline two"),
     "math and code keep their source": (
         "where <math>x^{{2}} < y</math> is, as in <syntaxhighlight lang=c>a[[i]] = {{0}};</syntaxhighlight>",

@@ -19,6 +19,8 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     q_len, kv_len = q.shape[-2], k.shape[-2]
     if q_len == kv_len:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    if q_len == 1:  # one new token sees the whole cache: no mask, so SDPA may pick a fused kernel
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     # SDPA's is_causal aligns top-left when the lengths differ; we need bottom-right.
     mask = causal_mask(q_len, kv_len, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

@@ -119,6 +119,20 @@ def _frac(template: Template) -> str:
     return "/".join(args)
 
 
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December")  # fmt: skip
+
+
+def _as_of(template: Template) -> str:
+    """``{{as of|2010|5|12|lc=y}}`` -> "as of May 12, 2010" (year, optional month and day, lc: lower case)."""
+    year, month, day = (_positional(template) + ["", "", ""])[:3]
+    if month.isdigit() and 1 <= int(month) <= 12:
+        month = _MONTHS[int(month) - 1]
+    date = f"{month} {day}, {year}" if month and day else f"{month} {year}".strip()
+    lower = template.has("lc") and _render(template.get("lc").value).strip().lower() in ("y", "yes", "true")
+    return f"{'as' if lower else 'As'} of {date}"
+
+
 INLINE_TEMPLATES: dict[str, Callable[[Template], str]] = {
     "convert": _convert,
     "cvt": _convert,
@@ -140,7 +154,7 @@ INLINE_TEMPLATES: dict[str, Callable[[Template], str]] = {
     "sic": _first,
     "script": _last,
     "angbr": lambda t: f"⟨{_first(t)}⟩",
-    "as of": lambda t: f"As of {_first(t)}",
+    "as of": _as_of,
     "circa": lambda t: f"c. {_first(t)}",
     "c.": lambda t: f"c. {_first(t)}",
     "us$": lambda t: f"US${_first(t)}",
