@@ -10,17 +10,19 @@ The weights are positive on their own, so unlike softmax there is no running
 maximum to track: the kernels stream key blocks and add up ``sum w v`` and
 ``sum w`` directly, and split-K partials combine by plain addition.
 
-Base-2 form. With ``t = lam_i * s_ij * log2(e)`` the kernels compute
-``w2 = log2(1 + 2^t) = softplus(lam_i s_ij) / ln 2``: two hardware special
-functions per score (``ex2.approx`` and ``lg2.approx``; ``tl.log2`` would be a
-~20-instruction software log2f), using
-``log2(1 + 2^t) = max(t, 0) + log2(1 + 2^-|t|)``. The constant ``1/ln 2``
-cancels in ``o``; the saved ``l`` is converted back to natural units. For tiny
-``y = 2^-|t|`` the sum ``1 + y`` drops ``y``'s low bits, so a short series
-takes over there: very negative scores (where softplus attention behaves like
-softmax, w ~ e^s) keep full relative accuracy instead of rounding to zero
-weights and a 0/0 row. (A cut-off where softplus(x) = x would not save
-anything: both sides of a select are computed anyway.)
+Base-2 form and special functions. With ``t = lam_i * s_ij * log2(e)`` the
+kernels compute ``w2 = log2(1 + 2^t) = softplus(lam_i s_ij) / ln 2`` as
+``max(t, 0) + log2(1 + y)`` with ``y = 2^-|t|``. The constant ``1/ln 2``
+cancels in ``o``; the saved ``l`` is converted back to natural units. The
+special-function unit (16 results per clock per H100 SM, against 128 FMA-pipe
+operations) is the scarce resource, so each score costs exactly one ``ex2``
+there, and ``log2(1 + y)`` on ``[0, 1]`` is a short polynomial on the FMA pipe
+(see ``_log2_1p``) that also keeps relative accuracy for tiny ``y``: very
+negative scores, where softplus attention behaves like softmax (w ~ e^s), keep
+their weights instead of rounding to zero and a 0/0 row.
+``python -m bench.kernel_sass`` counts the instructions per score from the
+compiled code. (A cut-off where softplus(x) = x would not save anything: both
+sides of a select are computed anyway.)
 
 Backward (``D_i = dO_i . o_i``, ``sigma`` the logistic function)::
 
@@ -28,13 +30,17 @@ Backward (``D_i = dO_i . o_i``, ``sigma`` the logistic function)::
     dL/ds_ij = dL/dw_ij * lam_i * sigma(lam_i s_ij)
     dQ = dS K * scale,   dK = dS^T Q * scale,   dV = (w / l)^T dO
 
-With ``y = 2^-|t|``: ``sigma = 1/(1+y)`` for ``t >= 0`` and ``y/(1+y)``
-otherwise, so the backward reuses the recomputed ``exp2`` (plus a reciprocal,
-and a ``log2`` only where ``w`` itself is needed, i.e. for dV). Following
-FlashAttention-2, ``D`` comes from a small preprocessing kernel, dK/dV come from
-one kernel that walks the query blocks for a key block, and dQ from a second
-that walks the key blocks for a query block (no atomics; an atomic-add dQ inside
-the dK/dV kernel saves recomputing the scores and is worth trying on the GPU).
+With ``c_i = lam_i scale / l_i`` the kernels form the gradient of the dot
+product, ``dL/d(q_i . k_j) = sigma_ij (c_i dO_i . v_j - c_i D_i)``, one FMA
+and the sigmoid per score: a small preprocessing kernel computes ``D`` and the
+row factors ``ln2 / l_i`` (for w / l), ``c_i`` and ``c_i D_i`` once, so the
+loops never divide per row. ``sigma = 1/(1+y)`` for ``t >= 0`` and ``y/(1+y)`` otherwise:
+the dK/dV kernel reuses the ``2^-|t|`` it needs for ``w`` (dV), and adds one
+reciprocal (``rcp.approx``: ``1 + y`` lies in ``[1, 2]``). Following
+FlashAttention-2, dK/dV come from one kernel that walks the query blocks for a
+key block, and dQ from a second that walks the key blocks for a query block (no
+atomics; an atomic-add dQ inside the dK/dV kernel saves recomputing the scores
+and is worth trying on the GPU).
 
 Memory: the forward saves only ``o`` and ``l`` (O(B H L) extra), never an
 ``L x L`` matrix. Blocks wholly above the diagonal are skipped and the mask is
@@ -55,7 +61,6 @@ from collections.abc import Iterator
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 HEAD_DIMS = (32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -64,13 +69,11 @@ DECODE_MAX_Q_LEN = 16  # q_len up to this goes through the split-K decode kernel
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # Kernels may only read module globals that are constexpr.
-_LOG2E = tl.constexpr(LOG2E)
 _LN2 = tl.constexpr(LN2)
 
 # Under TRITON_INTERPRET=1 (NumPy on CPU) autotuning would only be slow: use one config whose blocks are
 # small enough that short test sequences still span several blocks and diagonal tiles.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_INTERPRET = tl.constexpr(INTERPRET)
 
 
 def _configs(tiles: list[dict[str, int]], warps: list[int], stages: list[int], interpret: dict[str, int]):
@@ -83,17 +86,25 @@ def _tiles(*pairs: tuple[int, int]) -> list[dict[str, int]]:
     return [{"BLOCK_M": m, "BLOCK_N": n} for m, n in pairs]
 
 
-def _prune_big_tiles(configs, named_args, **kwargs):
-    """Do not spend compiles on tiles that cannot win: over 128x64 with head_dim 128 or fp32 data they
-    overflow shared memory or registers, and exact fp32 dots (FMA loops, no tensor cores) want small
-    tiles and compile slowly (~30 s for a 128x128 tile)."""
+def _prune(score_rows: str, configs, named_args, **kwargs):
+    """The configs worth compiling and timing for these inputs. ``score_rows`` names the block size that
+    gives the score tile its rows: BLOCK_M, or BLOCK_N in the dK/dV kernel, whose tiles are transposed.
+
+    - Under 16 score rows per warp (a 64-row tile on 8 warps), the compiled code computes every score
+      twice, on sm_80 and sm_90 alike (``python -m bench.kernel_sass --all_configs`` shows the doubled
+      special-function count): such a config cannot beat its 4-warp twin.
+    - Tiles over 128x64 with head_dim 128 or fp32 data overflow shared memory or registers, and exact
+      fp32 dots (FMA loops, no tensor cores) want small tiles and compile slowly (~30 s for 128x128).
+    """
     args = {**named_args, **kwargs}  # Triton passes positional arguments and keywords (HEAD_DIM) apart
     limit = 128 * 128
     if args["HEAD_DIM"] >= 128 or args["Q"].dtype == torch.float32:
         limit = 128 * 64
     if args["DOT_PRECISION"] == "ieee":
         limit = 64 * 64
-    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= limit] or configs
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= limit and c.kwargs[score_rows] >= 16 * c.num_warps]
+    return kept or configs
 
 
 # BLOCK_M: query rows per tile, BLOCK_N: key rows per tile, in every kernel. The decode kernel's BLOCK_M
@@ -106,7 +117,8 @@ _DKDV_CONFIGS = _configs(_tiles((32, 64), (32, 128), (64, 64), (64, 128)), [4, 8
 _DQ_CONFIGS = _configs(_tiles((64, 32), (64, 64), (128, 32), (128, 64)), [4, 8], [2, 3],
                        interpret=_tiles((32, 16))[0])
 _DECODE_CONFIGS = _configs([{"BLOCK_N": n} for n in (32, 64, 128)], [4], [2, 3, 4], interpret={"BLOCK_N": 16})
-_PRUNE = {"early_config_prune": _prune_big_tiles}
+_PRUNE_M = {"early_config_prune": functools.partial(_prune, "BLOCK_M")}
+_PRUNE_N = {"early_config_prune": functools.partial(_prune, "BLOCK_N")}
 # Autotune per power-of-two length bucket, not per length (decoding grows the cache one token at a time).
 _LEN_KEYS = ["HEAD_DIM", "Q_LEN_KEY", "KV_LEN_KEY"]
 
@@ -117,35 +129,42 @@ _LEN_KEYS = ["HEAD_DIM", "Q_LEN_KEY", "KV_LEN_KEY"]
 
 
 @triton.jit
-def _fast_log2(x):
-    # tl.log2 compiles to an accurate software log2f of some 20 instructions per element; the hardware
-    # lg2.approx is one MUFU op with absolute error < 2^-22 on [1, 2], the only range used here.
-    if _INTERPRET:  # the interpreter has no libdevice
-        return tl.log2(x)
+def _log2_1p(y, FP32: tl.constexpr):
+    """log2(1 + y) for 0 <= y <= 1 on the FMA pipe: relative error < 1.5e-6 (FP32) or < 6e-5 (fp16/bf16)."""
+    # lg2.approx(1 + y) would cost a special-function op per score, the softplus kernels' scarcest
+    # resource; it also needs a series for small y (1 + y drops y's low bits) and a select between the two.
+    # FMA-pipe instructions replace all three: y * q(y), with q a polynomial fitted to log2(1 + y) / y for
+    # least maximum relative error, keeps relative accuracy down to the smallest y. fp16/bf16 weights are
+    # rounded to 2^-11 or 2^-9 for the second product anyway, so they get degree 4 (error 5.7e-5), fp32
+    # degree 6 (1.4e-6). Coefficients are fp32 values, highest order first. (Horner's rule, written
+    # tensor-first: constexpr * tensor would stay a constexpr in the interpreter.)
+    if FP32:
+        q = y * 0.020416272804141045 - 0.09584668278694153
+        q = q * y + 0.21534612774848938
+        q = q * y - 0.3391260802745819
+        q = q * y + 0.47767922282218933
+        q = q * y - 0.7211608290672302
+        q = q * y + 1.4426932334899902
     else:
-        return libdevice.fast_log2f(x)
+        q = y * 0.059651561081409454 - 0.22711949050426483
+        q = q * y + 0.4418988525867462
+        q = q * y - 0.7169874310493469
+        q = q * y + 1.4426132440567017
+    return q * y
 
 
 @triton.jit
-def _log2_1p(y):
-    """log2(1 + y) for 0 <= y <= 1, with relative error below ~3e-6."""
-    # 1 + y drops the low bits of a small y (and lg2.approx has an absolute error bound), so below 1/16
-    # use y/ln2 * (1 - y/2 + y^2/3 - y^3/4) instead: truncation error < y^4/5 < 3e-6 relative.
-    # (Horner's rule, written tensor-first: constexpr * tensor would stay a constexpr in the interpreter.)
-    series = y * (((y * (-0.25 * _LOG2E) + _LOG2E / 3.0) * y - 0.5 * _LOG2E) * y + _LOG2E)
-    return tl.where(y < 0.0625, series, _fast_log2(1.0 + y))
-
-
-@triton.jit
-def _softplus2(t, y):
+def _softplus2(t, y, FP32: tl.constexpr):
     """log2(1 + 2^t) = softplus(t ln2) / ln2, given y = 2^-|t|."""
-    return tl.maximum(t, 0.0) + _log2_1p(y)
+    return tl.maximum(t, 0.0) + _log2_1p(y, FP32)
 
 
 @triton.jit
-def _sigmoid2(t, y):
-    """1 / (1 + 2^-t) = sigmoid(t ln2), given y = 2^-|t|."""
-    return tl.where(t >= 0.0, 1.0, y) / (1.0 + y)
+def _sigmoid2_times(x, t, y):
+    """x / (1 + 2^-t) = x * sigmoid(t ln2), given y = 2^-|t|."""
+    # 1 + y is in [1, 2], so the approximate division (rcp.approx and a multiply, 2 ulp) is safe; plain
+    # "/" compiles to div.full, whose range checks cost three more instructions and two predicates.
+    return tl.fdiv(tl.where(t >= 0.0, x, x * y), 1.0 + y, approx=True)
 
 
 @triton.jit
@@ -185,7 +204,7 @@ def _fwd_inner(
         k = _load_rows(k_base, offs_n, stride_kn, offs_d, kv_end, MASKED)
         v = _load_rows(v_base, offs_n, stride_vn, offs_d, kv_end, MASKED)
         t = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * row_scale[:, None]
-        w = _softplus2(t, tl.exp2(-tl.abs(t)))
+        w = _softplus2(t, tl.exp2(-tl.abs(t)), v.dtype == tl.float32)
         if MASKED:
             visible = (offs_n[None, :] <= offs_m[:, None] + diag_offset) & (offs_n < kv_end)[None, :]
             w = tl.where(visible, w, 0.0)
@@ -194,7 +213,7 @@ def _fwd_inner(
     return acc, l_acc
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_LEN_KEYS, prune_configs_by=_PRUNE, cache_results=True)
+@triton.autotune(configs=_FWD_CONFIGS, key=_LEN_KEYS, prune_configs_by=_PRUNE_M, cache_results=True)
 @triton.jit
 def _fwd_kernel(
     Q, K, V, LAM, O, L, qk_scale,
@@ -291,41 +310,51 @@ def _decode_combine_kernel(
 
 @triton.jit
 def _bwd_preprocess_kernel(
-    O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom, H, Q_LEN,
+    O, DO, L, LAM, P_SCALE, DS_SCALE, DS_SHIFT, scale, stride_ob, stride_oh, stride_om,
+    stride_dob, stride_doh, stride_dom, H, Q_LEN,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """DELTA_i = dO_i . o_i (fp32)."""
+    """The per-row factors of the backward, so that its loops divide by nothing per row or score:
+    P_SCALE = ln2 / l_i (w / l from w2), DS_SCALE = c_i = lam_i * scale / l_i, DS_SHIFT = c_i * D_i."""
     pid_bh = tl.program_id(1)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Q_LEN
     o = _load_rows(_head(O, pid_bh, H, stride_ob, stride_oh), offs_m, stride_om, offs_d, Q_LEN, True)
     do = _load_rows(_head(DO, pid_bh, H, stride_dob, stride_doh), offs_m, stride_dom, offs_d, Q_LEN, True)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + pid_bh.to(tl.int64) * Q_LEN + offs_m, delta, mask=offs_m < Q_LEN)
+    rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
+    inv_l = 1.0 / tl.load(L + rows, mask=row_ok, other=1.0)
+    c = tl.load(LAM + offs_m, mask=row_ok, other=0.0) * scale * inv_l
+    tl.store(P_SCALE + rows, inv_l * _LN2, mask=row_ok)
+    tl.store(DS_SCALE + rows, c, mask=row_ok)
+    tl.store(DS_SHIFT + rows, c * delta, mask=row_ok)
 
 
 @triton.jit
 def _bwd_dkdv_inner(
-    dk, dv, k, v, q_base, do_base, lam_base, l_base, delta_base, stride_qm, stride_dom, offs_n, offs_d,
-    qk_scale, scale, lo, hi, diag_offset, Q_LEN,
+    dk, dv, k, v, q_base, do_base, lam_base, p_scale_base, ds_scale_base, ds_shift_base, stride_qm, stride_dom,
+    offs_n, offs_d, qk_scale, lo, hi, diag_offset, Q_LEN,
     BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Add query rows [lo, hi) to dK, dV of one key tile. Score tiles are held transposed: (keys, queries)."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < Q_LEN
-        # Rows past Q_LEN read q = dO = 0, lam = D = 0, l = 1: they then add exactly zero.
+        # Rows past Q_LEN read q = dO = 0 and zero factors: they add exactly zero.
         q = _load_rows(q_base, offs_m, stride_qm, offs_d, Q_LEN, True)
         do = _load_rows(do_base, offs_m, stride_dom, offs_d, Q_LEN, True)
-        lam = tl.load(lam_base + offs_m, mask=row_ok, other=0.0)
-        inv_l = 1.0 / tl.load(l_base + offs_m, mask=row_ok, other=1.0)
-        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        t_scale = tl.load(lam_base + offs_m, mask=row_ok, other=0.0) * qk_scale
+        p_scale = tl.load(p_scale_base + offs_m, mask=row_ok, other=0.0)
+        ds_scale = tl.load(ds_scale_base + offs_m, mask=row_ok, other=0.0)
+        ds_shift = tl.load(ds_shift_base + offs_m, mask=row_ok, other=0.0)
 
-        t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * (lam * qk_scale)[None, :]
+        t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * t_scale[None, :]
         y = tl.exp2(-tl.abs(t))
-        p = _softplus2(t, y) * (inv_l * _LN2)[None, :]  # w_ij / l_i
+        p = _softplus2(t, y, v.dtype == tl.float32) * p_scale[None, :]  # w_ij / l_i
         dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds = _sigmoid2(t, y) * (dp - delta[None, :]) * (lam * scale * inv_l)[None, :]  # dL / d(q_i . k_j)
+        # dL / d(q_i . k_j) = sigma * c_i * (dO_i . v_j - D_i)
+        ds = _sigmoid2_times(dp * ds_scale[None, :] - ds_shift[None, :], t, y)
         if MASKED:
             visible = offs_n[:, None] <= offs_m[None, :] + diag_offset
             p = tl.where(visible, p, 0.0)
@@ -335,10 +364,10 @@ def _bwd_dkdv_inner(
     return dk, dv
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_LEN_KEYS, prune_configs_by=_PRUNE, cache_results=True)
+@triton.autotune(configs=_DKDV_CONFIGS, key=_LEN_KEYS, prune_configs_by=_PRUNE_N, cache_results=True)
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LAM, L, DELTA, DK, DV, qk_scale, scale,
+    Q, K, V, DO, LAM, P_SCALE, DS_SCALE, DS_SHIFT, DK, DV, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
@@ -363,14 +392,13 @@ def _bwd_dkdv_kernel(
     mid = lo + tl.cdiv(full_start - lo, BLOCK_M) * BLOCK_M
     q_base = _head(Q, pid_bh, H, stride_qb, stride_qh)
     do_base = _head(DO, pid_bh, H, stride_dob, stride_doh)
-    l_base = L + pid_bh.to(tl.int64) * Q_LEN
-    delta_base = DELTA + pid_bh.to(tl.int64) * Q_LEN
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LAM, l_base, delta_base, stride_qm, stride_dom,
-                             offs_n, offs_d, qk_scale, scale, lo, mid, diag_offset, Q_LEN,
-                             BLOCK_M, True, DOT_PRECISION)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LAM, l_base, delta_base, stride_qm, stride_dom,
-                             offs_n, offs_d, qk_scale, scale, mid, Q_LEN, diag_offset, Q_LEN,
-                             BLOCK_M, False, DOT_PRECISION)
+    rows = pid_bh.to(tl.int64) * Q_LEN
+    factors = (P_SCALE + rows, DS_SCALE + rows, DS_SHIFT + rows)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LAM, *factors, stride_qm, stride_dom,
+                             offs_n, offs_d, qk_scale, lo, mid, diag_offset, Q_LEN, BLOCK_M, True, DOT_PRECISION)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LAM, *factors, stride_qm, stride_dom,
+                             offs_n, offs_d, qk_scale, mid, Q_LEN, diag_offset, Q_LEN, BLOCK_M, False,
+                             DOT_PRECISION)
 
     _store_rows(_head(DK, pid_bh, H, stride_dkb, stride_dkh), offs_n, stride_dkn, offs_d, KV_LEN, dk)
     _store_rows(_head(DV, pid_bh, H, stride_dvb, stride_dvh), offs_n, stride_dvn, offs_d, KV_LEN, dv)
@@ -378,17 +406,19 @@ def _bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dq_inner(
-    dq, q, do, row_scale, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi, diag_offset,
-    KV_LEN, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    dq, q, do, t_scale, ds_scale, ds_shift, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi,
+    diag_offset, KV_LEN, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Add keys [lo, hi) to dQ (before its per-row factor lam_i * scale / l_i). No log2 needed here."""
+    """Add keys [lo, hi) to dQ. Needs the logistic function only, so no log2."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_rows(k_base, offs_n, stride_kn, offs_d, KV_LEN, MASKED)
         v = _load_rows(v_base, offs_n, stride_vn, offs_d, KV_LEN, MASKED)
-        t = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * row_scale[:, None]
+        t = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * t_scale[:, None]
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = _sigmoid2(t, tl.exp2(-tl.abs(t))) * (dp - delta[:, None])
+        # sigma = 1 / (1 + 2^-t) directly, without the |t| split the dK/dV kernel shares with softplus:
+        # 2^-t overflows to inf below t = -128, and x / inf = 0 is the right limit there.
+        ds = tl.fdiv(dp * ds_scale[:, None] - ds_shift[:, None], 1.0 + tl.exp2(-t), approx=True)
         if MASKED:
             visible = (offs_n[None, :] <= offs_m[:, None] + diag_offset) & (offs_n < KV_LEN)[None, :]
             ds = tl.where(visible, ds, 0.0)
@@ -396,10 +426,10 @@ def _bwd_dq_inner(
     return dq
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=_LEN_KEYS, prune_configs_by=_PRUNE, cache_results=True)
+@triton.autotune(configs=_DQ_CONFIGS, key=_LEN_KEYS, prune_configs_by=_PRUNE_M, cache_results=True)
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, DO, LAM, L, DELTA, DQ, qk_scale, scale,
+    Q, K, V, DO, LAM, DS_SCALE, DS_SHIFT, DQ, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm,
     H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY,
@@ -412,9 +442,10 @@ def _bwd_dq_kernel(
     row_ok = offs_m < Q_LEN
     q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
     do = _load_rows(_head(DO, pid_bh, H, stride_dob, stride_doh), offs_m, stride_dom, offs_d, Q_LEN, True)
-    lam = tl.load(LAM + offs_m, mask=row_ok, other=0.0)
-    l_row = tl.load(L + pid_bh.to(tl.int64) * Q_LEN + offs_m, mask=row_ok, other=1.0)
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * Q_LEN + offs_m, mask=row_ok, other=0.0)
+    t_scale = tl.load(LAM + offs_m, mask=row_ok, other=0.0) * qk_scale
+    rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
+    ds_scale = tl.load(DS_SCALE + rows, mask=row_ok, other=0.0)
+    ds_shift = tl.load(DS_SHIFT + rows, mask=row_ok, other=0.0)
     k_base = _head(K, pid_bh, H, stride_kb, stride_kh)
     v_base = _head(V, pid_bh, H, stride_vb, stride_vh)
 
@@ -422,11 +453,10 @@ def _bwd_dq_kernel(
     diag_offset = KV_LEN - Q_LEN
     full_end = (pid_m * BLOCK_M + diag_offset + 1) // BLOCK_N * BLOCK_N  # as in the forward
     hi = tl.minimum((pid_m + 1) * BLOCK_M + diag_offset, KV_LEN)
-    dq = _bwd_dq_inner(dq, q, do, lam * qk_scale, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                       0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, lam * qk_scale, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                       full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION)
-    dq = dq * (lam * scale / l_row)[:, None]
+    dq = _bwd_dq_inner(dq, q, do, t_scale, ds_scale, ds_shift, k_base, v_base, stride_kn, stride_vn, offs_m,
+                       offs_d, 0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, t_scale, ds_scale, ds_shift, k_base, v_base, stride_kn, stride_vn, offs_m,
+                       offs_d, full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION)
     _store_rows(_head(DQ, pid_bh, H, stride_dqb, stride_dqh), offs_m, stride_dqm, offs_d, Q_LEN, dq)
 
 
@@ -434,6 +464,9 @@ def _bwd_dq_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------------
 
+# Launch option: the polynomial and the score scaling are written for fused multiply-adds, which Triton
+# stops emitting by default from 3.10 on.
+_FMA = dict(enable_fp_fusion=True)
 _poison = False
 
 
@@ -533,7 +566,7 @@ def flash_forward(
             q, k, v, lam.contiguous(), o, l, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             H, q_len, kv_len, triton.next_power_of_2(q_len), triton.next_power_of_2(kv_len),
-            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype),
+            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), **_FMA,
         )
     return o, l
 
@@ -581,11 +614,11 @@ def decode_forward(
             q, k, v, lam.contiguous(), acc, lsum, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             H, q_len, kv_len, chunk, triton.next_power_of_2(chunk),
-            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_M=DECODE_MAX_Q_LEN,
+            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_M=DECODE_MAX_Q_LEN, **_FMA,
         )
         _decode_combine_kernel[(B * H,)](
             acc, lsum, o, l, *o.stride()[:3], H, q_len, splits,
-            HEAD_DIM=D, BLOCK_M=DECODE_MAX_Q_LEN, num_warps=4,
+            HEAD_DIM=D, BLOCK_M=DECODE_MAX_Q_LEN, num_warps=4, **_FMA,
         )
     return o, l
 
@@ -612,21 +645,22 @@ def backward(
     dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
     if q.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    delta = _new_buffer((B, H, q_len), q, torch.float32)
+    p_scale, ds_scale, ds_shift = _new_buffer((3, B, H, q_len), q, torch.float32)
     preprocess_rows = 32 if INTERPRET else 64
     lengths = (H, q_len, kv_len, triton.next_power_of_2(q_len), triton.next_power_of_2(kv_len))
-    constants = dict(HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype))
+    constants = dict(HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), **_FMA)
     with _on_device(q):
         _bwd_preprocess_kernel[(triton.cdiv(q_len, preprocess_rows), B * H)](
-            o, do, delta, *o.stride()[:3], *do.stride()[:3], H, q_len, HEAD_DIM=D, BLOCK_M=preprocess_rows,
+            o, do, l, lam, p_scale, ds_scale, ds_shift, scale, *o.stride()[:3], *do.stride()[:3], H, q_len,
+            HEAD_DIM=D, BLOCK_M=preprocess_rows, **_FMA,
         )
         _bwd_dkdv_kernel[lambda meta: (triton.cdiv(kv_len, meta["BLOCK_N"]), B * H)](
-            q, k, v, do, lam, l, delta, dk, dv, scale * LOG2E, scale,
+            q, k, v, do, lam, p_scale, ds_scale, ds_shift, dk, dv, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3], *lengths, **constants,
         )
         _bwd_dq_kernel[lambda meta: (triton.cdiv(q_len, meta["BLOCK_M"]), B * H)](
-            q, k, v, do, lam, l, delta, dq, scale * LOG2E, scale,
+            q, k, v, do, lam, ds_scale, ds_shift, dq, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
             *lengths, **constants,
         )
