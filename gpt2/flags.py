@@ -45,7 +45,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
         tp, optional = _resolve(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": f"{help_text} (default: {default})"}
+        if "(default:" not in help_text:  # some help texts say what an empty default means
+            help_text = f"{help_text} (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         if tp is bool:
             # --flag, --flag true/false, and --no_flag all work, so launchers can pass variables.
             kwargs.update(nargs="?", const=True, type=_parse_bool)

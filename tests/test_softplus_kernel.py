@@ -275,14 +275,14 @@ def _log2_1p_kernel(Y, OUT, N, FP32: tl.constexpr, BLOCK: tl.constexpr):
     tl.store(OUT + offs, kernels._log2_1p(y, FP32), mask=offs < N)
 
 
-@pytest.mark.skipif(DEVICE == "cuda", reason="covered by the attention tests; this one checks the interpreter")
 @pytest.mark.parametrize(("fp32", "bound"), [(True, 1.5e-6), (False, 6e-5)])
 def test_log2_1p_polynomial_keeps_relative_accuracy(fp32, bound):
     # Uniform points on [0, 1] and log-spaced ones down to the smallest normal float (very negative scores).
     y = torch.cat([torch.rand(200_000, generator=torch.Generator().manual_seed(0)), torch.logspace(-37.9, 0, 20_000)])
-    y = torch.cat([y, torch.tensor([0.0, 1.0])]).float()
+    y = torch.cat([y, torch.tensor([0.0, 1.0])]).float().to(DEVICE)
     out = torch.empty_like(y)
     _log2_1p_kernel[(triton.cdiv(y.numel(), 4096),)](y, out, y.numel(), FP32=fp32, BLOCK=4096)
+    y, out = y.cpu(), out.cpu()
     exact = torch.log1p(y.double()) / math.log(2)
     assert out[-2] == 0.0  # y = 0: t = +-inf, softplus(t) = max(t, 0) exactly
     rel = ((out.double() - exact).abs() / exact.clamp_min(1e-300))[:-2]
@@ -303,11 +303,21 @@ def test_autotuner_skips_configs_that_compute_each_score_twice(kernel, score_row
     ]
 
 
+@pytest.mark.parametrize(("setting", "fwd_configs"), [("1", 16), ("0", 1)])
+def test_autotuning_can_be_switched_off_for_gpu_tests(setting, fwd_configs):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"SOFTPLUS_AUTOTUNE": setting}
+    script = "from gpt2.attention import softplus_triton as k; print(len(k._fwd_kernel.configs))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) == fwd_configs
+
+
 def test_kernels_compile_for_hopper_with_one_special_function_op_per_score(tmp_path):
     # The interpreter runs the kernels' logic but not Triton's GPU compiler, which has rules of its own
     # (e.g. no non-constexpr globals). bench/kernel_sass.py compiles every kernel for an H100 (sm_90, no GPU
     # needed) with bf16 inputs and counts the machine instructions in each loop over key or query tiles.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SOFTPLUS_AUTOTUNE")}
     command = [sys.executable, "-m", "bench.kernel_sass", "--head_dims", "64", "128", "--config_index", "0", "-1",
                "--out_dir", str(tmp_path)]
     done = subprocess.run(command, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True,

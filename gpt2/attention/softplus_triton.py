@@ -74,12 +74,16 @@ _LN2 = tl.constexpr(LN2)
 # Under TRITON_INTERPRET=1 (NumPy on CPU) autotuning would only be slow: use one config whose blocks are
 # small enough that short test sequences still span several blocks and diagonal tiles.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# SOFTPLUS_AUTOTUNE=0 keeps only each kernel's first config (the tests on a GPU set it: tuning every test
+# shape would compile hundreds of kernels).
+AUTOTUNE = os.environ.get("SOFTPLUS_AUTOTUNE", "1") != "0"
 
 
 def _configs(tiles: list[dict[str, int]], warps: list[int], stages: list[int], interpret: dict[str, int]):
     if INTERPRET:
         return [triton.Config(interpret, num_warps=4, num_stages=1)]
-    return [triton.Config(t, num_warps=w, num_stages=s) for t in tiles for w in warps for s in stages]
+    configs = [triton.Config(t, num_warps=w, num_stages=s) for t in tiles for w in warps for s in stages]
+    return configs if AUTOTUNE else configs[:1]
 
 
 def _tiles(*pairs: tuple[int, int]) -> list[dict[str, int]]:
