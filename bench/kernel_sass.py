@@ -1,8 +1,9 @@
-"""Static cost of the softplus attention kernels on Hopper (sm_90), read from the compiler, without a GPU.
+"""Static cost of the softplus attention kernels on Hopper (sm_90) or Ampere (sm_80), read from the compiler.
 
     python -m bench.kernel_sass                     # first autotune config of each kernel, bf16, D 64 and 128
     python -m bench.kernel_sass --config_index 0 -1 # the first and the last
     python -m bench.kernel_sass --all_configs       # every config the autotuner would try
+    python -m bench.kernel_sass --arch 80           # for an A100
 
 Each kernel is compiled with Triton's ahead-of-time path and the ptxas bundled with Triton, and the cubin is
 disassembled with the bundled cuobjdump. For every loop over key (or query) tiles the table gives the
@@ -121,14 +122,15 @@ def per_score(counts: collections.Counter, scores: float) -> dict[str, float]:
     return row
 
 
-def analyse(name: str, config: triton.Config, dtype: str, head_dim: int, tmp: Path) -> dict[str, object]:
-    compiled = compile_kernel(name, config, dtype, head_dim)
+def analyse(name: str, config: triton.Config, dtype: str, head_dim: int, arch: int, tmp: Path) -> dict[str, object]:
+    compiled = compile_kernel(name, config, dtype, head_dim, arch)
     sass, usage = disassemble(compiled.asm["cubin"], tmp)
     block_m = config.kwargs.get("BLOCK_M", K.DECODE_MAX_Q_LEN)
     scores = block_m * config.kwargs["BLOCK_N"] / (32 * config.num_warps)
     bodies = sorted(loops(sass), key=lambda c: sum(c.values()))  # the full-tile loop is the shorter one
     labels = ["full", "diag"] if len(bodies) == 2 else [f"loop{i}" for i in range(len(bodies))]
-    return dict(kernel=name, dtype=dtype, head_dim=head_dim, block_m=block_m, block_n=config.kwargs["BLOCK_N"],
+    return dict(arch=f"sm_{arch}", kernel=name, dtype=dtype, head_dim=head_dim, block_m=block_m,
+                block_n=config.kwargs["BLOCK_N"],
                 warps=config.num_warps, stages=config.num_stages, registers=usage.get("REG"),
                 stack=usage.get("STACK"), shared=usage.get("SHARED"),
                 loops={label: per_score(c, scores) for label, c in zip(labels, bodies, strict=True)})
@@ -153,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16"])
     p.add_argument("--head_dims", type=int, nargs="+", choices=K.HEAD_DIMS, default=[64, 128])
+    p.add_argument("--arch", type=int, choices=[80, 90], default=90, help="compute capability: 90 H100, 80 A100")
     p.add_argument("--config_index", type=int, nargs="+", default=[0],
                    help="which of the autotuner's configs (after pruning) to compile: 0 the first, -1 the last")
     p.add_argument("--all_configs", action="store_true", help="every config the autotuner would try")
@@ -172,11 +175,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                 candidates = configs(name, dtype, head_dim)
                 chosen = candidates if args.all_configs else dict.fromkeys(candidates[i] for i in args.config_index)
                 for config in chosen:
-                    rows.append(analyse(name, config, dtype, head_dim, tmp))
+                    rows.append(analyse(name, config, dtype, head_dim, args.arch, tmp))
     (tmp / "kernel.cubin").unlink(missing_ok=True)
     tmp.rmdir()
+    meta = dict(target=f"sm_{args.arch}", triton=triton.__version__, unit="instructions per score element per thread")
+    print(f"{meta['target']}, Triton {meta['triton']}: machine instructions per score element, per thread")
     print_table(rows)
-    meta = dict(target="sm_90", triton=triton.__version__, unit="instructions per score element per thread")
     (args.out_dir / "kernel_sass.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out_dir / 'kernel_sass.json'}", file=sys.stderr)
     return rows
