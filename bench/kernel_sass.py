@@ -42,7 +42,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from gpt2.attention import softplus_triton as K  # noqa: E402
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-DTYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MUFU_OPS = ("EX2", "LG2", "RCP")
 FP32_OPS = {"FADD", "FMUL", "FFMA", "FMNMX", "FSETP", "FSEL", "FCHK"}
 
@@ -62,12 +62,12 @@ def compile_kernel(name: str, config: triton.Config, dtype: str = "bf16", head_d
     jit = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
     signature, attrs = {}, {}
     for i, arg in enumerate(jit.arg_names):
-        signature[arg] = (DTYPES[dtype] if arg in data_args.split() else "*fp32" if arg in fp32_args.split()
+        signature[arg] = (f"*{dtype}" if arg in data_args.split() else "*fp32" if arg in fp32_args.split()
                           else "fp32" if arg in float_args.split() else "i32")
         if signature[arg].startswith("*") or arg.startswith("stride"):
             attrs[(i,)] = [["tt.divisibility", 16]]  # 16-byte aligned pointers and strides
-    precision = "ieee" if dtype == "fp32" else "tf32"  # fp32 with torch's default "highest" matmul precision
-    constants = dict(HEAD_DIM=head_dim, DOT_PRECISION=precision, **constants, **config.kwargs)
+    constants = dict(HEAD_DIM=head_dim, DOT_PRECISION=K._dot_precision(DTYPES[dtype]), **constants,
+                     **config.kwargs)
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = ASTSource(fn=jit, signature=signature, constexprs=constants, attrs=attrs)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **K._FMA)
@@ -80,9 +80,9 @@ def configs(name: str, dtype: str, head_dim: int) -> list[triton.Config]:
     if kernel.early_config_prune is None:
         return list(kernel.configs)
 
-    q = torch.empty(0, dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
-    precision = "ieee" if dtype == "fp32" else "tf32"
-    return kernel.early_config_prune(kernel.configs, {"Q": q}, HEAD_DIM=head_dim, DOT_PRECISION=precision)
+    q = torch.empty(0, dtype=DTYPES[dtype])
+    return kernel.early_config_prune(kernel.configs, {"Q": q}, HEAD_DIM=head_dim,
+                                     DOT_PRECISION=K._dot_precision(q.dtype))
 
 
 def disassemble(cubin: bytes, tmp: Path) -> tuple[str, dict[str, int]]:

@@ -34,9 +34,10 @@ With ``c_i = lam_i scale / l_i`` the kernels form the gradient of the dot
 product, ``dL/d(q_i . k_j) = sigma_ij (c_i dO_i . v_j - c_i D_i)``, one FMA
 and the sigmoid per score: a small preprocessing kernel computes ``D`` and the
 row factors ``ln2 / l_i`` (for w / l), ``c_i`` and ``c_i D_i`` once, so the
-loops never divide per row. ``sigma = 1/(1+y)`` for ``t >= 0`` and ``y/(1+y)`` otherwise:
-the dK/dV kernel reuses the ``2^-|t|`` it needs for ``w`` (dV), and adds one
-reciprocal (``rcp.approx``: ``1 + y`` lies in ``[1, 2]``). Following
+loops never divide per row. ``sigma = 1/(1+y)`` for ``t >= 0`` and
+``y/(1+y)`` otherwise: the dK/dV kernel reuses the ``2^-|t|`` it needs for
+``w`` (dV) and adds one reciprocal (``rcp.approx``: ``1 + y`` lies in
+``[1, 2]``); dQ takes ``1/(1 + 2^-t)`` directly. Following
 FlashAttention-2, dK/dV come from one kernel that walks the query blocks for a
 key block, and dQ from a second that walks the key blocks for a query block (no
 atomics; an atomic-add dQ inside the dK/dV kernel saves recomputing the scores
