@@ -1,6 +1,6 @@
 """Benchmark causal attention kernels: training (forward, forward+backward) and decoding.
 
-    python bench/attention.py                       # H100-class GPU, bf16, about a minute per head dim
+    python bench/attention.py                       # a CUDA GPU, bf16
     python bench/attention.py --cpu_smoke           # tiny sizes on CPU through Triton's interpreter
 
 Training: batch * heads = --batch_heads, head dims --head_dims, sequence lengths --seq_lens, for
@@ -13,26 +13,30 @@ the output (and for forward+backward the input gradients); "per token" divides b
 Decoding: one query per (batch, head) against a cache of --cache_lens keys: the softplus split-K decode
 kernel, the same kernel with a single split (what a plain tiled kernel does), and SDPA with q_len = 1.
 
-Writes a table to stdout, and attention.json and attention.png to --out_dir. Out-of-memory runs are
-recorded as OOM. No assertions on timings.
+Prints each table row as soon as it is measured and rewrites attention.json in --out_dir after every
+row, so a run cut short (a time limit, a crash) keeps what it measured; attention.png comes at the end.
+The first call of each Triton kernel compiles and autotunes it (Triton caches both on disk, so a second
+run starts at once). Out-of-memory runs are recorded as OOM. No assertions on timings.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+PROVIDERS = ("softplus (Triton)", "softplus (PyTorch)", "softmax (SDPA)", "softmax_naive")
 SMOKE = dict(batch_heads=4, heads=2, head_dims=[32, 64], seq_lens=[64, 128], cache_lens=[256, 512])
 
 
@@ -44,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq_lens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--cache_lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS),
+                   help="training providers to time (all by default)")
+    p.add_argument("--no_decode", action="store_true", help="skip the decoding benchmark")
     p.add_argument("--out_dir", type=Path, default=Path("out/bench"))
     p.add_argument("--cpu_smoke", action="store_true",
                    help="tiny sizes on CPU through TRITON_INTERPRET=1: runs the script; times mean nothing")
@@ -56,16 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def providers() -> dict[str, Callable[..., torch.Tensor]]:
+def providers(names: list[str]) -> dict[str, Callable[..., torch.Tensor]]:
     from gpt2.attention.softmax import softmax_attention, softmax_naive_attention
     from gpt2.attention.softplus import softplus_attention_reference, softplus_attention_triton
 
-    return {
-        "softplus (Triton)": softplus_attention_triton,
-        "softplus (PyTorch)": softplus_attention_reference,
-        "softmax (SDPA)": softmax_attention,
-        "softmax_naive": softmax_naive_attention,
-    }
+    functions = (softplus_attention_triton, softplus_attention_reference, softmax_attention,
+                 softmax_naive_attention)
+    return {name: fn for name, fn in zip(PROVIDERS, functions, strict=True) if name in names}
 
 
 def time_ms(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> float:
@@ -114,14 +118,13 @@ def measure(fn: Callable[[], object], grads: list[torch.Tensor] | None = None) -
             torch.cuda.empty_cache()
 
 
-def bench_training(args: argparse.Namespace, device: str, dtype: torch.dtype) -> list[dict[str, object]]:
-    rows = []
+def bench_training(args: argparse.Namespace, device: str, dtype: torch.dtype) -> Iterator[dict[str, object]]:
     heads, batch = args.heads, args.batch_heads // args.heads
     for head_dim in args.head_dims:
         for seq_len in args.seq_lens:
             shape = (batch, heads, seq_len, head_dim)
             fwd_flops = 4 * batch * heads * seq_len**2 * head_dim / 2
-            for name, attn in providers().items():
+            for name, attn in providers(args.providers).items():
                 q, k, v = (torch.randn(shape, device=device, dtype=dtype).requires_grad_() for _ in range(3))
                 do = torch.randn(shape, device=device, dtype=dtype)
 
@@ -135,19 +138,17 @@ def bench_training(args: argparse.Namespace, device: str, dtype: torch.dtype) ->
                 modes = (("fwd", forward, fwd_flops), ("fwd+bwd", forward_backward, 3.5 * fwd_flops))
                 for mode, fn, flops in modes:
                     result = measure(fn, [q, k, v] if mode == "fwd+bwd" else None)
-                    rows.append(dict(kind="train", provider=name, mode=mode, head_dim=head_dim,
-                                     seq_len=seq_len, batch=batch, heads=heads, **result))
-                    finish_row(rows[-1], flops, tokens=batch * seq_len)
+                    yield finish_row(dict(kind="train", provider=name, mode=mode, head_dim=head_dim,
+                                          seq_len=seq_len, batch=batch, heads=heads, **result),
+                                     flops, tokens=batch * seq_len)
                 del q, k, v, do
-    return rows
 
 
-def bench_decode(args: argparse.Namespace, device: str, dtype: torch.dtype) -> list[dict[str, object]]:
+def bench_decode(args: argparse.Namespace, device: str, dtype: torch.dtype) -> Iterator[dict[str, object]]:
     import torch.nn.functional as F
 
     from gpt2.attention import softplus_triton as kernels
 
-    rows = []
     heads, batch = args.heads, args.batch_heads // args.heads
     for head_dim in args.head_dims:
         for cache_len in args.cache_lens:
@@ -161,36 +162,40 @@ def bench_decode(args: argparse.Namespace, device: str, dtype: torch.dtype) -> l
                 "softmax (SDPA, q_len=1)": partial(F.scaled_dot_product_attention, q, k, v),
             }
             for name, fn in candidates.items():
-                rows.append(dict(kind="decode", provider=name, mode="decode", head_dim=head_dim,
-                                 seq_len=cache_len, batch=batch, heads=heads, **measure(fn)))
-                finish_row(rows[-1], flops=None, tokens=batch)
+                yield finish_row(dict(kind="decode", provider=name, mode="decode", head_dim=head_dim,
+                                      seq_len=cache_len, batch=batch, heads=heads, **measure(fn)),
+                                 flops=None, tokens=batch)
             del q, k, v
-    return rows
 
 
-def finish_row(row: dict[str, object], flops: float | None, tokens: int) -> None:
+def finish_row(row: dict[str, object], flops: float | None, tokens: int) -> dict[str, object]:
     ok = row["status"] == "ok"
     row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12 if ok and flops else None
     measured = ok and row["extra_bytes"] is not None
     row["extra_bytes_per_token"] = row["extra_bytes"] / tokens if measured else None
+    return row
 
 
-def print_table(rows: list[dict[str, object]]) -> None:
+HEADER = (f"{'kind':<7}{'provider':<28}{'mode':<9}{'D':>5}{'L':>7}{'ms':>11}{'TFLOP/s':>9}"
+          f"{'extra MiB':>11}{'B/token':>10}")
+
+
+def format_row(r: dict[str, object]) -> str:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    header = (f"{'kind':<7}{'provider':<28}{'mode':<9}{'D':>5}{'L':>7}{'ms':>11}{'TFLOP/s':>9}"
-              f"{'extra MiB':>11}{'B/token':>10}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        key = f"{r['kind']:<7}{r['provider']:<28}{r['mode']:<9}{r['head_dim']:>5}{r['seq_len']:>7}"
-        if r["status"] != "ok":
-            print(f"{key}{r['status']:>11}")
-            continue
-        mib = None if r["extra_bytes"] is None else r["extra_bytes"] / 2**20
-        print(f"{key}{fmt(r['ms'], '.3f'):>11}{fmt(r['tflops'], '.1f'):>9}{fmt(mib, '.1f'):>11}"
-              f"{fmt(r['extra_bytes_per_token'], '.0f'):>10}")
+    key = f"{r['kind']:<7}{r['provider']:<28}{r['mode']:<9}{r['head_dim']:>5}{r['seq_len']:>7}"
+    if r["status"] != "ok":
+        return f"{key}{r['status']:>11}"
+    mib = None if r["extra_bytes"] is None else r["extra_bytes"] / 2**20
+    return (f"{key}{fmt(r['ms'], '.3f'):>11}{fmt(r['tflops'], '.1f'):>9}{fmt(mib, '.1f'):>11}"
+            f"{fmt(r['extra_bytes_per_token'], '.0f'):>10}")
+
+
+def write_json(path: Path, meta: dict[str, object], rows: list[dict[str, object]]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    tmp.replace(path)  # a reader (or a run killed mid-write) never sees half a file
 
 
 def plot(rows: list[dict[str, object]], head_dims: list[int], path: Path) -> None:
@@ -234,19 +239,23 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("bench/attention.py needs a CUDA GPU (or --cpu_smoke to exercise the script on CPU)")
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
-
-    rows = bench_training(args, device, dtype) + bench_decode(args, device, dtype)
-    print_table(rows)
-
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     import triton
 
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = args.out_dir / "attention.json", args.out_dir / "attention.png"
     meta = dict(device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
                 torch=torch.__version__, triton=triton.__version__, dtype=args.dtype,
                 cpu_smoke=args.cpu_smoke, flops="fwd = 4*B*H*L^2*D/2 (causal); fwd+bwd = 3.5 * fwd")
-    (args.out_dir / "attention.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    plot(rows, args.head_dims, args.out_dir / "attention.png")
-    print(f"wrote {args.out_dir / 'attention.json'} and {args.out_dir / 'attention.png'}", file=sys.stderr)
+    print(HEADER)
+    print("-" * len(HEADER), flush=True)
+    rows = []
+    decode = iter(()) if args.no_decode else bench_decode(args, device, dtype)
+    for row in itertools.chain(bench_training(args, device, dtype), decode):
+        rows.append(row)
+        print(format_row(row), flush=True)
+        write_json(json_path, meta, rows)
+    plot(rows, args.head_dims, png_path)
+    print(f"wrote {json_path} and {png_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
     python -m bench.train --preset small --seq_len 256 --batch_size 8 --device cpu --precision fp32  # CPU
 
 Random tokens (throughput does not depend on the data); the timed steps follow warm-up steps (which
-include compilation). Prints a table and writes ``train.json`` to --out_dir. No assertions: targets are
-read off the table.
+include compilation). Prints the table row by row and rewrites ``train.json`` in --out_dir after each
+row. No assertions: targets are read off the table.
 """
 
 from __future__ import annotations
@@ -126,14 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"{device_name}, preset {args.preset}, seq {args.seq_len}, batch {args.batch_size}, {args.precision}")
     print(HEADER)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path, tmp = args.out_dir / "train.json", args.out_dir / "train.json.tmp"
     rows = []
     for attention in args.attention:
         for compile_model in (False, True) if args.compile else (False,):
             rows.append(run_one(args, attention, compile_model))
             print(format_row(rows[-1]), flush=True)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / "train.json"
-    path.write_text(json.dumps({"device": device_name, "args": vars(args), "rows": rows}, indent=2, default=str))
+            # Rewritten after every row (atomically): a run cut short keeps the rows it measured.
+            tmp.write_text(json.dumps({"device": device_name, "args": vars(args), "rows": rows}, indent=2,
+                                      default=str))
+            tmp.replace(path)
     print(f"wrote {path}")
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench import attention, data, train
 
 
@@ -17,6 +19,24 @@ def test_attention_benchmark_writes_its_table_json_and_plot(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["ms"] > 0 for r in rows)
     assert (tmp_path / "attention.png").stat().st_size > 10_000
     assert "softplus decode (split-K)" in capsys.readouterr().out
+
+
+def test_attention_benchmark_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatch, capsys):
+    def killed(*args):  # what a time limit or a crash during decoding would leave
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(attention, "bench_decode", killed)
+    with pytest.raises(KeyboardInterrupt):
+        attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "64", "--providers", "softmax (SDPA)",
+                        "softplus (Triton)", "--out_dir", str(tmp_path)])  # fmt: skip
+    rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
+    assert [(r["provider"], r["mode"]) for r in rows] == [
+        (p, mode) for p in ("softplus (Triton)", "softmax (SDPA)") for mode in ("fwd", "fwd+bwd")
+    ]
+    assert not (tmp_path / "attention.png").exists()
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 + len(rows) and "softmax (SDPA)" in printed[-1]
 
 
 def test_training_benchmark_measures_every_attention(tmp_path, capsys):
