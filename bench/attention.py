@@ -4,7 +4,8 @@
     python bench/attention.py --cpu_smoke           # tiny sizes on CPU through Triton's interpreter
 
 Training: batch * heads = --batch_heads, head dims --head_dims, sequence lengths --seq_lens, for
-softplus (Triton), softplus (PyTorch reference), softmax (SDPA / FlashAttention) and softmax_naive.
+softplus (Triton; and with dQ from atomic adds, SOFTPLUS_ATOMIC_DQ=1), softplus (PyTorch reference),
+softmax (SDPA / FlashAttention) and softmax_naive.
 FLOP convention (FlashAttention's): forward = 4 * B * H * L^2 * D / 2 (two matmuls, half of the score
 matrix under the causal mask); backward = 2.5x forward (five matmuls), so forward+backward = 3.5x forward.
 Extra memory = peak allocated during the call minus what was allocated before it (inputs), so it counts
@@ -36,7 +37,8 @@ from pathlib import Path
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-PROVIDERS = ("softplus (Triton)", "softplus (PyTorch)", "softmax (SDPA)", "softmax_naive")
+PROVIDERS = ("softplus (Triton)", "softplus (Triton, atomic dQ)", "softplus (PyTorch)", "softmax (SDPA)",
+             "softmax_naive")
 SMOKE = dict(batch_heads=4, heads=2, head_dims=[32, 64], seq_lens=[64, 128], cache_lens=[256, 512])
 
 
@@ -64,10 +66,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def providers(names: list[str]) -> dict[str, Callable[..., torch.Tensor]]:
+    from gpt2.attention import softplus_triton as kernels
     from gpt2.attention.softmax import softmax_attention, softmax_naive_attention
     from gpt2.attention.softplus import softplus_attention_reference, softplus_attention_triton
 
-    functions = (softplus_attention_triton, softplus_attention_reference, softmax_attention,
+    def softplus_atomic_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with kernels.use_atomic_dq():  # the backward of this forward adds dQ atomically
+            return softplus_attention_triton(q, k, v)
+
+    functions = (softplus_attention_triton, softplus_atomic_dq, softplus_attention_reference, softmax_attention,
                  softmax_naive_attention)
     return {name: fn for name, fn in zip(PROVIDERS, functions, strict=True) if name in names}
 

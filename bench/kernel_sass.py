@@ -50,7 +50,10 @@ FP32_OPS = {"FADD", "FMUL", "FFMA", "FMNMX", "FSETP", "FSEL", "FCHK"}
 # name: (kernel, pointer arguments in the data dtype, fp32 pointer arguments, float scalars, constants)
 KERNELS = {
     "fwd": (K._fwd_kernel, "Q K V O", "LAM L", "qk_scale", {}),
-    "dkdv": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "LAM P_SCALE DS_SCALE DS_SHIFT", "qk_scale", {}),
+    "dkdv": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "LAM P_SCALE DS_SCALE DS_SHIFT DQ_ACC", "qk_scale",
+             {"ATOMIC_DQ": False}),
+    "dkdv_atomic": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "LAM P_SCALE DS_SCALE DS_SHIFT DQ_ACC", "qk_scale",
+                    {"ATOMIC_DQ": True}),  # dkdv that also adds dQ atomically (SOFTPLUS_ATOMIC_DQ=1): no dq
     "dq": (K._bwd_dq_kernel, "Q K V DO DQ", "LAM DS_SCALE DS_SHIFT", "qk_scale", {}),
     "decode": (K._decode_partial_kernel, "Q K V", "LAM ACC LSUM", "qk_scale", {"BLOCK_M": K.DECODE_MAX_Q_LEN}),
 }
@@ -137,12 +140,12 @@ def analyse(name: str, config: triton.Config, dtype: str, head_dim: int, arch: i
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
-    header = (f"{'kernel':<8}{'dtype':<6}{'D':>4}{'tile':>9}{'warps':>6}{'stages':>7}{'regs':>6}{'stack':>6}"
+    header = (f"{'kernel':<12}{'dtype':<6}{'D':>4}{'tile':>9}{'warps':>6}{'stages':>7}{'regs':>6}{'stack':>6}"
               f"{'loop':>6}{'instr':>7}{'fp32':>6}{'MUFU':>6}{'ex2':>6}{'lg2':>6}{'rcp':>6}   per score")
     print(header)
     print("-" * len(header))
     for r in rows:
-        key = (f"{r['kernel']:<8}{r['dtype']:<6}{r['head_dim']:>4}{r['block_m']:>4}x{r['block_n']:<4}"
+        key = (f"{r['kernel']:<12}{r['dtype']:<6}{r['head_dim']:>4}{r['block_m']:>4}x{r['block_n']:<4}"
                f"{r['warps']:>6}{r['stages']:>7}{r['registers']:>6}{r['stack']:>6}")
         for label, c in r["loops"].items():
             print(f"{key}{label:>6}{c['all']:>7.1f}{c['fp32']:>6.1f}{c['mufu']:>6.2f}{c['ex2']:>6.2f}"

@@ -11,7 +11,8 @@ def test_attention_benchmark_writes_its_table_json_and_plot(tmp_path, capsys):
     attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "64", "--cache_lens", "256",
                     "--out_dir", str(tmp_path)])  # fmt: skip
     rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
-    providers = {"softplus (Triton)", "softplus (PyTorch)", "softmax (SDPA)", "softmax_naive"}
+    providers = set(attention.PROVIDERS)
+    assert "softplus (Triton, atomic dQ)" in providers
     assert {(r["provider"], r["mode"]) for r in rows if r["kind"] == "train"} == {
         (p, mode) for p in providers for mode in ("fwd", "fwd+bwd")
     }

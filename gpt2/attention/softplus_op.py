@@ -38,13 +38,14 @@ def softplus_attention_backward_op(
     l: torch.Tensor,
     lam: torch.Tensor,
     scale: float,
+    atomic_dq: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of ``softplus_attention_op`` given the output gradient ``do``."""
-    return kernels.backward(do, q, k, v, o, l, lam, scale)
+    return kernels.backward(do, q, k, v, o, l, lam, scale, atomic_dq)
 
 
 @softplus_attention_backward_op.register_fake
-def _(do, q, k, v, o, l, lam, scale):
+def _(do, q, k, v, o, l, lam, scale, atomic_dq):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -53,12 +54,14 @@ def _setup_context(ctx, inputs, output) -> None:
     o, l = output
     ctx.save_for_backward(q, k, v, o, l, lam)
     ctx.scale = scale
+    # The dQ variant in effect when the forward ran (or was traced) is the one its backward uses.
+    ctx.atomic_dq = kernels.atomic_dq_enabled()
     ctx.mark_non_differentiable(l)
 
 
 def _backward(ctx, do, _dl):
     q, k, v, o, l, lam = ctx.saved_tensors
-    dq, dk, dv = softplus_attention_backward_op(do, q, k, v, o, l, lam, ctx.scale)
+    dq, dk, dv = softplus_attention_backward_op(do, q, k, v, o, l, lam, ctx.scale, ctx.atomic_dq)
     return dq, dk, dv, None, None
 
 

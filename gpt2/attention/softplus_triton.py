@@ -37,11 +37,14 @@ row factors ``ln2 / l_i`` (for w / l), ``c_i`` and ``c_i D_i`` once, so the
 loops never divide per row. ``sigma = 1/(1+y)`` for ``t >= 0`` and
 ``y/(1+y)`` otherwise: the dK/dV kernel reuses the ``2^-|t|`` it needs for
 ``w`` (dV) and adds one reciprocal (``rcp.approx``: ``1 + y`` lies in
-``[1, 2]``); dQ takes ``1/(1 + 2^-t)`` directly. Following
-FlashAttention-2, dK/dV come from one kernel that walks the query blocks for a
-key block, and dQ from a second that walks the key blocks for a query block (no
-atomics; an atomic-add dQ inside the dK/dV kernel saves recomputing the scores
-and is worth trying on the GPU).
+``[1, 2]``); dQ takes ``1/(1 + 2^-t)`` directly. dK/dV come from one kernel
+that walks the query blocks for a key block, and by default dQ from a second
+that walks the key blocks for a query block: it recomputes the scores (two more
+products and an ``ex2`` per score) but needs no atomics, so gradients are
+bitwise reproducible. With ``SOFTPLUS_ATOMIC_DQ=1`` (or :func:`use_atomic_dq`) the
+dK/dV kernel instead adds each tile's ``dS^T K`` into an fp32 dQ with atomic
+adds, as FlashAttention-2 does: one product per score pair instead of three,
+at the price of atomic traffic and a summation order that varies run to run.
 
 Memory: the forward saves only ``o`` and ``l`` (O(B H L) extra), never an
 ``L x L`` matrix. Blocks wholly above the diagonal are skipped and the mask is
@@ -126,6 +129,7 @@ _PRUNE_M = {"early_config_prune": functools.partial(_prune, "BLOCK_M")}
 _PRUNE_N = {"early_config_prune": functools.partial(_prune, "BLOCK_N")}
 # Autotune per power-of-two length bucket, not per length (decoding grows the cache one token at a time).
 _LEN_KEYS = ["HEAD_DIM", "Q_LEN_KEY", "KV_LEN_KEY"]
+_DKDV_KEYS = [*_LEN_KEYS, "ATOMIC_DQ"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -338,11 +342,12 @@ def _bwd_preprocess_kernel(
 
 @triton.jit
 def _bwd_dkdv_inner(
-    dk, dv, k, v, q_base, do_base, lam_base, p_scale_base, ds_scale_base, ds_shift_base, stride_qm, stride_dom,
-    offs_n, offs_d, qk_scale, lo, hi, diag_offset, Q_LEN,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    dk, dv, k, v, q_base, do_base, dq_base, lam_base, p_scale_base, ds_scale_base, ds_shift_base, stride_qm,
+    stride_dom, offs_n, offs_d, qk_scale, lo, hi, diag_offset, Q_LEN, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Add query rows [lo, hi) to dK, dV of one key tile. Score tiles are held transposed: (keys, queries)."""
+    """Add query rows [lo, hi) to dK, dV of one key tile (and, with ATOMIC_DQ, this key tile's share to the
+    fp32 dQ rows at dq_base). Score tiles are held transposed: (keys, queries)."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < Q_LEN
@@ -365,20 +370,28 @@ def _bwd_dkdv_inner(
             p = tl.where(visible, p, 0.0)
             ds = tl.where(visible, ds, 0.0)
         dv = tl.dot(p.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        ds = ds.to(q.dtype)
+        dk = tl.dot(ds, q, dk, input_precision=DOT_PRECISION)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(ds), k, input_precision=DOT_PRECISION)
+            tl.atomic_add(dq_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], dq, mask=row_ok[:, None],
+                          sem="relaxed")
     return dk, dv
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_LEN_KEYS, prune_configs_by=_PRUNE_N, cache_results=True)
+@triton.autotune(configs=_DKDV_CONFIGS, key=_DKDV_KEYS, prune_configs_by=_PRUNE_N, cache_results=True)
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LAM, P_SCALE, DS_SCALE, DS_SHIFT, DK, DV, qk_scale,
+    Q, K, V, DO, LAM, P_SCALE, DS_SCALE, DS_SHIFT, DK, DV, DQ_ACC, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
     H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY,
-    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
+    """dK, dV of one key tile; with ATOMIC_DQ also its share of dQ, added into DQ_ACC ((B, H, Lq, D) fp32,
+    zeroed) so that no dQ kernel recomputes the scores."""
     pid_bh = tl.program_id(1)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -398,12 +411,14 @@ def _bwd_dkdv_kernel(
     q_base = _head(Q, pid_bh, H, stride_qb, stride_qh)
     do_base = _head(DO, pid_bh, H, stride_dob, stride_doh)
     rows = pid_bh.to(tl.int64) * Q_LEN
+    dq_base = DQ_ACC + rows * HEAD_DIM
     factors = (P_SCALE + rows, DS_SCALE + rows, DS_SHIFT + rows)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LAM, *factors, stride_qm, stride_dom,
-                             offs_n, offs_d, qk_scale, lo, mid, diag_offset, Q_LEN, BLOCK_M, True, DOT_PRECISION)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, LAM, *factors, stride_qm, stride_dom,
-                             offs_n, offs_d, qk_scale, mid, Q_LEN, diag_offset, Q_LEN, BLOCK_M, False,
-                             DOT_PRECISION)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, LAM, *factors, stride_qm, stride_dom,
+                             offs_n, offs_d, qk_scale, lo, mid, diag_offset, Q_LEN, HEAD_DIM, BLOCK_M, True,
+                             ATOMIC_DQ, DOT_PRECISION)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, LAM, *factors, stride_qm, stride_dom,
+                             offs_n, offs_d, qk_scale, mid, Q_LEN, diag_offset, Q_LEN, HEAD_DIM, BLOCK_M, False,
+                             ATOMIC_DQ, DOT_PRECISION)
 
     _store_rows(_head(DK, pid_bh, H, stride_dkb, stride_dkh), offs_n, stride_dkn, offs_d, KV_LEN, dk)
     _store_rows(_head(DV, pid_bh, H, stride_dvb, stride_dvh), offs_n, stride_dvn, offs_d, KV_LEN, dv)
@@ -473,6 +488,7 @@ def _bwd_dq_kernel(
 # stops emitting by default from 3.10 on.
 _FMA = dict(enable_fp_fusion=True)
 _poison = False
+_atomic_dq = os.environ.get("SOFTPLUS_ATOMIC_DQ", "0") == "1"
 
 
 @contextlib.contextmanager
@@ -485,6 +501,23 @@ def poisoned_outputs() -> Iterator[None]:
         yield
     finally:
         _poison = previous
+
+
+def atomic_dq_enabled() -> bool:
+    """Whether :func:`backward` takes dQ from atomic adds by default (see :func:`use_atomic_dq`)."""
+    return _atomic_dq
+
+
+@contextlib.contextmanager
+def use_atomic_dq(enabled: bool = True) -> Iterator[None]:
+    """Within the block, :func:`backward` takes dQ from atomic adds in the dK/dV kernel (``enabled``) or
+    from its own kernel; outside, ``SOFTPLUS_ATOMIC_DQ=1`` decides (see the module docstring)."""
+    global _atomic_dq
+    previous, _atomic_dq = _atomic_dq, enabled
+    try:
+        yield
+    finally:
+        _atomic_dq = previous
 
 
 def _new_buffer(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -637,8 +670,10 @@ def backward(
     l: torch.Tensor,
     lam: torch.Tensor,
     scale: float,
+    atomic_dq: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) from the forward's saved (o, l); see the module docstring for the formulas."""
+    """(dq, dk, dv) from the forward's saved (o, l); see the module docstring for the formulas. dQ comes
+    from atomic adds in the dK/dV kernel if ``atomic_dq`` (default: :func:`atomic_dq_enabled`)."""
     check_inputs(q, k, v, lam)
     if do.shape != q.shape or o.shape != q.shape or do.dtype != q.dtype or l.shape != q.shape[:3]:
         raise ValueError(f"backward: do {tuple(do.shape)} {do.dtype}, o {tuple(o.shape)}, l {tuple(l.shape)} "
@@ -651,6 +686,8 @@ def backward(
     if q.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     p_scale, ds_scale, ds_shift = _new_buffer((3, B, H, q_len), q, torch.float32)
+    atomic = _atomic_dq if atomic_dq is None else atomic_dq
+    dq_acc = torch.zeros((B, H, q_len, D), dtype=torch.float32, device=q.device) if atomic else dq
     preprocess_rows = 32 if INTERPRET else 64
     lengths = (H, q_len, kv_len, triton.next_power_of_2(q_len), triton.next_power_of_2(kv_len))
     constants = dict(HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), **_FMA)
@@ -660,13 +697,16 @@ def backward(
             HEAD_DIM=D, BLOCK_M=preprocess_rows, **_FMA,
         )
         _bwd_dkdv_kernel[lambda meta: (triton.cdiv(kv_len, meta["BLOCK_N"]), B * H)](
-            q, k, v, do, lam, p_scale, ds_scale, ds_shift, dk, dv, scale * LOG2E,
+            q, k, v, do, lam, p_scale, ds_scale, ds_shift, dk, dv, dq_acc, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-            *dk.stride()[:3], *dv.stride()[:3], *lengths, **constants,
+            *dk.stride()[:3], *dv.stride()[:3], *lengths, ATOMIC_DQ=atomic, **constants,
         )
-        _bwd_dq_kernel[lambda meta: (triton.cdiv(q_len, meta["BLOCK_M"]), B * H)](
-            q, k, v, do, lam, ds_scale, ds_shift, dq, scale * LOG2E,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-            *lengths, **constants,
-        )
+        if atomic:
+            dq.copy_(dq_acc)
+        else:
+            _bwd_dq_kernel[lambda meta: (triton.cdiv(q_len, meta["BLOCK_M"]), B * H)](
+                q, k, v, do, lam, ds_scale, ds_shift, dq, scale * LOG2E,
+                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+                *lengths, **constants,
+            )
     return dq, dk, dv
