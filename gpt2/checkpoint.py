@@ -94,7 +94,7 @@ def save_checkpoint(
     step: int,
     model: GPT,
     optimizer: torch.optim.Optimizer | None,
-    tokenizer_path: str | Path,
+    tokenizer: str | Path | bytes,
     meta: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     keep_last: int | None = None,
@@ -102,6 +102,8 @@ def save_checkpoint(
 ) -> Path:
     """Write ``RUN/checkpoints/step_<step>`` atomically; keep only the newest ``keep_last`` checkpoints.
 
+    ``tokenizer`` is a tokenizer.json file or its contents: a trainer passes the bytes it loaded, so that
+    the checkpoint holds the tokenizer its model was trained with even if the file has changed since.
     Under FSDP every rank calls this (collectively); ``trainer_state`` is each rank's own.
     """
     env = env or DistEnv()
@@ -124,7 +126,10 @@ def save_checkpoint(
                 torch.save({**(trainer_state or {}), **extra}, tmp / TRAINER_FILE)
         barrier()
         if env.is_main:
-            shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+            if isinstance(tokenizer, bytes):
+                (tmp / TOKENIZER_FILE).write_bytes(tokenizer)
+            else:
+                shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
             _seal(tmp, step, model.cfg, {"sharded": env.distributed, "world_size": env.world_size, **(meta or {})})
             if final.exists():  # re-saving a step (e.g. the final save right after a periodic one)
                 shutil.rmtree(final)
@@ -136,7 +141,9 @@ def save_checkpoint(
         raise
     barrier()
     if env.is_main and keep_last:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
+        # Among this checkpoint and older ones: newer ones are left from a run that resumed from an older
+        # checkpoint (they failed verification), and must not count as newest and push this one out.
+        for old in [c for c in list_checkpoints(run_dir) if c.name <= final.name][:-keep_last]:
             shutil.rmtree(old)
     return final
 

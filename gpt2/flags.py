@@ -35,8 +35,14 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
-    """Add one ``--name`` option per field of dataclass ``cls`` (help from field metadata)."""
+def add_flags(
+    parser: argparse.ArgumentParser, cls: type, title: str | None = None, unset_means: str | None = None
+) -> None:
+    """Add one ``--name`` option per field of dataclass ``cls`` (help from field metadata).
+
+    With ``unset_means`` every option defaults to None (not given) and its help says where the value then
+    comes from (e.g. "the --preset") instead of naming the field's default.
+    """
     group = parser.add_argument_group(title or cls.__name__)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -45,7 +51,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
         tp, optional = _resolve(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
-        if "(default:" not in help_text:  # some help texts say what an empty default means
+        if unset_means is not None:
+            default = None
+            help_text = f"{help_text} (default: {unset_means})"
+        elif "(default:" not in help_text:  # some help texts say what an empty default means
             help_text = f"{help_text} (default: {default})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         if tp is bool:

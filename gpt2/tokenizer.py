@@ -65,11 +65,12 @@ class TokenizerConfig:
 class Tokenizer:
     """A trained ``tokenizer.json``: encode, decode, and what each token stands for."""
 
-    def __init__(self, hf: HFTokenizer, path: Path, sha256: str) -> None:
+    def __init__(self, hf: HFTokenizer, path: Path, data: bytes) -> None:
         self._hf = hf
         self._hf.encode_special_tokens = True  # "<|endoftext|>" inside text is text, not a boundary
         self.path = path
-        self.sha256 = sha256
+        self.data = data  # the tokenizer.json bytes as loaded (checkpoints store these)
+        self.sha256 = hashlib.sha256(data).hexdigest()
         eot_id = hf.token_to_id(EOT)
         if eot_id is None:
             raise UserError(f"{path} has no {EOT} token; it is not a tokenizer trained by train-tokenizer")
@@ -88,7 +89,7 @@ class Tokenizer:
             hf = HFTokenizer.from_str(data.decode("utf-8"))
         except Exception as e:  # the Rust library raises a bare Exception with a parse message
             raise UserError(f"{path} is not a tokenizer.json file: {e}") from None
-        return cls(hf, path, hashlib.sha256(data).hexdigest())
+        return cls(hf, path, data)
 
     @property
     def vocab_size(self) -> int:

@@ -29,8 +29,10 @@ EVAL_EVERY=${EVAL_EVERY:-250}
 EVAL_BATCHES=${EVAL_BATCHES:-50}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
 
+# exec: torchrun replaces this shell, so a SIGTERM sent to the script reaches it and its workers, which save a
+# checkpoint before exiting.
 # shellcheck disable=SC2086
-torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" --node_rank "$NODE_RANK" \
+exec torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" --node_rank "$NODE_RANK" \
   --rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "$RDZV_ID" \
   -m gpt2 train \
   --data_dir "$DATA_DIR" --tokenizer "$TOKENIZER" --out_dir "$OUT_DIR" --resume "$RESUME" \

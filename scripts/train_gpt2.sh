@@ -39,7 +39,9 @@ if [ "$PRECISION_FLAGS" = auto ]; then
   fi
 fi
 
-python -m gpt2 train \
+# exec: the trainer replaces this shell, so a SIGTERM sent to the script (docker stop, a scheduler) reaches it
+# and it saves a checkpoint before exiting.
+exec python -m gpt2 train \
   --data_dir "$DATA_DIR" --tokenizer "$TOKENIZER" --out_dir "$OUT_DIR" --resume "$RESUME" \
   --preset "$PRESET" --attention "$ATTENTION" --dropout "$DROPOUT" \
   --seq_len "$SEQ_LEN" --batch_size "$BATCH_SIZE" --accum_steps "$ACCUM_STEPS" --max_steps "$MAX_STEPS" \

@@ -1,5 +1,6 @@
 """Checkpoints: round trip, atomicity, retention, corruption detection and fallback."""
 
+import hashlib
 import json
 
 import pytest
@@ -47,6 +48,23 @@ def test_keep_last_prunes_old_checkpoints(tmp_path, model, tokenizer_file):
     for step in (1, 2, 3, 4):
         save_checkpoint(tmp_path, step, model, None, tokenizer_file, keep_last=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+
+
+def test_pruning_never_removes_the_checkpoint_just_saved(tmp_path, model, tokenizer_file):
+    # A run resumed from step 10 because step 20 was corrupt: its next save (16) sorts before the corrupt 20,
+    # which must not count as one of the newest and push the new checkpoint out.
+    save_checkpoint(tmp_path, 10, model, None, tokenizer_file)
+    corrupt = save_checkpoint(tmp_path, 20, model, None, tokenizer_file)
+    (corrupt / "model.safetensors").write_bytes(b"truncated")
+    save_checkpoint(tmp_path, 16, model, None, tokenizer_file, keep_last=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000016", "step_00000020"]
+    assert find_checkpoint(tmp_path).step == 16
+
+
+def test_tokenizer_can_be_given_as_the_bytes_that_were_loaded(tmp_path, model, tokenizer_file):
+    path = save_checkpoint(tmp_path, 1, model, None, b'{"the": "bytes a trainer loaded"}')
+    assert (path / "tokenizer.json").read_bytes() == b'{"the": "bytes a trainer loaded"}'
+    assert read_checkpoint(path).tokenizer_sha256 == hashlib.sha256(b'{"the": "bytes a trainer loaded"}').hexdigest()
 
 
 def test_corrupt_checkpoint_is_detected_and_run_falls_back(tmp_path, model, tokenizer_file, capsys):

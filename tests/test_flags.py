@@ -54,3 +54,13 @@ def test_help_names_each_default_once():
     text = " ".join(parser.format_help().split())
     assert "run name (default: run)" in text
     assert "tokens (default: the model's)" in text and "(default: None)" not in text
+
+
+def test_flags_left_to_another_source_default_to_unset_and_say_so():
+    # The model flags of `train`: unset means the --preset's value (not the dataclass default).
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Example, unset_means="the preset's")
+    assert vars(parser.parse_args([])) == dict.fromkeys(vars(parser.parse_args([])))  # every value None
+    assert parser.parse_args(["--no_compile", "--steps", "3"]).compile is False
+    text = " ".join(parser.format_help().split())
+    assert "run name (default: the preset's)" in text and "(default: 10)" not in text

@@ -1,12 +1,16 @@
 """The trainer on real data: learning, exact resume, signals, bad states, precision modes."""
 
+import contextlib
 import json
 import math
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,18 +40,57 @@ def train_losses(run_dir):
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
 
 
+def _interrupt_at(trainer, step, signum=signal.SIGINT):
+    """Send this process ``signum`` during training step ``step`` (a real signal, as from Ctrl-C)."""
+
+    sent = []
+
+    def hook(module, inputs, output):
+        if trainer.step == step and not sent:  # once: a second Ctrl-C means "stop now"
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+        return output
+
+    return trainer.model.ln_f.register_forward_hook(hook)
+
+
 def test_exact_resume_matches_an_uninterrupted_run_bit_for_bit(corpus, tmp_path):
     # Dropout on: the RNG state must travel in the checkpoint too. Accumulation on: micro-step data order too.
-    common = ["--dropout", "0.1", "--accum_steps", "2", "--max_steps", "6"]
-    assert cli(train_args(corpus, tmp_path / "full", *common)) == 0
-    assert cli(train_args(corpus, tmp_path / "split", *common, "--max_steps", "3")) == 0
-    assert cli(train_args(corpus, tmp_path / "split", *common, "--resume")) == 0
+    # The split run is stopped by a signal, so both runs have the same configuration (and LR schedule).
+    model_cfg = model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=2, dim=64, n_heads=2,
+                                         max_seq_len=64, dropout=0.1)  # fmt: skip
+    optim_cfg = OptimConfig(lr=3e-3, warmup_steps=2)
+
+    def config(run, **extra):
+        return TrainConfig(**{**_train_kwargs(corpus, tmp_path / run), "max_steps": 8, "accum_steps": 2,
+                              "log_every": 1, "eval_every": 0, "eval_batches": 4, **extra})  # fmt: skip
+
+    Trainer(config("full"), optim_cfg, model_cfg).fit()
+    split = Trainer(config("split"), optim_cfg, model_cfg)
+    _interrupt_at(split, 3)
+    split.fit()
+    assert find_checkpoint(tmp_path / "split").step == 4  # stopped after finishing the interrupted step
+    Trainer(config("split", resume=True), optim_cfg).fit()
 
     assert train_losses(tmp_path / "split") == train_losses(tmp_path / "full")  # exact float equality
     full = load_file(find_checkpoint(tmp_path / "full").path / "model.safetensors")
     split = load_file(find_checkpoint(tmp_path / "split").path / "model.safetensors")
     assert full.keys() == split.keys()
     assert all(torch.equal(full[k], split[k]) for k in full)
+
+
+def test_a_signal_during_the_final_evaluation_loses_nothing(corpus, tmp_path):
+    trainer = Trainer(TrainConfig(**_train_kwargs(corpus, tmp_path / "run")), OptimConfig(),
+                      model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))  # fmt: skip
+    evaluate = trainer.evaluate
+
+    def evaluate_interrupted():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the final evaluation runs
+        return evaluate()
+
+    trainer.evaluate = evaluate_interrupted
+    assert trainer.fit() is not None  # the evaluation finished: no KeyboardInterrupt
+    assert find_checkpoint(tmp_path / "run").step == 2  # and the final checkpoint was written before it
 
 
 def test_existing_run_folder_is_never_overwritten(corpus, tmp_path):
@@ -72,14 +115,14 @@ def _train_kwargs(corpus, out_dir):
                 batch_size=4, max_steps=2, progress=False)  # fmt: skip
 
 
-def test_non_finite_loss_stops_with_the_last_good_state(corpus, tmp_path):
-    cfg = TrainConfig(**_train_kwargs(corpus, tmp_path / "run"), max_bad_steps=3)
+def test_non_finite_loss_stops_without_saving_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+    cfg = TrainConfig(**_train_kwargs(corpus, tmp_path / "run"), max_bad_steps=3, checkpoint_every=2)
     cfg.max_steps = 20
     trainer = Trainer(cfg, OptimConfig(), model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))
     good = {}
 
     def blow_up(module, inputs, output):
-        """From step 2 on, activations overflow (as with a too-high learning rate)."""
+        """From step 3 on, activations overflow (as with a too-high learning rate)."""
         if trainer.step < 2:
             return output
         if not good:  # the weights as they were before the first bad step
@@ -87,12 +130,30 @@ def test_non_finite_loss_stops_with_the_last_good_state(corpus, tmp_path):
         return output * math.nan
 
     trainer.model.ln_f.register_forward_hook(blow_up)
-    with pytest.raises(UserError, match="3 consecutive steps had a non-finite loss"):
+    with pytest.raises(UserError, match="3 consecutive steps had a non-finite loss") as error:
         trainer.fit()
-    ckpt = find_checkpoint(tmp_path / "run")
-    assert ckpt.step == 5
-    saved = load_file(ckpt.path / "model.safetensors")
+    # Steps 3-5 failed: the periodic checkpoint of step 4 and the stop were not saved.
+    assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step_00000002"]
+    assert "Nothing was saved" in str(error.value) and "step_00000002" in str(error.value)
+    saved = load_file(find_checkpoint(tmp_path / "run").path / "model.safetensors")
     assert all(torch.equal(saved[k], good[k]) for k in saved)
+
+
+def test_blown_up_weights_never_replace_good_checkpoints(corpus, tmp_path):
+    # An update with a finite loss can blow the weights up (here: lr 1e9): every later step is NaN. Stopping
+    # and resuming over and over must not fill the run with checkpoints of those weights, pruning good ones.
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "4", "--checkpoint_every", "2", "--keep_checkpoints",
+                          "2")) == 0  # fmt: skip
+    good = {c.name: c.joinpath("model.safetensors").read_bytes() for c in list_checkpoints(run)}
+    blow_up = ["--max_steps", "30", "--lr", "1e9", "--grad_clip", "0", "--max_bad_steps", "2", "--resume"]
+    for _ in range(3):
+        assert cli(train_args(corpus, run, *blow_up, "--keep_checkpoints", "2")) == 2
+    assert {c.name: c.joinpath("model.safetensors").read_bytes() for c in list_checkpoints(run)} == good
+    # Resuming with a sane learning rate continues from the newest good checkpoint.
+    assert cli(train_args(corpus, run, "--max_steps", "6", "--resume")) == 0
+    losses = train_losses(run)
+    assert math.isfinite(losses[6]) and find_checkpoint(run).step == 6
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
@@ -111,6 +172,78 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
     ckpt = find_checkpoint(run_dir)
     assert 3 <= ckpt.step < 100000
     assert max(train_losses(run_dir)) == ckpt.step  # no step was lost or half-done
+
+
+def test_sigterm_to_the_launcher_reaches_the_trainer(corpus, tmp_path):
+    # Schedulers and `docker stop` signal the launcher's PID: it must be the trainer itself (exec), not a shell
+    # that dies and leaves the trainer running without a checkpoint.
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DATA_DIR": str(corpus.tokens), "TOKENIZER": str(corpus.tokenizer),
+           "OUT_DIR": str(run_dir), "PRESET": "small", "SEQ_LEN": "32", "BATCH_SIZE": "4", "ACCUM_STEPS": "1",
+           "MAX_STEPS": "100000", "EVAL_EVERY": "0", "CHECKPOINT_EVERY": "0", "DEVICE": "cpu"}  # fmt: skip
+    launcher = Path(__file__).parents[1] / "scripts" / "train_gpt2.sh"
+    proc = subprocess.Popen(["bash", str(launcher), *TINY_MODEL[2:], "--log_every", "1", "--progress", "false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "metrics.jsonl").exists() or len(train_losses(run_dir)) < 2:
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # to the launcher's PID only
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group (a stray trainer, if any)
+    assert proc.returncode == 0, out
+    assert "received SIGTERM" in out
+    assert max(train_losses(run_dir)) == find_checkpoint(run_dir).step
+
+
+def _file_size_limit(limit):
+    def set_limit():  # in the child: files past `limit` bytes fail to write, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return set_limit
+
+
+@pytest.mark.parametrize("failing_file", ["model.safetensors", "trainer.pt"])
+def test_a_full_disk_is_a_clear_error_and_keeps_the_earlier_checkpoints(corpus, tmp_path, failing_file):
+    run_dir = tmp_path / "run"
+    assert cli(train_args(corpus, run_dir, "--max_steps", "2")) == 0
+    first = find_checkpoint(run_dir).path
+    sizes = {name: (first / name).stat().st_size for name in ("model.safetensors", "trainer.pt")}
+    assert sizes["trainer.pt"] > sizes["model.safetensors"]  # so a limit between them fails only trainer.pt
+    limit = sizes["model.safetensors"] // 2 if failing_file == "model.safetensors" else sum(sizes.values()) // 2
+    done = subprocess.run([sys.executable, "-m", "gpt2", *train_args(corpus, run_dir, "--max_steps", "4", "--resume")],
+                          capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(limit))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "error: could not write the checkpoint of step 4" in done.stderr and "Traceback" not in done.stderr
+    assert [c.name for c in list_checkpoints(run_dir)] == [first.name]
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
+    assert find_checkpoint(run_dir).step == 2  # verified against its hashes
+
+
+def test_checkpoints_keep_the_tokenizer_the_run_loaded(corpus, other_tokenizer, tmp_path):
+    tokenizer = tmp_path / "tokenizer.json"
+    shutil.copyfile(corpus.tokenizer, tokenizer)
+    kwargs = {**_train_kwargs(corpus, tmp_path / "run"), "tokenizer": str(tokenizer)}
+    trainer = Trainer(TrainConfig(**kwargs), OptimConfig(),
+                      model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))  # fmt: skip
+    shutil.copyfile(other_tokenizer, tokenizer)  # replaced on disk while the run trains
+    trainer.fit()
+    ckpt = find_checkpoint(tmp_path / "run")
+    assert ckpt.tokenizer_path.read_bytes() == corpus.tokenizer.read_bytes()
+    assert ckpt.tokenizer_sha256 == trainer.tokenizer.sha256
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_over(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')  # and then it crashed
+    assert cli(train_args(corpus, run_dir, "--max_steps", "2")) == 2  # without --resume: a clear error
+    assert cli(train_args(corpus, run_dir, "--max_steps", "2", "--resume")) == 0
+    assert find_checkpoint(run_dir).step == 2
 
 
 @pytest.mark.parametrize("precision", ["--amp_bf16", "--amp_fp16", "--bf16"])

@@ -1,19 +1,23 @@
 """Training building blocks: schedule, optimizer groups, precision flags, signals, plots."""
 
 import json
+import math
 import os
 import signal
+import time
 
 import pytest
 import torch
 
 from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig
-from gpt2.training.config import OptimConfig
+from gpt2.training.config import OptimConfig, TrainConfig
 from gpt2.training.optim import build_optimizer, lr_at
 from gpt2.training.plot import loss_curves, plot_runs
 from gpt2.training.precision import resolve_precision
+from gpt2.training.run_log import MetricsLog
 from gpt2.training.signals import StopRequest
+from gpt2.training.trainer import _Window
 
 CPU = torch.device("cpu")
 
@@ -88,3 +92,30 @@ def test_plot_reads_runs_and_keeps_the_last_record_of_a_replayed_step(tmp_path):
 def test_plot_of_a_folder_without_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no metrics.jsonl"):
         loss_curves(tmp_path)
+
+
+@pytest.mark.parametrize(("cls", "field", "value"), [
+    (TrainConfig, "log_every", 0), (TrainConfig, "accum_steps", 0), (TrainConfig, "batch_size", 0),
+    (TrainConfig, "seq_len", 0), (TrainConfig, "max_bad_steps", 0), (TrainConfig, "keep_checkpoints", -1),
+    (TrainConfig, "eval_batches", -1), (OptimConfig, "lr", 0.0), (OptimConfig, "beta2", 1.0),
+    (OptimConfig, "warmup_steps", -1),
+])  # fmt: skip
+def test_bad_training_values_are_one_line_errors(cls, field, value):
+    with pytest.raises(UserError, match=f"--{field} must be"):
+        cls(**{field: value})
+
+
+def test_throughput_window_leaves_out_evaluation_and_checkpoint_time():
+    window = _Window()
+    with window.paused():
+        time.sleep(0.3)
+    assert window.seconds() < 0.1
+
+
+def test_non_finite_metrics_are_written_as_json_null(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write("train", 3, loss=math.nan, grad_norm=math.inf, lr=1e-3)
+    log.close()
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())  # strict JSON: NaN would not parse in most tools
+    assert (record["loss"], record["grad_norm"], record["lr"]) == (None, None, 1e-3)
+    assert loss_curves(tmp_path)["train"] == ([], [])  # a window of skipped steps is not a point at 0

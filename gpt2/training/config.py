@@ -6,6 +6,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpt2.errors import UserError
+
+
+def _check(cfg: Any, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    """A bad flag value is a one-line error here, not a traceback (or a silent oddity) steps later."""
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            raise UserError(f"--{name} must be > 0, got {getattr(cfg, name)}")
+    for name in non_negative:
+        if not getattr(cfg, name) >= 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+
 
 @dataclass
 class OptimConfig:
@@ -17,6 +29,12 @@ class OptimConfig:
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: off)"})
+
+    def __post_init__(self) -> None:
+        _check(self, positive=("lr", "eps"), non_negative=("min_lr", "warmup_steps", "weight_decay", "grad_clip"))
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -39,7 +57,7 @@ class TrainConfig:
     eval_batches: int = field(default=20, metadata={"help": "eval batches per evaluation (0: the whole eval set)"})
     log_every: int = field(default=10, metadata={"help": "write train metrics every N steps"})
     checkpoint_every: int = field(default=500, metadata={"help": "save a checkpoint every N steps (0: only at end)"})
-    keep_checkpoints: int = field(default=3, metadata={"help": "keep the newest K checkpoints"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "keep the newest K checkpoints (0: all)"})
     max_bad_steps: int = field(
         default=5, metadata={"help": "stop after this many consecutive steps with a non-finite loss or gradient"}
     )
@@ -51,6 +69,10 @@ class TrainConfig:
     allow_tf32: bool = field(default=False, metadata={"help": "TF32 tensor cores for fp32 matmuls (CUDA)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        _check(self, positive=("seq_len", "batch_size", "accum_steps", "log_every", "max_bad_steps"),
+               non_negative=("max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"))
 
     @property
     def tokens_per_micro_batch(self) -> int:

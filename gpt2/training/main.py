@@ -10,15 +10,15 @@ from gpt2.model import ModelConfig, model_config_from_preset
 from gpt2.training.config import OptimConfig, TrainConfig
 from gpt2.training.trainer import Trainer
 
-# Model flags default to "unset" so that a preset's values apply unless overridden.
 _MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli") is not False]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, TrainConfig, "training")
     add_flags(parser, OptimConfig, "optimizer")
-    add_flags(parser, ModelConfig, "model (overrides the preset; must match the checkpoint when resuming)")
-    parser.set_defaults(**dict.fromkeys(_MODEL_FIELDS))
+    # Model flags default to unset, so that the preset's values apply unless overridden.
+    add_flags(parser, ModelConfig, "model (overrides the preset; must match the checkpoint when resuming)",
+              unset_means="the --preset's")
 
 
 def model_config_from_args(args: argparse.Namespace, vocab_size: int) -> ModelConfig:

@@ -16,7 +16,7 @@ def loss_curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
         raise UserError(f"{run_dir} is not a run folder (no metrics.jsonl)")
     curves: dict[str, dict[int, float]] = {"train": {}, "eval": {}}
     for record in read_metrics(path):
-        if record.get("kind") in curves:
+        if record.get("kind") in curves and record.get("loss") is not None:  # null: every step skipped
             curves[record["kind"]][record["step"]] = record["loss"]
     return {kind: (sorted(points), [points[s] for s in sorted(points)]) for kind, points in curves.items()}
 

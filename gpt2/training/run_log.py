@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ class MetricsLog:
     def write(self, kind: str, step: int, **values: Any) -> None:
         if self._file is None:
             return
+        # Strict JSON has no NaN or inf: a non-finite value (e.g. the loss of a window of skipped steps) is null.
+        values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()  # a crash loses at most the record being written

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from gpt2.checkpoint import (
@@ -44,7 +46,7 @@ from gpt2.tokenizer import Tokenizer
 from gpt2.training.config import OptimConfig, TrainConfig
 from gpt2.training.mfu import compute_kind, peak_flops
 from gpt2.training.optim import build_optimizer, lr_at
-from gpt2.training.parallel import all_reduce_mean, apply_fsdp, init_distributed
+from gpt2.training.parallel import all_reduce_mean, apply_fsdp, barrier, init_distributed
 from gpt2.training.precision import resolve_precision
 from gpt2.training.run_log import MetricsLog
 from gpt2.training.signals import StopRequest
@@ -77,6 +79,7 @@ class Trainer:
             check_tokenizer_matches(token_file, self.tokenizer)
 
         resume_from = self._checkpoint_to_resume()
+        barrier()  # every rank has looked at the run folder before rank 0 writes to it
         if resume_from is not None:
             model_cfg = self._check_resume_compatible(resume_from, model_cfg)
         elif model_cfg is None:
@@ -129,11 +132,15 @@ class Trainer:
             if list_checkpoints(self.run_dir) or (self.run_dir / "metrics.jsonl").exists():
                 raise UserError(
                     f"{self.run_dir} already holds an earlier run; pass --resume to continue it "
-                    "(its newest checkpoint), or choose another --out_dir"
+                    "(from its newest checkpoint, or from the start if it stopped before its first), "
+                    "or choose another --out_dir"
                 )
             return None
         if not list_checkpoints(self.run_dir):
-            raise UserError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+            # A run stopped before its first checkpoint (or a job that always passes --resume) starts anew.
+            if self.env.is_main:
+                print(f"--resume: {self.run_dir} has no checkpoint yet; starting from step 0")
+            return None
         return find_checkpoint(self.run_dir)
 
     def _check_resume_compatible(self, ckpt: Checkpoint, requested: ModelConfig | None) -> ModelConfig:
@@ -157,7 +164,6 @@ class Trainer:
     def _restore(self, ckpt: Checkpoint) -> None:
         state = load_training_state(ckpt, self.model, self.optimizer, self.env)
         self.step = state["step"]
-        self.bad_steps = state.get("bad_steps", 0)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         random.setstate(state["rng"]["python"])
@@ -202,13 +208,14 @@ class Trainer:
         last_eval: EvalResult | None = None
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.env.is_main))
         window = _Window()
+        # The handlers stay on to the end: a signal during the final save or evaluation must not kill the run.
         with StopRequest() as stop:
             while self.step < cfg.max_steps:
                 stats = self.train_step()
                 self.step += 1
                 window.add(stats)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    record = self._log(window, bar)
+                    record = self._log(window)
                     window = _Window()
                     bar.set_postfix(
                         loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}"
@@ -217,27 +224,31 @@ class Trainer:
                 if self.bad_steps >= cfg.max_bad_steps:
                     bar.close()
                     self._stop_on_bad_steps(stats)
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
-                    last_eval = self.evaluate()
-                    if self.env.is_main:
-                        bar.write(
-                            f"step {self.step}: eval loss {last_eval.loss:.4f}, bpb {last_eval.bits_per_byte:.4f}"
-                        )
                 if self._stop_requested(stop):
                     bar.close()
-                    path = self.save()
+                    path = self._save_if_sound()
                     if self.env.is_main:
-                        print(f"stopped at step {self.step}; saved {path}\nresume: the same command with --resume")
+                        saved = f"saved {path}" if path else f"newest checkpoint: {self._newest_checkpoint()}"
+                        print(f"stopped at step {self.step}; {saved}\nresume: the same command with --resume")
                     return last_eval
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
-                    self.save()
-        bar.close()
-        last_eval = self.evaluate()
-        path = self.save()
+                final = self.step == cfg.max_steps
+                with window.paused():  # tokens/s counts training time only
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not final:
+                        self._save_if_sound()
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and not final:
+                        last_eval = self.evaluate()
+                        if self.env.is_main:
+                            bar.write(f"step {self.step}: eval loss {last_eval.loss:.4f}, "
+                                      f"bpb {last_eval.bits_per_byte:.4f}")  # fmt: skip
+            bar.close()
+            # Save before the final evaluation, which can take minutes: a stop during it then loses nothing.
+            path = self._save_if_sound()
+            last_eval = self.evaluate()
         if self.env.is_main:
             print(
                 f"step {self.step}: eval loss {last_eval.loss:.4f}, perplexity {last_eval.perplexity:.2f}, "
-                f"bits per byte {last_eval.bits_per_byte:.4f}\nsaved {path}"
+                f"bits per byte {last_eval.bits_per_byte:.4f}\n"
+                f"{f'saved {path}' if path else f'newest checkpoint: {self._newest_checkpoint()}'}"
             )
         return last_eval
 
@@ -280,7 +291,7 @@ class Trainer:
             self.bad_steps = 0 if finite else self.bad_steps + 1
         self.optimizer.zero_grad(set_to_none=True)
         if skipped and self.env.is_main:
-            tqdm.write(f"step {self.step}: skipped the update (loss {loss_value}, grad norm {norm_value})")
+            tqdm.write(f"step {self.step + 1}: skipped the update (loss {loss_value}, grad norm {norm_value})")
         return {"loss": loss_value, "grad_norm": norm_value, "lr": lr, "skipped": float(skipped)}
 
     def _compute_context(self) -> contextlib.AbstractContextManager:
@@ -294,19 +305,32 @@ class Trainer:
         return bool(all_reduce_mean(flag).item() > 0) if self.env.distributed else stop.requested
 
     def _stop_on_bad_steps(self, stats: dict[str, float]) -> None:
-        path = self.save()  # no update was applied in the bad steps: this is the last good state
         raise UserError(
             f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (last: loss {stats['loss']}, "
-            f"grad norm {stats['grad_norm']}) at step {self.step}; the last good weights are in {path}. "
-            "Lower --lr, raise --warmup_steps, keep --grad_clip on, or use --amp_bf16/--bf16 instead of fp16, "
-            "then continue with --resume."
+            f"grad norm {stats['grad_norm']}) at step {self.step}. Nothing was saved: the weights may already be "
+            f"damaged (an update with a finite loss can blow them up). Newest checkpoint: "
+            f"{self._newest_checkpoint()}. Lower --lr, raise --warmup_steps, keep --grad_clip on, or use "
+            "--amp_bf16/--bf16 instead of fp16, then continue from it with --resume."
         )
 
-    def _log(self, window: _Window, bar: tqdm) -> dict[str, float]:
-        elapsed = time.perf_counter() - window.start
-        tokens_per_s = window.steps * self.global_batch * self.cfg.seq_len / elapsed
+    def _newest_checkpoint(self) -> str:
+        checkpoints = list_checkpoints(self.run_dir)
+        return str(checkpoints[-1]) if checkpoints else "none yet"
+
+    def _save_if_sound(self) -> Path | None:
+        """Save a checkpoint, unless the latest step had a non-finite loss: those weights may be damaged,
+        and saving them would count (and prune) as one of the newest checkpoints."""
+        if self.bad_steps:
+            if self.env.is_main:
+                tqdm.write(f"step {self.step}: not saving a checkpoint after {self.bad_steps} non-finite step(s)")
+            return None
+        return self.save()
+
+    def _log(self, window: _Window) -> dict[str, float]:
+        tokens_per_s = window.steps * self.global_batch * self.cfg.seq_len / window.seconds()
+        counted = window.steps - window.skipped
         record = {
-            "loss": window.loss_sum / max(1, window.steps - window.skipped),
+            "loss": window.loss_sum / counted if counted else math.nan,  # written as null
             "lr": window.last["lr"],
             "grad_norm": window.last["grad_norm"],
             "tokens_per_s": tokens_per_s,
@@ -343,7 +367,6 @@ class Trainer:
     def save(self) -> Path:
         trainer_state: dict[str, Any] = {
             "step": self.step,
-            "bad_steps": self.bad_steps,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": {
                 "python": random.getstate(),
@@ -362,13 +385,15 @@ class Trainer:
         }
         try:
             return save_checkpoint(
-                self.run_dir, self.step, self.model, self.optimizer, self.tokenizer.path, meta,
+                self.run_dir, self.step, self.model, self.optimizer, self.tokenizer.data, meta,
                 trainer_state, self.cfg.keep_checkpoints, self.env,
             )  # fmt: skip
-        except OSError as e:
+        except (OSError, RuntimeError, SafetensorError) as e:  # a full disk: torch.save raises RuntimeError
+            free = shutil.disk_usage(self.run_dir).free / 2**30 if self.run_dir.exists() else math.nan
             raise UserError(
-                f"could not write the checkpoint of step {self.step} to {self.run_dir} ({e}); the earlier "
-                "checkpoints are intact. Free disk space and continue with --resume."
+                f"could not write the checkpoint of step {self.step} to {self.run_dir} ({type(e).__name__}: {e}; "
+                f"{free:.2f} GiB free there); the earlier checkpoints are intact. If the disk is full, free space "
+                "and continue with --resume."
             ) from e
 
     def _print_header(self) -> None:
@@ -390,9 +415,23 @@ class _Window:
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
+        self.paused_seconds = 0.0
         self.steps = self.skipped = 0
         self.loss_sum = 0.0
         self.last: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent in the block (evaluation, checkpoints) does not count as training time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - start
+
+    def seconds(self) -> float:
+        """Training time since the window started."""
+        return time.perf_counter() - self.start - self.paused_seconds
 
     def add(self, stats: dict[str, float]) -> None:
         self.steps += 1
