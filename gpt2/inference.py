@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from gpt2.errors import UserError
 from gpt2.model import GPT
 
 
@@ -50,19 +51,47 @@ class TorchBackend:
 
 
 BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+# Weights and cache dtype of the model a backend runs. "auto": fp32 for PyTorch; for an export, fp32 if that
+# export exists, else the only precision exported (see gpt2.deployment.resolve_precision).
+BACKEND_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISION_HELP = (
+    "weights dtype; for onnxruntime/tensorrt, the export to open (auto: fp32 for pytorch; for an export, "
+    "fp32 if exported, else the only precision exported)"
+)
 
 
-def open_backend(checkpoint: str, backend: str = "pytorch", device: str = "auto", **kwargs: Any) -> InferenceBackend:
-    """Load a checkpoint (or its exported form) into the named backend."""
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N``; a clear error for one that is not there."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA GPU is visible")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return resolved
+
+
+def open_backend(
+    checkpoint: str, backend: str = "pytorch", device: str = "auto", precision: str = "auto", **kwargs: Any
+) -> InferenceBackend:
+    """Load a checkpoint (or its exported form, at ``precision``) into the named backend."""
+    if precision not in BACKEND_PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {BACKEND_PRECISIONS}")
+    device = str(resolve_device(device))
     if backend == "pytorch":
         from gpt2.checkpoint import load_model
+        from gpt2.deployment.artifacts import PRECISIONS
 
-        model, _ = load_model(checkpoint, device=device, dropout=0.0)
+        dtype = PRECISIONS["fp32" if precision == "auto" else precision]
+        model, _ = load_model(checkpoint, device=device, dtype=dtype, dropout=0.0)
         return TorchBackend(model)
     if backend in BACKENDS:
         from gpt2.deployment import load_backend
 
-        return load_backend(backend, checkpoint, device=device, **kwargs)
+        return load_backend(backend, checkpoint, device=device, precision=precision, **kwargs)
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

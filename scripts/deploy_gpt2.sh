@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 CHECKPOINT=${CHECKPOINT:-runs/gpt2-softplus}   # a checkpoint folder, or a run folder (its newest checkpoint)
 PRECISION=${PRECISION:-fp16}                   # fp32 | fp16 | bf16 (bf16: TensorRT only; ORT's CPU has no bf16)
+                                               # generate/evaluate --backend open it (their PRECISION=auto picks
+                                               # fp32 if exported, else the only export; or set it there)
 STAGES=${STAGES:-export,validate,tensorrt,benchmark}
 DEVICE=${DEVICE:-auto}
 EVAL_TOKENS=${EVAL_TOKENS:-}                   # empty: the eval set recorded in the checkpoint
@@ -14,7 +16,9 @@ BATCH_SIZE=${BATCH_SIZE:-32}                   # benchmark batch
 SEQ_LEN=${SEQ_LEN:-}                           # benchmark sequence length; empty: the model's max_seq_len
                                                # (2048 for the small preset, as in the seed's table)
 # TensorRT optimisation profile: the engine accepts min..max and is tuned for opt.
-# Empty: batch 1..BATCH_SIZE (opt BATCH_SIZE), query 1..SEQ_LEN (opt SEQ_LEN), cache 0..SEQ_LEN-1 (opt 0).
+# Empty: batch 1..BATCH_SIZE (opt BATCH_SIZE), query 1..SEQ_LEN (opt SEQ_LEN), cache 0..SEQ_LEN-1 (opt 0),
+# each max widened to cover the accuracy check run on the engine (4 x min(256, max_seq_len) tokens, 64 greedy
+# steps); bounds set here that exclude it are refused before the build.
 MIN_BATCH=${MIN_BATCH:-1};  OPT_BATCH=${OPT_BATCH:-};  MAX_BATCH=${MAX_BATCH:-}
 MIN_QUERY=${MIN_QUERY:-1};  OPT_QUERY=${OPT_QUERY:-};  MAX_QUERY=${MAX_QUERY:-}
 MIN_CACHE=${MIN_CACHE:-0};  OPT_CACHE=${OPT_CACHE:-0}; MAX_CACHE=${MAX_CACHE:-}

@@ -12,8 +12,10 @@ TOP_K=${TOP_K:-0}                              # 0: no top-k cut
 TOP_P=${TOP_P:-0.95}                           # 1: no nucleus cut
 SEED=${SEED:-1234}
 BACKEND=${BACKEND:-pytorch}                    # pytorch | onnxruntime | tensorrt
+PRECISION=${PRECISION:-auto}                   # auto | fp32 | fp16 | bf16: the export deploy made (auto: fp32 if
+                                               # exported, else the only one; pytorch: fp32)
 DEVICE=${DEVICE:-auto}
 
 python -m gpt2 generate "$CHECKPOINT" --prompt "$PROMPT" --max_new_tokens "$MAX_NEW_TOKENS" \
   --num_samples "$NUM_SAMPLES" --temperature "$TEMPERATURE" --top_k "$TOP_K" --top_p "$TOP_P" --seed "$SEED" \
-  --backend "$BACKEND" --device "$DEVICE" "$@"
+  --backend "$BACKEND" --precision "$PRECISION" --device "$DEVICE" "$@"

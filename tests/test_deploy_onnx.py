@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +23,18 @@ import torch.nn.functional as F
 from gpt2.checkpoint import CheckpointError, load_model, save_checkpoint
 from gpt2.cli import main as cli
 from gpt2.data.loader import eval_batches as real_eval_batches
-from gpt2.deployment import load_backend
+from gpt2.deployment import load_backend, resolve_precision
 from gpt2.deployment.artifacts import StaleExportError
 from gpt2.deployment.benchmark import benchmark_backend, format_table
 from gpt2.deployment.graph_io import GraphDims, output_shapes
 from gpt2.deployment.onnx_export import check_onnx, export_checkpoint
 from gpt2.deployment.ort import OrtBackend
 from gpt2.deployment.profiles import ProfileConfig, profile_shapes, resolve_profile
-from gpt2.deployment.validate import validate
+from gpt2.deployment.validate import validate, validation_calls
 from gpt2.errors import UserError
 from gpt2.generation.generate import generate
 from gpt2.generation.sampling import SamplingConfig
-from gpt2.inference import TorchBackend, open_backend
+from gpt2.inference import TorchBackend, open_backend, resolve_device
 from gpt2.model import GPT, ModelConfig
 from tests.conftest import CORPUS_VOCAB as VOCAB  # padded to 512 rows in the model, never in the export
 
@@ -230,7 +231,112 @@ def test_generate_through_the_onnxruntime_backend(checkpoints, exported, corpus)
     assert ours[0] != ours[1] and len(set(ours[0])) > 5  # sampled: the same draws from the same distribution
 
 
+def test_generation_reaches_the_last_position_through_onnxruntime(checkpoints, exported, corpus):
+    """A max_seq_len prompt still gets one new token; the cache holds exactly the positions fed back."""
+    backend, torch_backend = load_backend("onnxruntime", checkpoints["softmax"]), reference(checkpoints["softmax"])
+    prompt = corpus.eval_ids(128).tolist()
+    greedy = SamplingConfig(temperature=0.0)
+    assert generate(backend, prompt, 1, greedy) == generate(torch_backend, prompt, 1, greedy)
+    ours = generate(backend, prompt[:100], 29, greedy)  # 128 positions
+    assert ours == generate(torch_backend, prompt[:100], 29, greedy) and len(ours[0]) == 29
+    with pytest.raises(UserError, match="- 1 = 129 positions"):
+        generate(backend, prompt[:100], 30, greedy)
+
+
+def copy_checkpoint(checkpoint: Path, run_dir: Path) -> Path:
+    """The checkpoint in another run folder, without its exports."""
+    copy = run_dir / checkpoint.parent.name / checkpoint.name
+    shutil.copytree(checkpoint, copy, ignore=shutil.ignore_patterns("export"))
+    return copy
+
+
+def test_generate_and_evaluate_open_the_export_deploy_made(checkpoints, tmp_path, capsys):
+    """deploy_gpt2.sh exports fp16 by default: generate/evaluate find it, or use the one --precision names."""
+    ckpt = copy_checkpoint(checkpoints["softmax"], tmp_path / "run")
+    export_checkpoint(ckpt, "fp16")
+    assert resolve_precision("onnxruntime", ckpt) == "fp16"  # the only export
+    assert open_backend(str(ckpt), "onnxruntime", "cpu").cache_dtype == torch.float16
+    out = tmp_path / "samples.jsonl"
+    args = ["--prompt", "The", "--max_new_tokens", "5", "--temperature", "0", "--output", str(out)]
+    assert cli(["generate", str(ckpt), "--backend", "onnxruntime", "--device", "cpu", *args]) == 0
+    assert json.loads(out.read_text().splitlines()[0])["tokens"] > 0
+    report = tmp_path / "eval.json"
+    flags = ["--max_batches", "1", "--batch_size", "2", "--device", "cpu", "--output", str(report)]
+    assert cli(["evaluate", str(ckpt), "--backend", "onnxruntime", "--precision", "fp16", *flags]) == 0
+    fp16_loss = json.loads(report.read_text())["loss"]
+    assert cli(["evaluate", str(ckpt), *flags]) == 0  # PyTorch, fp32
+    assert json.loads(report.read_text())["loss"] == pytest.approx(fp16_loss, abs=1e-2)
+    assert cli(["generate", str(ckpt), "--backend", "onnxruntime", "--precision", "fp32", *args]) == 2
+    assert re.search("no onnxruntime export at .*model.fp32.onnx \\(found: model.fp16.onnx\\)", capsys.readouterr().err)
+
+    export_checkpoint(ckpt, "bf16")  # two exports and no fp32: auto cannot choose
+    with pytest.raises(UserError, match="exports in fp16, bf16 and none in fp32; choose one with --precision"):
+        open_backend(str(ckpt), "onnxruntime", "cpu")
+    assert open_backend(str(ckpt), "onnxruntime", "cpu", "fp16").cache_dtype == torch.float16
+    export_checkpoint(ckpt, "fp32")  # fp32 is preferred whenever it exists
+    assert open_backend(str(ckpt), "onnxruntime", "cpu").cache_dtype == torch.float32
+    assert resolve_precision("tensorrt", ckpt) == "fp32"  # no engine: the fp32 one is what is missing
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num_samples", "0"], "num_samples must be >= 1, got 0"),
+        (["--max_new_tokens", "-5"], "max_new_tokens must be >= 0, got -5"),
+        (["--device", "gpu"], "'gpu' is not a device"),
+        (["--backend", "onnxruntime", "--precision", "fp16", "--device", "cpu"], "no onnxruntime export at"),
+    ],
+)
+def test_bad_generate_flags_give_clear_errors(flags, message, checkpoints, capsys):
+    assert cli(["generate", str(checkpoints["softplus"]), "--prompt", "The", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_cuda_without_a_gpu_is_a_clear_error(command, checkpoints, capsys):
+    assert cli([command, str(checkpoints["softplus"]), "--device", "cuda"]) == 2
+    assert "error: --device cuda: no CUDA GPU is visible" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        resolve_device("cuda:0")
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
+
+
 # --- the binding logic TensorRT uses, checked on the real graph ---------------------------------------
+
+
+class ProfiledBackend:
+    """A real backend that, like TensorRTBackend, refuses calls outside an engine profile, and records them."""
+
+    def __init__(self, backend: OrtBackend, profile) -> None:
+        self.backend, self.profile, self.calls = backend, profile, set()
+        self.name, self.vocab_size, self.max_seq_len = "profiled", backend.vocab_size, backend.max_seq_len
+        self.device = backend.device
+
+    def new_state(self, batch_size: int, max_len: int):
+        return self.backend.new_state(batch_size, max_len)
+
+    def forward(self, tokens: torch.Tensor, state=None) -> torch.Tensor:
+        call = (tokens.shape[0], tokens.shape[1], 0 if state is None else state.pos)
+        self.profile.check_call(*call)
+        self.calls.add(call)
+        return self.backend.forward(tokens, state)
+
+
+def test_the_engine_profile_covers_every_call_of_its_validation(checkpoints, exported, eval_batches):
+    """deploy --batch_size 1 --seq_len 32: the profile still admits the validation (batch 4 x 64 tokens)."""
+    calls = validation_calls(batch_size=4, seq_len=SEQ, max_seq_len=128, greedy_steps=64)
+    profile = resolve_profile(ProfileConfig(), batch_size=1, seq_len=32, max_seq_len=128, cover=calls)
+    candidate = ProfiledBackend(load_backend("onnxruntime", checkpoints["softmax"]), profile)
+    report = validate(reference(checkpoints["softmax"]), candidate, eval_batches, greedy_steps=64)
+    assert report.passed and report.greedy_steps == 64, report.summary()
+    assert candidate.calls <= calls  # validation_calls knows every call validate makes...
+    assert {c for c in calls - candidate.calls if c[1:] != (SEQ, 0)} == set()  # ...and they all happen
+    with pytest.raises(UserError, match="batch 4 is outside the TensorRT engine's profile \\[1, 1\\]"):
+        validate(reference(checkpoints["softmax"]), ProfiledBackend(candidate.backend, resolve_profile(
+            ProfileConfig(), batch_size=1, seq_len=32, max_seq_len=128)), eval_batches)
+
 
 
 def test_profile_shapes_are_calls_the_exported_graph_accepts(checkpoints, exported):
@@ -349,6 +455,12 @@ def test_missing_or_non_checkpoints_give_clear_errors(tmp_path, capsys):
         (["--min_batch", "8", "--opt_batch", "4", "--max_batch", "2"], "need min <= opt <= max"),
         (["--max_query", "200"], "exceeds the model's max_seq_len 128"),
         (["--stages", "export,compile"], "unknown stages"),
+        (["--stages", "tensorrt", "--batch_size", "1", "--max_batch", "2"], "accuracy check .* batch 4 is outside"),
+        (
+            ["--stages", "tensorrt", "--validate_seq_len", "32", "--greedy_steps", "8", "--max_cache", "20"],
+            "\\(1, 1, 22\\), but cache length 22 is outside",  # greedy: prompt 16 + 8 steps - 2
+        ),
+        (["--validate_batch_size", "0"], "--validate_batch_size must be >= 1"),
     ],
 )
 def test_bad_deploy_flags_give_clear_errors(flags, message, checkpoints, capsys):

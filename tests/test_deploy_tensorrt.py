@@ -23,12 +23,14 @@ from gpt2.deployment.profiles import Profile, ProfileConfig, profile_shapes, res
 from gpt2.deployment.tensorrt import (
     TensorRTUnavailable,
     build_engine,
+    cuda_device,
     engine_info_path,
     import_tensorrt,
     precision_plan,
     tensor_address,
     torch_dtype,
 )
+from gpt2.deployment.validate import validation_calls
 from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig
 
@@ -51,6 +53,25 @@ def test_default_profile_covers_prefill_and_decode_of_the_benchmark():
         profile.check_call(33, 1, 0)
     with pytest.raises(UserError, match="cache length 2048 is outside"):
         profile.check_call(1, 1, 2048)
+
+
+def test_default_profile_also_covers_the_validation_after_the_build():
+    """deploy --batch_size 1 --seq_len 128: validation still runs batch 4 x 256 tokens and 64 greedy steps."""
+    calls = validation_calls(batch_size=4, seq_len=256, max_seq_len=2048, greedy_steps=64)
+    assert {(4, 128, 0), (4, 1, 128), (4, 127, 129), (4, 256, 0), (1, 256, 0), (1, 16, 0), (1, 1, 78)} <= calls
+    assert max(c[2] for c in calls if c[0] == 1 and c[1] == 1) == 16 + 64 - 2  # the last step is not fed back
+    profile = resolve_profile(ProfileConfig(), batch_size=1, seq_len=128, max_seq_len=2048, cover=calls)
+    assert profile == Profile(batch=(1, 1, 4), query=(1, 128, 256), cache=(0, 0, 129))
+    for call in calls:
+        profile.check_call(*call)
+    profile.check_call(1, 128, 0)  # the benchmark's prefill and last decode step as before
+    profile.check_call(1, 1, 127)
+    # Bounds the user set are kept; one that excludes a validation call is refused before the build.
+    with pytest.raises(UserError, match="accuracy check .* \\(4, 256, 0\\).* batch 4 is outside .*\\[1, 2\\]"):
+        resolve_profile(ProfileConfig(max_batch=2), 1, 128, 2048, cover=calls)
+    short = validation_calls(batch_size=4, seq_len=16, max_seq_len=2048, greedy_steps=64)
+    with pytest.raises(UserError, match="\\(1, 1, 78\\), but cache length 78 is outside .*\\[0, 40\\]"):
+        resolve_profile(ProfileConfig(max_batch=4, max_cache=40), 1, 16, 2048, cover=short)
 
 
 @pytest.mark.parametrize(
@@ -165,3 +186,13 @@ def test_tensorrt_backend_and_build_refuse_clearly_without_tensorrt(tmp_path):
     profile = resolve_profile(ProfileConfig(), 1, 16, 16)
     with pytest.raises(TensorRTUnavailable, match="NGC"):
         build_engine(tmp_path / "model.onnx", engine, profile, "fp16")
+    with pytest.raises(TensorRTUnavailable, match="runs on CUDA devices, not cpu"):
+        build_engine(tmp_path / "model.onnx", engine, profile, "fp16", device="cpu")
+
+
+def test_engines_are_built_for_and_named_after_one_gpu():
+    """build_engine and TensorRTBackend pin a device index, so `cuda` means the same GPU to both."""
+    assert cuda_device("cuda:1") == torch.device("cuda", 1)
+    assert cuda_device("cpu") == torch.device("cpu")
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    assert cuda_device("cuda") == torch.device("cuda", current)

@@ -3,7 +3,9 @@
 import pytest
 import torch
 import transformers
+from safetensors.torch import save_file
 
+from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig, model_config_from_preset
 from gpt2.model.hf import config_from_hf, hf_config_dict, load_hf_state_dict, to_hf_state_dict
 
@@ -87,12 +89,46 @@ def test_hf_parity_both_directions():
         expected = hf(tokens).logits
         torch.testing.assert_close(model(tokens), expected, rtol=0, atol=1e-5)
 
-    # Export back into a fresh HF model: identical logits again.
+    # Export back into a fresh HF model: identical logits again. The tied head is left out, as HF does.
     hf_back = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config_dict(model.cfg))).eval()
     missing, unexpected = hf_back.load_state_dict(to_hf_state_dict(model), strict=False)
-    assert not unexpected and all(k.endswith("attn.bias") or k.endswith("masked_bias") for k in missing)
+    assert not unexpected
+    assert all(k.endswith(("attn.bias", "masked_bias")) or k == "lm_head.weight" for k in missing)
     with torch.no_grad():
         torch.testing.assert_close(hf_back(tokens).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_hf_export_saves_as_safetensors_and_loads_with_from_pretrained(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(tiny_config()).eval()
+    transformers.GPT2Config(**hf_config_dict(model.cfg)).save_pretrained(tmp_path)
+    save_file(to_hf_state_dict(model), str(tmp_path / "model.safetensors"))  # refuses tensors sharing memory
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # re-tied by HF
+    tokens = torch.randint(0, 301, (2, 33))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, model(tokens), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("scale_attn_weights", False),
+        ("scale_attn_by_inverse_layer_idx", True),
+        ("reorder_and_upcast_attn", True),
+        ("layer_norm_epsilon", 1e-6),
+        ("tie_word_embeddings", False),
+        ("add_cross_attention", True),
+        ("activation_function", "relu"),
+        ("n_inner", 100),
+    ],
+)
+def test_hf_import_refuses_configs_the_model_does_not_implement(option, value):
+    shape = dict(vocab_size=301, n_positions=64, n_embd=48, n_layer=2, n_head=3)
+    assert config_from_hf(transformers.GPT2Config(**shape)).dim == 48  # HF's defaults are what we implement
+    for config in (transformers.GPT2Config(**shape, **{option: value}), {**shape, option: value}):
+        with pytest.raises(UserError, match=f"{option}={value!r} is not supported"):
+            config_from_hf(config)
 
 
 def test_hf_import_rejects_mismatched_shapes():

@@ -1,17 +1,31 @@
-"""Sampling strategies: greedy, temperature, top-k, nucleus."""
+"""Sampling strategies: greedy, temperature, top-k, nucleus; the generation loop at the context limit."""
 
 import math
 
 import pytest
 import torch
 
-from gpt2.generation import SamplingConfig, filter_logits, sample_next
+from gpt2.errors import UserError
+from gpt2.generation import SamplingConfig, filter_logits, generate, sample_next
+from gpt2.inference import TorchBackend
+from gpt2.model import GPT, ModelConfig
 
 
 def test_top_k_keeps_exactly_the_k_largest():
     logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
     kept = torch.isfinite(filter_logits(logits, top_k=2))
     assert kept.tolist() == [[False, True, False, True, False]]
+
+
+def test_top_k_keeps_exactly_k_tokens_when_logits_tie():
+    logits = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0], [3.0, 3.0, 3.0, 3.0, 3.0]])
+    for k in (1, 2, 4):
+        kept = torch.isfinite(filter_logits(logits, top_k=k))
+        assert kept.sum(-1).tolist() == [k, k]
+        assert kept[0, [0, 4]].tolist() == [k == 4, False]  # the tied 2s go first, then the 1
+    cfg = SamplingConfig(temperature=1.0, top_k=1, top_p=1.0)
+    draws = sample_next(logits[:1].repeat(200, 1), cfg, torch.Generator().manual_seed(0))
+    assert len(set(draws.tolist())) == 1  # top_k=1 is deterministic, ties or not
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
@@ -55,3 +69,34 @@ def test_low_temperature_concentrates_mass():
 def test_invalid_sampling_config_is_rejected(kwargs):
     with pytest.raises(ValueError):
         SamplingConfig(**kwargs)
+
+
+# --- the generation loop ------------------------------------------------------------------------------
+
+
+def test_generation_uses_the_last_position_the_model_has():
+    """The last new token is never fed back: prompt + max_new_tokens - 1 positions must fit, not the sum."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50, n_layers=1, dim=32, n_heads=2, max_seq_len=16)).eval()
+    backend = TorchBackend(model)
+    prompt = torch.randint(0, 50, (16,)).tolist()
+    greedy = SamplingConfig(temperature=0)
+    (token,) = generate(backend, prompt, 1, greedy)[0]  # a full-context prompt still gets its next token
+    assert token == model(torch.tensor([prompt]))[0, -1].argmax().item()
+    out = generate(backend, prompt[:10], 7, greedy, num_samples=2)  # 16 positions, the cache sized to them
+    with torch.no_grad():
+        full = model(torch.tensor([prompt[:10] + out[0][:-1]]))
+    assert out[0] == out[1] == full[0, 9:].argmax(-1).tolist()
+    with pytest.raises(UserError, match="= 17 positions .* exceeds the model's max_seq_len 16"):
+        generate(backend, prompt[:10], 8, greedy)
+    assert generate(backend, prompt, 0, greedy, num_samples=3) == [[], [], []]
+
+
+@pytest.mark.parametrize(
+    ("max_new_tokens", "num_samples", "message"),
+    [(-5, 1, "max_new_tokens must be >= 0, got -5"), (3, 0, "num_samples must be >= 1, got 0")],
+)
+def test_generation_refuses_negative_lengths_and_no_samples(max_new_tokens, num_samples, message):
+    backend = TorchBackend(GPT(ModelConfig(vocab_size=50, n_layers=1, dim=32, n_heads=2, max_seq_len=16)))
+    with pytest.raises(UserError, match=message):
+        generate(backend, [1, 2], max_new_tokens, SamplingConfig(), num_samples)

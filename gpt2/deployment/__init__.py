@@ -8,13 +8,46 @@ Heavy dependencies (onnx, onnxruntime, tensorrt) are imported only when used.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from gpt2.inference import InferenceBackend, resolve_device
 
-from gpt2.inference import InferenceBackend
+if TYPE_CHECKING:
+    from gpt2.checkpoint import Checkpoint
 
 DEPLOY_BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def _export_file(name: str, ckpt: Checkpoint, precision: str) -> Path:
+    from gpt2.deployment.artifacts import engine_path, onnx_path
+
+    return onnx_path(ckpt, precision) if name == "onnxruntime" else engine_path(ckpt, precision)
+
+
+def resolve_precision(name: str, checkpoint: str | Path, precision: str = "auto") -> str:
+    """The precision whose export backend ``name`` opens: ``precision`` itself unless it is "auto".
+
+    "auto" picks fp32 when its export exists (the most accurate), else the one precision that was exported
+    (e.g. deploy's default fp16); with several and no fp32 it asks for ``--precision``, with none it names the
+    deploy command to run.
+    """
+    from gpt2.checkpoint import find_checkpoint
+    from gpt2.deployment.artifacts import PRECISIONS, check_precision
+    from gpt2.errors import UserError
+
+    if precision != "auto":
+        check_precision(precision)
+        return precision
+    ckpt = find_checkpoint(checkpoint)
+    found = [p for p in PRECISIONS if _export_file(name, ckpt, p).is_file()]
+    if "fp32" in found or not found:
+        return "fp32"  # none: opening fp32 reports the missing export and how to create it
+    if len(found) > 1:
+        raise UserError(
+            f"{ckpt.path} has {name} exports in {', '.join(found)} and none in fp32; "
+            f"choose one with --precision {'|'.join(found)}"
+        )
+    return found[0]
 
 
 def load_backend(
@@ -28,20 +61,22 @@ def load_backend(
     """Open the exported form of ``checkpoint`` in backend ``name`` ("onnxruntime" or "tensorrt").
 
     ``path`` defaults to the export next to the checkpoint (``CKPT/export/model.<precision>.onnx`` or
-    ``.engine``); either way the file must have been exported from this very checkpoint. ``options`` go to
-    the backend (ONNX Runtime: ``threads``, ``optimization``).
+    ``.engine``); either way the file must have been exported from this very checkpoint. ``precision``
+    "auto" picks one as :func:`resolve_precision` says. ``options`` go to the backend (ONNX Runtime:
+    ``threads``, ``optimization``).
     """
     from gpt2.checkpoint import find_checkpoint
-    from gpt2.deployment.artifacts import checkpoint_identity, engine_path, onnx_path
+    from gpt2.deployment.artifacts import checkpoint_identity
     from gpt2.errors import UserError
 
     if name not in DEPLOY_BACKENDS:
         raise ValueError(f"unknown deployment backend {name!r}; choose one of {DEPLOY_BACKENDS}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # other devices are checked by the backend, which says what it needs
+        device = str(resolve_device(device))
     ckpt = find_checkpoint(checkpoint)
+    precision = resolve_precision(name, ckpt.path, precision)
     identity = checkpoint_identity(ckpt, precision)
-    default = onnx_path(ckpt, precision) if name == "onnxruntime" else engine_path(ckpt, precision)
+    default = _export_file(name, ckpt, precision)
     path = Path(path) if path else default
     if not path.is_file():
         found = sorted(p.name for p in default.parent.glob("model.*")) if default.parent.is_dir() else []
@@ -58,4 +93,4 @@ def load_backend(
     return TensorRTBackend(path, device, expected_identity=identity, **options)
 
 
-__all__ = ["DEPLOY_BACKENDS", "load_backend"]
+__all__ = ["DEPLOY_BACKENDS", "load_backend", "resolve_precision"]

@@ -37,9 +37,10 @@ from gpt2.deployment.artifacts import (
 )
 from gpt2.deployment.onnx_export import DEFAULT_OPSET
 from gpt2.deployment.profiles import Profile, ProfileConfig, resolve_profile
+from gpt2.deployment.validate import validation_calls
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
-from gpt2.inference import InferenceBackend, TorchBackend
+from gpt2.inference import InferenceBackend, TorchBackend, resolve_device
 from gpt2.io import atomic_write
 
 STAGES = ("export", "validate", "tensorrt", "benchmark")
@@ -129,12 +130,9 @@ def _parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is visible")
-    return torch.device(device)
+def validation_seq_len(cfg: DeployConfig, max_seq_len: int) -> int:
+    """Tokens per validation sequence: ``--validate_seq_len``, else min(256, max_seq_len)."""
+    return cfg.validate_seq_len or min(256, max_seq_len)
 
 
 def load_validation_batches(ckpt: Checkpoint, cfg: DeployConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -153,7 +151,7 @@ def load_validation_batches(ckpt: Checkpoint, cfg: DeployConfig) -> list[tuple[t
         raise UserError(f"eval token file {path} does not exist; pass --eval_tokens FILE")
     token_file = TokenFile(path)
     check_tokenizer_matches(token_file, Tokenizer.load(ckpt.tokenizer_path))
-    seq_len = cfg.validate_seq_len or min(256, ckpt.model_config.max_seq_len)
+    seq_len = validation_seq_len(cfg, ckpt.model_config.max_seq_len)
     batches = list(eval_batches(token_file, seq_len, cfg.validate_batch_size, cfg.validate_batches))
     if not batches:
         raise UserError(f"eval token file {path} is shorter than one validation sequence of {seq_len} tokens")
@@ -167,7 +165,7 @@ class Deployment:
         self, ckpt: Checkpoint, cfg: DeployConfig, profile: Profile, build: BuildConfig, bench: BenchConfig
     ):
         self.ckpt, self.cfg, self.profile, self.build, self.bench = ckpt, cfg, profile, build, bench
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.onnx_file = onnx_path(ckpt, cfg.precision)
         self.engine_file = engine_path(ckpt, cfg.precision)
         self.engine_built = False
@@ -272,6 +270,7 @@ class Deployment:
             self.build.workspace_gb,
             timing_cache,
             self.build.allow_tf32,
+            self.device,
         )
         seconds = time.perf_counter() - start
         self.engine_built = True
@@ -380,7 +379,14 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name} {value} is outside [1, {max_seq_len}] (the model's max_seq_len)")
     if cfg.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {cfg.batch_size}")
-    profile = resolve_profile(profile_cfg, cfg.batch_size, seq_len, max_seq_len)
+    if cfg.validate_batch_size < 1:
+        raise UserError(f"--validate_batch_size must be >= 1, got {cfg.validate_batch_size}")
+    # The engine is validated right after its build: its profile must also cover the validation's calls.
+    cover: set[tuple[int, int, int]] = set()
+    if "tensorrt" in stages:
+        v_seq_len = validation_seq_len(cfg, max_seq_len)
+        cover = validation_calls(cfg.validate_batch_size, v_seq_len, max_seq_len, cfg.greedy_steps)
+    profile = resolve_profile(profile_cfg, cfg.batch_size, seq_len, max_seq_len, cover)
 
     deployment = Deployment(ckpt, cfg, profile, build, bench)
     if "export" in stages:

@@ -8,6 +8,7 @@ sequence length, and each bound can be set on its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gpt2.deployment.graph_io import GraphDims, input_shapes
@@ -49,15 +50,21 @@ class Profile:
     def to_dict(self) -> dict[str, Range]:
         return {"batch": self.batch, "query": self.query, "cache": self.cache}
 
-    def check_call(self, batch: int, query_len: int, cache_len: int) -> None:
-        """Raise a clear error for a call the engine cannot run (TensorRT's own message is cryptic)."""
+    def outside(self, batch: int, query_len: int, cache_len: int) -> str | None:
+        """Why the profile does not cover a call ("batch 4 is outside ... [1, 1]"), or None when it does."""
         calls = (("batch", batch, self.batch), ("query length", query_len, self.query))
         for axis, value, (lo, _, hi) in (*calls, ("cache length", cache_len, self.cache)):
             if not lo <= value <= hi:
-                raise UserError(
-                    f"{axis} {value} is outside the TensorRT engine's profile [{lo}, {hi}]; "
-                    "rebuild the engine with a wider profile (deploy --min_*/--max_* flags)"
-                )
+                return f"{axis} {value} is outside the TensorRT engine's profile [{lo}, {hi}]"
+        return None
+
+    def check_call(self, batch: int, query_len: int, cache_len: int) -> None:
+        """Raise a clear error for a call the engine cannot run (TensorRT's own message is cryptic)."""
+        why = self.outside(batch, query_len, cache_len)
+        if why:
+            raise UserError(
+                f"{why}; rebuild the engine with a wider profile (deploy --min_*/--max_* flags)"
+            )
 
 
 def _check_range(axis: str, values: Range, floor: int) -> None:
@@ -68,12 +75,27 @@ def _check_range(axis: str, values: Range, floor: int) -> None:
         raise UserError(f"profile {axis}: need min <= opt <= max, got min {lo}, opt {opt}, max {hi}")
 
 
-def resolve_profile(cfg: ProfileConfig, batch_size: int, seq_len: int, max_seq_len: int) -> Profile:
-    """The profile for a deploy run; a clear error for an inconsistent or out-of-range one."""
+def resolve_profile(
+    cfg: ProfileConfig,
+    batch_size: int,
+    seq_len: int,
+    max_seq_len: int,
+    cover: Iterable[tuple[int, int, int]] = (),
+) -> Profile:
+    """The profile for a deploy run; a clear error for an inconsistent or out-of-range one.
+
+    ``cover`` holds further ``(batch, query_len, cache_len)`` calls the engine must run (the validation's,
+    :func:`gpt2.deployment.validate.validation_calls`): unset maxima grow to include them, and set bounds
+    that exclude one are refused here, before a build whose validation could only fail.
+    """
+    cover = sorted(set(cover), reverse=True)  # the largest first: the error names the one to lower
+    batch_hi = max([batch_size, *(c[0] for c in cover)])
+    query_hi = max([seq_len, *(c[1] for c in cover)])
+    cache_hi = max([seq_len - 1, *(c[2] for c in cover)])
     profile = Profile(
-        batch=(cfg.min_batch, cfg.opt_batch or batch_size, cfg.max_batch or batch_size),
-        query=(cfg.min_query, cfg.opt_query or seq_len, cfg.max_query or seq_len),
-        cache=(cfg.min_cache, cfg.opt_cache, seq_len - 1 if cfg.max_cache is None else cfg.max_cache),
+        batch=(cfg.min_batch, cfg.opt_batch or batch_size, cfg.max_batch or batch_hi),
+        query=(cfg.min_query, cfg.opt_query or seq_len, cfg.max_query or query_hi),
+        cache=(cfg.min_cache, cfg.opt_cache, cache_hi if cfg.max_cache is None else cfg.max_cache),
     )
     _check_range("batch", profile.batch, 1)
     _check_range("query", profile.query, 1)
@@ -95,6 +117,14 @@ def resolve_profile(cfg: ProfileConfig, batch_size: int, seq_len: int, max_seq_l
             f"batch_size {batch_size} / seq_len {seq_len} do not fit the profile (batch {profile.batch}, "
             f"query {profile.query}); the benchmark could not run on the engine"
         )
+    for call in cover:
+        why = profile.outside(*call)
+        if why:
+            raise UserError(
+                f"the accuracy check after the TensorRT build runs (batch, query, cache) = {call}, but {why}; "
+                "widen the profile (--min_*/--max_*) or lower --validate_batch_size, "
+                "--validate_seq_len or --greedy_steps"
+            )
     return profile
 
 

@@ -121,6 +121,14 @@ def engine_info_path(engine: Path) -> Path:
     return engine.with_name(engine.name + ".json")
 
 
+def cuda_device(device: str | torch.device) -> torch.device:
+    """``device`` with its index filled in (``cuda`` -> the current CUDA device), so it names one GPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return device
+
+
 def build_engine(
     onnx_file: str | Path,
     engine_file: str | Path,
@@ -129,62 +137,66 @@ def build_engine(
     workspace_gb: float = 4.0,
     timing_cache: str | Path | None = None,
     allow_tf32: bool = False,
+    device: str | torch.device = "cuda",
 ) -> Path:
-    """Parse ``onnx_file``, build and serialise an engine for ``profile``; reads and updates the timing cache.
+    """Parse ``onnx_file``, build and serialise an engine for ``profile`` on ``device`` (the GPU it will run on:
+    TensorRT builds for, and times kernels on, the current CUDA device); reads and updates the timing cache.
 
     The export's identity (its ONNX metadata) goes into ``<engine>.json`` so a stale engine is detected.
     """
-    trt = import_tensorrt()
+    device = cuda_device(device)
+    trt = import_tensorrt(device)
     onnx_file, engine_file = Path(onnx_file), Path(engine_file)
-    identity = read_onnx_metadata(onnx_file)
-    cfg = ModelConfig.from_dict(json.loads(identity["gpt2.model_config"]))
-    plan = precision_plan(precision, major_version(trt.__version__), allow_tf32)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed_flag else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_file)):  # by path: external weights are found next to it
-        errors = "\n  ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT cannot parse {onnx_file}:\n  {errors}")
+    with torch.cuda.device(device):
+        identity = read_onnx_metadata(onnx_file)
+        cfg = ModelConfig.from_dict(json.loads(identity["gpt2.model_config"]))
+        plan = precision_plan(precision, major_version(trt.__version__), allow_tf32)
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed_flag else 0
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_file)):  # by path: external weights are found next to it
+            errors = "\n  ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineBuildError(f"TensorRT cannot parse {onnx_file}:\n  {errors}")
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    for flag in plan.clear_flags:
-        if hasattr(trt.BuilderFlag, flag):
-            config.clear_flag(getattr(trt.BuilderFlag, flag))
-    trt_profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in profile_shapes(profile, GraphDims.from_config(cfg)).items():
-        trt_profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(trt_profile)
-    cache_file = Path(timing_cache) if timing_cache else None
-    cached = cache_file.read_bytes() if cache_file and cache_file.is_file() else b""
-    if not config.set_timing_cache(config.create_timing_cache(cached), ignore_mismatch=False):
-        # Measured on another GPU or TensorRT version: start afresh (the file is rewritten after the build).
-        print(f"warning: timing cache {cache_file} does not match this GPU/TensorRT; starting a new one")
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+        for flag in plan.clear_flags:
+            if hasattr(trt.BuilderFlag, flag):
+                config.clear_flag(getattr(trt.BuilderFlag, flag))
+        trt_profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile_shapes(profile, GraphDims.from_config(cfg)).items():
+            trt_profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(trt_profile)
+        cache_file = Path(timing_cache) if timing_cache else None
+        cached = cache_file.read_bytes() if cache_file and cache_file.is_file() else b""
+        if not config.set_timing_cache(config.create_timing_cache(cached), ignore_mismatch=False):
+            # Measured on another GPU or TensorRT version: start afresh (the file is rewritten after the build).
+            print(f"warning: timing cache {cache_file} does not match this GPU/TensorRT; starting a new one")
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
-    blob = builder.build_serialized_network(network, config)
-    if blob is None:
-        raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_file}; see its log above")
-    engine_file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(engine_file, "wb") as f:
-        f.write(blob)
-    if cache_file:
-        with atomic_write(cache_file, "wb") as f:
-            f.write(config.get_timing_cache().serialize())
-    info = {
-        "identity": identity,
-        "tensorrt_version": trt.__version__,
-        "gpu": torch.cuda.get_device_name(),
-        "precision": precision,
-        "profile": profile.to_dict(),
-        "workspace_gb": workspace_gb,
-        "plan": {**asdict(plan), "dtype": str(plan.dtype)},
-        "onnx": str(onnx_file),
-    }
-    with atomic_write(engine_info_path(engine_file)) as f:
-        json.dump(info, f, indent=2)
+        blob = builder.build_serialized_network(network, config)
+        if blob is None:
+            raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_file}; see its log above")
+        engine_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(engine_file, "wb") as f:
+            f.write(blob)
+        if cache_file:
+            with atomic_write(cache_file, "wb") as f:
+                f.write(config.get_timing_cache().serialize())
+        info = {
+            "identity": identity,
+            "tensorrt_version": trt.__version__,
+            "gpu": torch.cuda.get_device_name(device),  # what TensorRTBackend compares with its own device's
+            "precision": precision,
+            "profile": profile.to_dict(),
+            "workspace_gb": workspace_gb,
+            "plan": {**asdict(plan), "dtype": str(plan.dtype)},
+            "onnx": str(onnx_file),
+        }
+        with atomic_write(engine_info_path(engine_file)) as f:
+            json.dump(info, f, indent=2)
     return engine_file
 
 
@@ -199,11 +211,7 @@ class TensorRTBackend:
         device: str | torch.device = "cuda",
         expected_identity: dict[str, str] | None = None,
     ) -> None:
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device(
-                "cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0
-            )
+        self.device = cuda_device(device)
         trt = import_tensorrt(self.device)
         engine_file = Path(engine_file)
         info_file = engine_info_path(engine_file)

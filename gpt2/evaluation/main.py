@@ -12,7 +12,7 @@ from gpt2.data.loader import count_eval_batches, eval_batches
 from gpt2.data.tokens import TokenFile, check_tokenizer_matches
 from gpt2.evaluation.metrics import evaluate_loss, unigram_baseline
 from gpt2.flags import add_flags, from_flags
-from gpt2.inference import BACKENDS, open_backend
+from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP, open_backend
 from gpt2.io import atomic_write
 from gpt2.tokenizer import Tokenizer
 
@@ -26,6 +26,7 @@ class EvalConfig:
     seq_len: int | None = field(default=None, metadata={"help": "tokens per sequence (default: training seq_len)"})
     batch_size: int = field(default=8, metadata={"help": "sequences per batch"})
     backend: str = field(default="pytorch", metadata={"help": "what runs the model", "choices": BACKENDS})
+    precision: str = field(default="auto", metadata={"help": PRECISION_HELP, "choices": BACKEND_PRECISIONS})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda"})
     unigram_baseline: bool = field(
         default=False, metadata={"help": "also report the loss of a unigram model fit on the training tokens"}
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     token_file = TokenFile(cfg.eval_tokens or ckpt.meta.get("data", {}).get("eval", ""))
     check_tokenizer_matches(token_file, tokenizer)
     seq_len = cfg.seq_len or ckpt.train_config.get("seq_len") or ckpt.model_config.max_seq_len
-    backend = open_backend(str(ckpt.path), cfg.backend, cfg.device)
+    backend = open_backend(str(ckpt.path), cfg.backend, cfg.device, cfg.precision)
     max_batches = cfg.max_batches or None
     result = evaluate_loss(
         lambda tokens: backend.forward(tokens),

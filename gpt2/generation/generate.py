@@ -18,19 +18,30 @@ def generate(
     stop_token: int | None = None,
     seed: int | None = None,
 ) -> list[list[int]]:
-    """``num_samples`` continuations of ``prompt`` (new tokens only, each cut after ``stop_token``)."""
+    """``num_samples`` continuations of ``prompt`` (new tokens only, each cut after ``stop_token``).
+
+    The last new token is sampled, never fed back, so the model sees ``len(prompt) + max_new_tokens - 1``
+    positions: that, not the sum, must fit ``max_seq_len``.
+    """
     if not prompt:
         raise ValueError("the prompt must hold at least one token (start from <|endoftext|> for none)")
-    total = len(prompt) + max_new_tokens
-    if total > backend.max_seq_len:
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if num_samples < 1:
+        raise UserError(f"num_samples must be >= 1, got {num_samples}")
+    positions = len(prompt) + max(max_new_tokens - 1, 0)
+    if positions > backend.max_seq_len:
         raise UserError(
-            f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-            f"max_seq_len {backend.max_seq_len}; shorten the prompt or lower --max_new_tokens"
+            f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) - 1 = {positions} positions "
+            f"(the last new token is not fed back) exceeds the model's max_seq_len {backend.max_seq_len}; "
+            "shorten the prompt or lower --max_new_tokens"
         )
+    if max_new_tokens == 0:
+        return [[] for _ in range(num_samples)]
     generator = None
     if seed is not None:
         generator = torch.Generator(device=backend.device).manual_seed(seed)
-    state = backend.new_state(num_samples, total)
+    state = backend.new_state(num_samples, positions)
     tokens = torch.tensor([prompt] * num_samples, dtype=torch.long, device=backend.device)
     logits = backend.forward(tokens, state)[:, -1]
     out = torch.empty(num_samples, 0, dtype=torch.long, device=backend.device)

@@ -12,7 +12,7 @@ from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.generation.generate import generate
 from gpt2.generation.sampling import SamplingConfig
-from gpt2.inference import BACKENDS, open_backend
+from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP, open_backend
 from gpt2.tokenizer import Tokenizer
 
 
@@ -23,8 +23,15 @@ class GenerateConfig:
     num_samples: int = field(default=1, metadata={"help": "samples per prompt"})
     seed: int | None = field(default=None, metadata={"help": "random seed (None: nondeterministic)"})
     backend: str = field(default="pytorch", metadata={"help": "what runs the model", "choices": BACKENDS})
+    precision: str = field(default="auto", metadata={"help": PRECISION_HELP, "choices": BACKEND_PRECISIONS})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda"})
     output: str | None = field(default=None, metadata={"help": "also write the samples to this JSONL file"})
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise UserError(f"num_samples must be >= 1, got {self.num_samples}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, sampling = from_flags(GenerateConfig, args), from_flags(SamplingConfig, args)
     ckpt = find_checkpoint(args.checkpoint)
     tokenizer = Tokenizer.load(ckpt.tokenizer_path)
-    backend = open_backend(str(ckpt.path), cfg.backend, cfg.device)
+    backend = open_backend(str(ckpt.path), cfg.backend, cfg.device, cfg.precision)
     records = []
     for n, prompt in enumerate(read_prompts(args, cfg)):
         # An empty prompt starts a fresh document, as GPT-2 does for unconditional samples.

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from gpt2.errors import UserError
 from gpt2.model.config import ModelConfig
 from gpt2.model.gpt2 import GPT
 
@@ -32,13 +33,33 @@ _BLOCK_PARAMS = [
 ]
 
 
+# GPT2Config options this model does not implement, with the only value it implements (HF's defaults).
+_FIXED_OPTIONS = {
+    "scale_attn_weights": True,  # scores scaled by 1/sqrt(head_dim)
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's default
+    "tie_word_embeddings": True,  # the LM head is the token embedding
+    "add_cross_attention": False,
+}
+
+
 def config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
-    """A :class:`ModelConfig` matching a ``transformers.GPT2Config`` (or its ``to_dict()``)."""
+    """A :class:`ModelConfig` matching a ``transformers.GPT2Config`` (or its ``to_dict()``).
+
+    A config with an option the model does not implement is refused (a :class:`UserError` naming it): its
+    weights would load and silently compute something else.
+    """
     c = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
     if c.get("n_inner") not in (None, 4 * c["n_embd"]):
-        raise ValueError(f"n_inner={c['n_inner']} is not supported (the MLP is 4 * dim wide)")
+        raise UserError(f"HF GPT-2 n_inner={c['n_inner']} is not supported (the MLP is 4 * dim wide)")
     if c.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"activation {c['activation_function']!r} is not supported (GELU tanh only)")
+        raise UserError(
+            f"HF GPT-2 activation_function={c['activation_function']!r} is not supported (GELU tanh only)"
+        )
+    for option, supported in _FIXED_OPTIONS.items():
+        if option in c and c[option] != supported:
+            raise UserError(f"HF GPT-2 {option}={c[option]!r} is not supported (this model implements {supported})")
     values = dict(
         vocab_size=c["vocab_size"],
         n_layers=c["n_layer"],
@@ -90,7 +111,7 @@ def load_hf_state_dict(model: GPT, hf_state: dict[str, torch.Tensor]) -> None:
 
 @torch.no_grad()
 def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """The model's weights as a ``GPT2LMHeadModel`` state dict (padded vocabulary rows dropped)."""
+    """The model's weights as a ``GPT2LMHeadModel`` state dict (padded vocabulary rows dropped, tied head left out)."""
     cfg = model.cfg
     _check_interoperable(cfg)
     wte = model.tok_emb.weight[: cfg.vocab_size].detach().clone()
@@ -102,7 +123,9 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
             out[f"transformer.h.{i}.{hf_name}"] = (tensor.t() if transposed else tensor).contiguous().clone()
     out["transformer.ln_f.weight"] = model.ln_f.weight.detach().clone()
     out["transformer.ln_f.bias"] = model.ln_f.bias.detach().clone()
-    out["lm_head.weight"] = wte
+    # No lm_head.weight: GPT-2 ties it to wte, and HF's own checkpoints leave it out too (from_pretrained and
+    # load_state_dict(strict=False) re-tie it); a second name for wte's memory would make
+    # safetensors.torch.save_file refuse the dict.
     return out
 
 
