@@ -99,7 +99,7 @@ CASES = {
     "verbatim text is not tidied": (
         "Call <code>main()</code> and <math>f( , )</math>; then\n<math>\n|x| = 1\n</math>\n"
         "<pre>\n  ; comment\n    x  =  1\n\n  y()\n</pre>",
-        "Call main() and f( , ); then\n|x| = 1\n; comment\n  x  =  1\ny()",
+        "Call main() and f( , ); then\n|x| = 1\n; comment\nx  =  1\ny()",
     ),
     "a lone < or > is text, not a tag": (
         "If a<b and c>d then stop, as 1 < 2 > 0.<span class=x>",

@@ -124,5 +124,8 @@ def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty" / "train").mkdir(parents=True)
     assert cli(["train-tokenizer", "--corpus_dir", str(tmp_path / "empty"), "--out", str(tmp_path / "t.json")]) == 2
+    assert "is unfinished (no manifest.json" in capsys.readouterr().err
+    (tmp_path / "empty" / "manifest.json").write_text("{}")
+    assert cli(["train-tokenizer", "--corpus_dir", str(tmp_path / "empty"), "--out", str(tmp_path / "t.json")]) == 2
     assert "no text shards" in capsys.readouterr().err
     assert find_checkpoint(work / "run").step == STEPS  # nothing above touched the run

@@ -16,10 +16,10 @@ running prose:
   (``&nbsp;`` is a space);
 * kept verbatim: ``<math>`` (its LaTeX source, so that sentences around formulas stay whole), code
   (``<syntaxhighlight>``, ``<pre>``, and the text of ``<code>``) and ``<nowiki>``: character for
-  character, untouched by the tidying below (only their blank lines, the whitespace that ends a line
-  and the indentation common to all their lines go); elsewhere the ``{{``, ``[[`` and HTML or
-  extension ``<tag>`` of templates, links and tags that the page's author left unclosed are removed
-  (a lone ``<`` or ``>``, as in "a<b and c>d", is text);
+  character, untouched by the tidying below (only their blank lines and the whitespace that begins or
+  ends a line go); elsewhere the ``{{``, ``[[`` and HTML or extension ``<tag>`` of templates, links
+  and tags that the page's author left unclosed are removed (a lone ``<`` or ``>``, as in
+  "a<b and c>d", is text);
 * dropped with everything under them: back-matter sections that are lists of links or sources rather
   than prose (``DROPPED_SECTIONS``: "See also", "References", "External links", "Further reading",
   "Notes", "Bibliography", ...); a heading whose section ends up empty is dropped too.
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import html
 import re
-import textwrap
 from collections.abc import Callable
 
 import mwparserfromhell
@@ -242,11 +241,8 @@ def _template(template: Template) -> str:
 
 # ----------------------------------------------------------------------------------- nodes -> text
 def _verbatim(text: str) -> str:
-    """Mark text to be kept as it is by the tidying, each of its lines on its own (lines are split first).
-
-    The indentation common to its lines goes (that of the block in the page's source), the rest stays.
-    """
-    text = textwrap.dedent(_INTERNAL.sub("", text))  # verbatim inside verbatim (<nowiki> in <code>): one span
+    """Mark text to be kept as it is by the tidying, each of its lines on its own (lines are split first)."""
+    text = _INTERNAL.sub("", text)  # verbatim inside verbatim (<nowiki> in <code>): one span
     return "\n".join(f"{_OPEN}{line}{_CLOSE}" for line in text.split("\n"))
 
 
@@ -336,9 +332,9 @@ def _tidy_around_verbatim(raw: str) -> tuple[str, list[str]]:
 
 
 def _put_back(line: str, spans: list[str]) -> str:
-    """The verbatim spans in place of their ``_HOLD``s; a span's indentation stays, trailing spaces go."""
+    """The verbatim spans in place of their ``_HOLD``s; the line's leading and trailing whitespace goes."""
     parts = line.split(_HOLD)  # the tidying removes no _HOLD: it only touches spaces and punctuation
-    return "".join(part + span for part, span in zip(parts, [*spans, ""], strict=True)).rstrip()
+    return "".join(part + span for part, span in zip(parts, [*spans, ""], strict=True)).strip()
 
 
 def _keep_headings(sections: list[tuple[int, str, list[str]]]) -> list[str]:
@@ -369,7 +365,7 @@ def clean_wikitext(wikitext: str) -> str:
             if dropping_below is None:
                 sections.append((level, title, _lines("".join(parts))))
             level, parts = node.level, []
-            title = _put_back(*_tidy_around_verbatim(_render(node.title).replace("\n", " "))).strip()
+            title = _put_back(*_tidy_around_verbatim(_render(node.title).replace("\n", " ")))
             if dropping_below is not None and level > dropping_below:
                 continue
             dropping_below = level if title.lower() in DROPPED_SECTIONS else None

@@ -46,7 +46,7 @@ from tqdm import tqdm
 from gpt2.data.download import download_dump
 from gpt2.data.markup import clean_wikitext
 from gpt2.data.sample import SAMPLE_NAME, sample_dump_path
-from gpt2.data.text_shards import SPLITS, ShardWriter
+from gpt2.data.text_shards import MANIFEST, SPLITS, ShardWriter
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.io import atomic_write
@@ -54,7 +54,6 @@ from gpt2.io import atomic_write
 T = TypeVar("T")
 R = TypeVar("R")
 
-MANIFEST = "manifest.json"
 BATCH_PAGES = 256  # pages per task sent to a worker, or fewer when they reach BATCH_BYTES of wikitext
 BATCH_BYTES = 1 << 20
 # What happened to the <page>s read (manifest "pages"): outside namespace 0, redirect, ..., or kept.
