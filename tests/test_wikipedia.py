@@ -421,3 +421,26 @@ def test_download_dump_reuses_a_complete_download(server, tmp_path):
     done.write_bytes(b"complete")
     assert download_dump(url, tmp_path) == done
     assert server.requests == []
+
+
+def test_a_complete_part_is_renamed_not_downloaded_again(server, tmp_path):
+    dest = tmp_path / "dump.xml.bz2"
+    server.drop_connections = 1
+    with pytest.raises(DownloadError):
+        download(server.url, dest, retries=0, progress=False)
+    (tmp_path / "dump.xml.bz2.part").write_bytes(server.data)  # all received, but not yet renamed
+    download(server.url, dest, retries=0, progress=False)
+    assert dest.read_bytes() == server.data
+    n = len(server.data)
+    assert server.requests == [(None, None), (f"bytes={n}-", '"v1"')]  # answered 416 "bytes */n": done
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.xml.bz2"]
+
+
+def test_retries_count_attempts_in_a_row_that_bring_no_byte(server, tmp_path):
+    server.drop_connections = 4  # each attempt brings half of what is missing
+    dest = download(server.url, tmp_path / "dump.xml.bz2", retries=1, retry_wait_s=0, progress=False)
+    assert dest.read_bytes() == server.data and len(server.requests) == 5
+    server.errors, server.requests = [503, 503, 503], []
+    with pytest.raises(DownloadError, match="HTTP 503"):  # 3 failures without a byte: 2 retries, then give up
+        download(server.url, tmp_path / "other.xml.bz2", retries=2, retry_wait_s=0, progress=False)
+    assert len(server.requests) == 3
