@@ -85,7 +85,7 @@ class PrepareConfig:
     eval_fraction: float = field(
         default=0.005,
         metadata={"help": "fraction of articles in the eval split, chosen by a hash of the title; 0.005 of "
-                          "English Wikipedia is ~100 MB of text (the sample, 98 articles kept of 206 pages, needs ~0.1)"},
+                          "English Wikipedia is ~100 MB of text (the sample's 98 articles need ~0.1)"},
     )  # fmt: skip
     shard_size_mb: float = field(default=100.0, metadata={"help": "text per shard file, in MB"})
     min_chars: int = field(
