@@ -76,6 +76,18 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def backend_precision(checkpoint: str, backend: str = "pytorch", precision: str = "auto") -> str:
+    """The precision ``open_backend`` runs at: ``precision``, or for "auto" fp32 (pytorch) or the export
+    :func:`gpt2.deployment.resolve_precision` picks."""
+    if precision not in BACKEND_PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {BACKEND_PRECISIONS}")
+    if backend == "pytorch" or precision != "auto":
+        return "fp32" if precision == "auto" else precision
+    from gpt2.deployment import resolve_precision
+
+    return resolve_precision(backend, checkpoint, precision)
+
+
 def open_backend(
     checkpoint: str, backend: str = "pytorch", device: str = "auto", precision: str = "auto", **kwargs: Any
 ) -> InferenceBackend:
@@ -87,7 +99,7 @@ def open_backend(
         from gpt2.checkpoint import load_model
         from gpt2.deployment.artifacts import PRECISIONS
 
-        dtype = PRECISIONS["fp32" if precision == "auto" else precision]
+        dtype = PRECISIONS[backend_precision(checkpoint, backend, precision)]
         model, _ = load_model(checkpoint, device=device, dtype=dtype, dropout=0.0)
         return TorchBackend(model)
     if backend in BACKENDS:

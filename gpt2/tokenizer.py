@@ -25,7 +25,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from gpt2.data.text_shards import iter_documents
+from gpt2.data.text_shards import corpus_split, iter_documents
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.io import atomic_write
@@ -128,7 +128,7 @@ class Tokenizer:
 
 def _batched_documents(corpus_dir: Path, max_bytes: int, batch: int = 1000) -> Iterator[list[str]]:
     """Train documents in lists (fewer Python->Rust calls), stopping after ``max_bytes`` if > 0."""
-    docs = iter_documents(corpus_dir / "train")
+    docs = iter_documents(corpus_split(corpus_dir, "train"))
     if max_bytes > 0:
         docs = _take_bytes(docs, max_bytes)
     while chunk := list(itertools.islice(docs, batch)):

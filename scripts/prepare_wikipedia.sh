@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 DUMP=${DUMP:-sample}
 OUT_DIR=${OUT_DIR:-data/wiki}                  # train/, eval/, manifest.json
 DOWNLOAD_DIR=${DOWNLOAD_DIR:-data/dumps}
-EVAL_FRACTION=${EVAL_FRACTION:-0.005}          # by a hash of the title; ~0.1 for the sample (106 articles)
+EVAL_FRACTION=${EVAL_FRACTION:-0.005}          # by a hash of the title; ~0.1 for the sample (98 articles)
 SHARD_SIZE_MB=${SHARD_SIZE_MB:-100}
 MIN_CHARS=${MIN_CHARS:-200}                    # skip articles shorter than this once cleaned
 WORKERS=${WORKERS:-$(nproc)}

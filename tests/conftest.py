@@ -51,6 +51,7 @@ def wiki_corpus(tmp_path_factory) -> Path:
         for doc in docs:
             writer.add(doc)
         writer.close()
+    (root / "manifest.json").write_text('{"dump_spec": "raw wikitext of 30 sample pages (test fixture)"}\n')  # finished
     return root
 
 

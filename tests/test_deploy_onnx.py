@@ -266,6 +266,13 @@ def test_generate_and_evaluate_open_the_export_deploy_made(checkpoints, tmp_path
     fp16_loss = json.loads(report.read_text())["loss"]
     assert cli(["evaluate", str(ckpt), *flags]) == 0  # PyTorch, fp32
     assert json.loads(report.read_text())["loss"] == pytest.approx(fp16_loss, abs=1e-2)
+    # Without --output, each precision gets its own report (auto: the fp16 export, the only one).
+    flags = flags[:-2]
+    assert cli(["evaluate", str(ckpt), "--backend", "onnxruntime", *flags]) == 0
+    assert cli(["evaluate", str(ckpt), "--backend", "onnxruntime", "--precision", "fp16", *flags]) == 0
+    reports = sorted(p.name for p in ckpt.parent.parent.glob("eval_*.json"))
+    assert reports == [f"eval_{ckpt.name}_onnxruntime_fp16_first1x2.json"]
+    assert json.loads((ckpt.parent.parent / reports[0]).read_text())["precision"] == "fp16"
     assert cli(["generate", str(ckpt), "--backend", "onnxruntime", "--precision", "fp32", *args]) == 2
     assert re.search("no onnxruntime export at .*model.fp32.onnx \\(found: model.fp16.onnx\\)", capsys.readouterr().err)
 

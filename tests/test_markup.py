@@ -87,6 +87,25 @@ CASES = {
         "where <math>x^{{2}} < y</math> is, as in <syntaxhighlight lang=c>a[[i]] = {{0}};</syntaxhighlight>",
         "where x^{{2}} < y is, as in a[[i]] = {{0}};",
     ),
+    "numbered parameters are positional ones": (
+        "{{math|1=E = mc^2}}, {{nowrap|1=a b}}, {{lang|fr|2=liberté}}, {{lang|fr|1=égalité}}, {{frac|1|2=3}}.",
+        "E = mc^2, a b, liberté, égalité, 1/3.",
+    ),
+    "sentence templates: spaces, signs, flags, quotations": (
+        "a{{nbsp}}b {{=}} c; {{flagicon|FRA}} {{flag|France}} and {{flagcountry|Spain}} won. "
+        "{{quote|To be.|Hamlet}} After {{blockquote|text=Not to be.}}",
+        "a b = c; France and Spain won.\nTo be.\nAfter\nNot to be.",
+    ),
+    "verbatim text is not tidied": (
+        "Call <code>main()</code> and <math>f( , )</math>; then\n<math>\n|x| = 1\n</math>\n"
+        "<pre>\n  ; comment\n    x  =  1\n\n  y()\n</pre>",
+        "Call main() and f( , ); then\n|x| = 1\n; comment\nx  =  1\ny()",
+    ),
+    "a lone < or > is text, not a tag": (
+        "If a<b and c>d then stop, as 1 < 2 > 0.<span class=x>",
+        "If a<b and c>d then stop, as 1 < 2 > 0.",
+    ),
+    "a carriage return is a space": ("a\rb\r\nc", "a b\nc"),
     "blank lines and runs of spaces": ("A   b.\n\n\n\nC  \t d.", "A b.\nC d."),
     ".NET keeps its dot": ("[[.NET Framework]] is a framework .", ".NET Framework is a framework."),
 }
@@ -124,3 +143,9 @@ def test_a_real_article_reads_like_encyclopedia_text():
     assert "References" not in lines and "External links" not in lines and "See also" not in lines
     assert all(line.strip() == line and line for line in lines)  # no blank or padded lines
     assert 40_000 < len(text) < len(wikitext) / 2
+
+
+def test_formulas_in_numbered_template_parameters_are_kept():
+    text = clean_wikitext(real_page("Albert Einstein"))
+    # The source: formula {{nowrap|1=''E'' = ''mc''<sup>2</sup>}} (which ...
+    assert "his mass–energy equivalence formula E = mc2 (which" in text

@@ -3,12 +3,15 @@ prepare -> train-tokenizer -> encode -> train -> evaluate -> generate."""
 
 import json
 import math
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from gpt2.checkpoint import find_checkpoint, load_model
 from gpt2.cli import main as cli
+from gpt2.data.loader import IGNORE_INDEX, eval_batches
 from gpt2.data.tokens import TokenFile
 from gpt2.tokenizer import Tokenizer
 from gpt2.training.run_log import read_metrics
@@ -70,9 +73,15 @@ def test_the_checkpoint_is_the_trained_model(work):
 
 def test_evaluate_a_prefix_of_the_eval_set(work):
     assert cli(["evaluate", str(work / "run"), "--max_batches", "3", "--batch_size", "4", "--seq_len", "32",
-                "--output", str(work / "prefix.json"), "--device", "cpu"]) == 0  # fmt: skip
-    report = json.loads((work / "prefix.json").read_text())
+                "--unigram_baseline", "--device", "cpu"]) == 0  # fmt: skip
+    # Named after what was evaluated: it does not replace the whole eval set's eval_step_00000250_pytorch.json.
+    report = json.loads((work / "run" / "eval_step_00000250_pytorch_seq32_first3x4.json").read_text())
     assert not report["whole_eval_set"] and report["batches"] == 3 and report["tokens"] == 3 * 4 * 32
+    # The baseline is scored on the targets the model was scored on, not on the whole eval set.
+    eval_file, train_file = TokenFile(work / "tokens" / "eval.bin"), TokenFile(work / "tokens" / "train.bin")
+    targets = np.concatenate([y[y != IGNORE_INDEX].numpy() for _, y in eval_batches(eval_file, 32, 4, 3)])
+    counts = np.bincount(train_file.tokens, minlength=Tokenizer.load(work / "tokenizer.json").vocab_size) + 1.0
+    assert report["unigram_baseline_loss"] == pytest.approx(-np.log(counts / counts.sum())[targets].mean(), rel=1e-9)
 
 
 def test_generate_samples_words_reproducibly(work):
@@ -124,5 +133,29 @@ def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty" / "train").mkdir(parents=True)
     assert cli(["train-tokenizer", "--corpus_dir", str(tmp_path / "empty"), "--out", str(tmp_path / "t.json")]) == 2
+    assert "is unfinished (no manifest.json" in capsys.readouterr().err
+    (tmp_path / "empty" / "manifest.json").write_text("{}")
+    assert cli(["train-tokenizer", "--corpus_dir", str(tmp_path / "empty"), "--out", str(tmp_path / "t.json")]) == 2
     assert "no text shards" in capsys.readouterr().err
+    # Flags the model or the eval set cannot take.
+    for flags, message in (
+        (["--seq_len", "512"], "--seq_len 512 exceeds the max_seq_len 128"),
+        (["--seq_len", "0"], "--seq_len must be at least 1"),
+        (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--max_batches", "-1"], "--max_batches must be >= 0"),
+    ):
+        assert cli(["evaluate", str(work / "run"), *flags, "--device", "cpu"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+    # A checkpoint outside a run: its results are written next to it.
+    mine = tmp_path / "models" / "mine"
+    shutil.copytree(find_checkpoint(work / "run").path, mine)
+    assert cli(["evaluate", str(mine), "--max_batches", "1", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "models" / "eval_mine_pytorch_first1x8.json").read_text())["batches"] == 1
+    # Training tokens (for the unigram baseline) of another tokenizer than the checkpoint's.
+    meta = json.loads((mine / "meta.json").read_text())
+    meta["data"]["train"] = str(tmp_path / "other" / "train.bin")
+    (mine / "meta.json").write_text(json.dumps(meta))
+    assert cli(["evaluate", str(mine), "--unigram_baseline", "--max_batches", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "was encoded with tokenizer" in err and str(tmp_path / "other" / "train.bin") in err
     assert find_checkpoint(work / "run").step == STEPS  # nothing above touched the run

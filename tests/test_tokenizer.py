@@ -135,6 +135,7 @@ def test_max_bytes_trains_on_a_prefix(wiki_corpus, tmp_path):
     writer = ShardWriter(tmp_path / "one_doc" / "train", "train", shard_bytes=1 << 30)
     writer.add(first_doc)
     writer.close()
+    (tmp_path / "one_doc" / "manifest.json").write_text("{}")
     common = {"vocab_size": 400, "min_frequency": 2}
     prefix = TokenizerConfig(
         corpus_dir=str(wiki_corpus), out=str(tmp_path / "prefix.json"), max_bytes=1, **common

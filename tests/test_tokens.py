@@ -156,6 +156,7 @@ def small_corpus(wiki_corpus, root, eval_text=None):
     (root / "train" / "train_00000.txt").write_text((wiki_corpus / "train" / "train_00000.txt").read_text())
     for shard in (wiki_corpus / "eval").glob("*.txt"):
         (root / "eval" / shard.name).write_text(shard.read_text() if eval_text is None else eval_text)
+    (root / "manifest.json").write_text((wiki_corpus / "manifest.json").read_text())
     return root
 
 
@@ -179,6 +180,9 @@ def test_encode_command_writes_both_splits(wiki_corpus, wiki_tokenizer, tmp_path
     assert (out / "train.bin").read_bytes() == before
     assert cli([*args, "--overwrite"]) == 0
     assert (out / "train.bin").read_bytes() == before  # encoding is deterministic
+    assert cli([*args, "--overwrite", "--batch_docs", "0"]) == 2  # would read no document: empty files
+    assert "--batch_docs must be at least 1" in capsys.readouterr().err
+    assert (out / "train.bin").read_bytes() == before
 
 
 def test_encode_refuses_an_empty_eval_split_before_writing(wiki_corpus, wiki_tokenizer, tmp_path, capsys):

@@ -19,12 +19,13 @@ from gpt2.cli import main as cli
 from gpt2.data import wikipedia
 from gpt2.data.download import DownloadError, download, download_dump, dump_file_name
 from gpt2.data.sample import sample_dump_path
-from gpt2.data.text_shards import iter_documents
+from gpt2.data.text_shards import ShardWriter, iter_documents
 from gpt2.data.wikipedia import DumpError, PrepareConfig, iter_pages, open_dump, prepare, split_of
 from gpt2.errors import UserError
 
 LATEX = re.compile(r"\\[a-zA-Z]+")  # a line of a formula, where {{ and }} are LaTeX grouping
-DEBRIS = ("[[", "]]", "<ref", "</ref", "&nbsp;", "&amp;", "thumb|", "''", "()", "__TOC__")  # markup left over
+# Markup left over ("foo ()": a removed template; "f()" in <code> is the page's text).
+DEBRIS = ("[[", "]]", "<ref", "</ref", "&nbsp;", "&amp;", "thumb|", "''", " ()", "__TOC__")
 
 
 def config(out_dir, **kwargs) -> PrepareConfig:
@@ -210,6 +211,38 @@ def test_truncated_bz2_names_file_and_last_article_and_keeps_whole_shards(tmp_pa
         assert all(doc in full for doc in iter_documents(out / split))
 
 
+def test_an_unfinished_corpus_is_refused_by_the_next_stages(tmp_path, capsys):
+    raw = sample_dump_path().read_bytes()
+    dump = tmp_path / "enwiki-truncated.xml.bz2"
+    dump.write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "out"
+    args = ["prepare", "--dump", str(dump), "--out_dir", str(out), "--shard_size_mb", "0.2", "--workers", "1"]
+    assert cli(args) == 2
+    assert list(out.rglob("*.txt")) and not (out / "manifest.json").exists()  # whole shards, unfinished
+    capsys.readouterr()
+    tokenizer = tmp_path / "tokenizer.json"
+    for args in (
+        ["train-tokenizer", "--corpus_dir", str(out), "--out", str(tokenizer), "--vocab_size", "300"],
+        ["encode", "--corpus_dir", str(out), "--tokenizer", str(tokenizer), "--out_dir", str(tmp_path / "tok")],
+    ):
+        assert cli(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "unfinished (no manifest.json" in err and "--overwrite" in err
+    assert not tokenizer.exists() and not (tmp_path / "tok").exists()
+
+
+def test_documents_read_back_exactly_as_written(tmp_path):
+    docs = ["Title\r\nline one\rstill one", "Next\u2028same line\x0cform feed\x85next line", "\rLast\r\r"]
+    writer = ShardWriter(tmp_path / "train", "train", shard_bytes=1 << 20)
+    for doc in docs:
+        writer.add(doc)
+    writer.close()
+    assert list(iter_documents(tmp_path / "train")) == docs  # "\r" is text: no document is split in two
+    for bad in ("a\n\nb", "ends with a newline\n"):  # would not read back as one document
+        with pytest.raises(ValueError, match="blank line"):
+            writer.add(bad)
+
+
 def test_malformed_xml_names_file_and_last_article(tmp_path):
     dump = tmp_path / "broken.xml"
     xml = sample_dump_path().read_bytes()
@@ -388,3 +421,26 @@ def test_download_dump_reuses_a_complete_download(server, tmp_path):
     done.write_bytes(b"complete")
     assert download_dump(url, tmp_path) == done
     assert server.requests == []
+
+
+def test_a_complete_part_is_renamed_not_downloaded_again(server, tmp_path):
+    dest = tmp_path / "dump.xml.bz2"
+    server.drop_connections = 1
+    with pytest.raises(DownloadError):
+        download(server.url, dest, retries=0, progress=False)
+    (tmp_path / "dump.xml.bz2.part").write_bytes(server.data)  # all received, but not yet renamed
+    download(server.url, dest, retries=0, progress=False)
+    assert dest.read_bytes() == server.data
+    n = len(server.data)
+    assert server.requests == [(None, None), (f"bytes={n}-", '"v1"')]  # answered 416 "bytes */n": done
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.xml.bz2"]
+
+
+def test_retries_count_attempts_in_a_row_that_bring_no_byte(server, tmp_path):
+    server.drop_connections = 4  # each attempt brings half of what is missing
+    dest = download(server.url, tmp_path / "dump.xml.bz2", retries=1, retry_wait_s=0, progress=False)
+    assert dest.read_bytes() == server.data and len(server.requests) == 5
+    server.errors, server.requests = [503, 503, 503], []
+    with pytest.raises(DownloadError, match="HTTP 503"):  # 3 failures without a byte: 2 retries, then give up
+        download(server.url, tmp_path / "other.xml.bz2", retries=2, retry_wait_s=0, progress=False)
+    assert len(server.requests) == 3

@@ -67,13 +67,16 @@ def download(
 ) -> Path:
     """Stream ``url`` to ``dest``, resuming ``dest.part`` if there is one; retry network and server errors.
 
-    Raises ``DownloadError`` (keeping the ``.part``) if the file is still incomplete after ``retries``
-    retries, or at once on a client error status (404, 403, ...).
+    Raises ``DownloadError`` (keeping the ``.part``) once ``retries`` retries in a row brought no new byte
+    (a retry that makes progress is not counted against the next ones: a long download may be interrupted
+    many times), or at once on a client error status (404, 403, ...).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    for attempt in range(retries + 1):
+    retries_left = retries
+    most = _size(part)  # the longest the .part has been: a restart from byte 0 is no progress until past it
+    while True:
         try:
             total = _fetch(url, part, timeout_s, progress)
         except urllib.error.HTTPError as e:
@@ -90,13 +93,21 @@ def download(
                 _meta_path(part).unlink(missing_ok=True)
                 return dest
             problem = f"got {size:,} of {total:,} bytes"
-        if attempt < retries:
-            print(f"download of {url} interrupted ({problem}); resuming in {retry_wait_s:.0f}s")
-            time.sleep(retry_wait_s)
+        if _size(part) > most:
+            most, retries_left = _size(part), retries
+        if retries_left == 0:
+            break
+        retries_left -= 1
+        print(f"download of {url} interrupted ({problem}); resuming in {retry_wait_s:.0f}s")
+        time.sleep(retry_wait_s)
     raise DownloadError(
-        f"download of {url} is incomplete ({problem}); the {part.stat().st_size if part.exists() else 0:,} "
-        f"bytes received are kept in {part}: run again to resume"
+        f"download of {url} is incomplete ({problem}); the {_size(part):,} bytes received are kept in {part}: "
+        "run again to resume"
     )
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 def _meta_path(part: Path) -> Path:
@@ -114,8 +125,13 @@ def _fetch(url: str, part: Path, timeout_s: float, progress: bool) -> int:
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
     except urllib.error.HTTPError as e:
-        if e.code != 416:  # 416: the range starts at or past the end: the .part is not a prefix; start over
+        if e.code != 416:
             raise
+        # 416: the range starts at or past the end. At the end (bytes */N with N = what we have), the
+        # .part is complete (the connection dropped before it could be renamed); past it, start over.
+        total = _unsatisfied_range_total(e.headers.get("Content-Range", "") if e.headers else "")
+        if total == have:
+            return total
         part.unlink()
         return _fetch(url, part, timeout_s, progress)
     with response:
@@ -148,6 +164,12 @@ def _content_range(value: str) -> tuple[int, int]:
     if not match:
         raise DownloadError(f"the server sent a partial response with a bad Content-Range: {value!r}")
     return int(match[1]), int(match[2])
+
+
+def _unsatisfied_range_total(value: str) -> int | None:
+    """The full size in the Content-Range of a 416 answer (``bytes */1000``), or None without one."""
+    match = re.fullmatch(r"bytes \*/(\d+)", value.strip())
+    return int(match[1]) if match else None
 
 
 def _read_validator(part: Path) -> str | None:

@@ -8,19 +8,25 @@ running prose:
   bare URLs and unlabelled external links;
 * a few inline templates whose output is part of a sentence are rendered instead, so that dropping them
   does not break the sentence: ``{{convert|5|km}}`` -> "5 km", ``{{lang|fr|liberté}}`` -> "liberté",
-  ``{{nowrap|...}}``, ``{{as of|2010}}``, ``{{frac|1|2}}``... (``INLINE_TEMPLATES``);
+  ``{{nowrap|...}}``, ``{{as of|2010}}``, ``{{frac|1|2}}``, ``{{nbsp}}``, ``{{flag|France}}`` -> "France"...
+  (``INLINE_TEMPLATES``); their parameters may be numbered (``{{math|1=E = mc^2}}``); ``{{quote}}`` and
+  ``{{blockquote}}`` become a paragraph of the quoted text;
 * kept as their visible text: wiki links (their label), labelled external links, bold/italic text, HTML
   formatting tags, list items (one per line), headings (a line with the title), decoded HTML entities
   (``&nbsp;`` is a space);
 * kept verbatim: ``<math>`` (its LaTeX source, so that sentences around formulas stay whole), code
-  (``<syntaxhighlight>``, ``<pre>``) and ``<nowiki>``; elsewhere the ``{{``, ``[[`` and ``<tag>`` of
-  templates, links and tags that the page's author left unclosed are removed;
+  (``<syntaxhighlight>``, ``<pre>``, and the text of ``<code>``) and ``<nowiki>``: character for
+  character, untouched by the tidying below (only their blank lines and the whitespace that begins or
+  ends a line go); elsewhere the ``{{``, ``[[`` and HTML or extension ``<tag>`` of templates, links
+  and tags that the page's author left unclosed are removed (a lone ``<`` or ``>``, as in
+  "a<b and c>d", is text);
 * dropped with everything under them: back-matter sections that are lists of links or sources rather
   than prose (``DROPPED_SECTIONS``: "See also", "References", "External links", "Further reading",
   "Notes", "Bibliography", ...); a heading whose section ends up empty is dropped too.
 
 Finally each line is tidied (runs of spaces, spaces before punctuation, "( )" and "(; " left by removed
-templates) and lines with no letter or digit are dropped, so the result never contains a blank line.
+templates) and lines with no letter or digit (and no verbatim text) are dropped, so the result never
+contains a blank line. A carriage return is a space (only ``\n`` separates lines).
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ DROPPED_TAGS = frozenset({
 })  # fmt: skip
 # Tags whose content is not wikitext (formulas, code): kept character for character.
 VERBATIM_TAGS = frozenset({"math", "chem", "ce", "syntaxhighlight", "source", "pre", "nowiki"})
+# Tags whose content is wikitext, rendered, but then kept as it is: code, where "()" or "; x" are content.
+UNTIDIED_TAGS = frozenset({"code", "kbd", "samp", "tt"})
 # Tags that start a new line: <br>, <hr>, <p>, list items, and the ":" of a definition (";term : definition").
 LINE_BREAK_TAGS = frozenset({"br", "hr", "p", "li", "dd"})
 
@@ -67,7 +75,20 @@ _INTERLANGUAGE = re.compile(r"^(?:[a-z]{2,3}|simple)(?:-[a-z0-9]+)*:")
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
 _BOLD_ITALIC = re.compile(r"'{2,}")  # parsed with skip_style_tags: '' and ''' stay in the text
 _UNPARSED_BRACKETS = re.compile(r"\{\{|\}\}|\[\[|\]\]")  # of a template or link left unclosed
-_STRAY_TAG = re.compile(r"</?[a-zA-Z][\w-]*(?:\s[^<>]*)?/?>")  # unclosed or unbalanced, so left unparsed
+# HTML tags that wikitext allows and extension tags: an unclosed or unbalanced one is left unparsed, as text.
+KNOWN_TAGS = frozenset({
+    "a", "abbr", "b", "bdi", "bdo", "big", "blockquote", "br", "caption", "center", "cite", "code", "data",
+    "dd", "del", "dfn", "div", "dl", "dt", "em", "font", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "ins",
+    "kbd", "li", "link", "mark", "meta", "ol", "p", "q", "rb", "rp", "rt", "rtc", "ruby", "s", "samp",
+    "small", "span", "strike", "strong", "sub", "sup", "td", "th", "time", "tr", "tt", "u", "ul", "var",
+    "wbr", "noinclude", "onlyinclude", "poem", "section", "indicator", "charinsert", "langconvert",
+}) | DROPPED_TAGS | VERBATIM_TAGS  # fmt: skip
+# A known tag name, then attributes as name=value only, so that "a<b and c>d" stays text.
+_STRAY_TAG = re.compile(
+    r"</?(?:" + "|".join(sorted(KNOWN_TAGS, key=len, reverse=True)) + r")"
+    r"""(?:\s+[\w-]+\s*=\s*(?:"[^"<>]*"|'[^'<>]*'|[^\s"'<>/]+))*\s*/?>""",
+    re.IGNORECASE,
+)
 _SPACES = re.compile(r"[ \t\u00a0\u200b]+")
 _SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:!?])(?= |$)")
 # What removed pronunciation templates and refs leave in parentheses: "( ; , )", "(, also", "born 1900; )".
@@ -76,11 +97,28 @@ _PAREN_LEAD = re.compile(r"\(\s*(?:[,;:]\s*)*")
 _PAREN_TAIL = re.compile(r"(?:\s*[,;:])*\s*\)")
 _LINE_LEAD = re.compile(r"^[,;:]+\s*")  # "; term : definition" lists, definition-only lines
 _ALNUM = re.compile(r"\w")  # \w matches letters and digits of any script
+# Verbatim text travels between these two noncharacters (reserved by Unicode for internal use, removed from
+# the input) until the tidying of its line is done; there each span stands as one _HOLD while tidied.
+_OPEN, _CLOSE, _HOLD = "\ufdd0", "\ufdd1", "\ufdd2"
+_VERBATIM_SPAN = re.compile(f"{_OPEN}([^{_OPEN}{_CLOSE}]*){_CLOSE}")
+_INTERNAL = re.compile(f"[{_OPEN}{_CLOSE}{_HOLD}]")
 
 
 # -------------------------------------------------------------------------------- inline templates
+MAX_POSITION = 50  # a numbered parameter beyond this is not an argument of an inline template
+
+
 def _positional(template: Template) -> list[str]:
-    return [_render(p.value).strip() for p in template.params if not p.showkey]
+    """Unnamed arguments in order; ``2=x`` is the second (a number as name: ``{{math|1=E = mc^2}}``).
+
+    As in MediaWiki, a numbered parameter replaces the unnamed one at its position, and a gap is empty.
+    """
+    args: dict[int, str] = {}
+    for param in template.params:  # an unnamed parameter's name is its position
+        name = str(param.name).strip()
+        if name.isascii() and name.isdigit() and 1 <= int(name) <= MAX_POSITION:
+            args[int(name)] = _render(param.value).strip()
+    return [args.get(i, "") for i in range(1, max(args, default=0) + 1)]
 
 
 def _first(template: Template) -> str:
@@ -133,6 +171,23 @@ def _as_of(template: Template) -> str:
     return f"{'as' if lower else 'As'} of {date}"
 
 
+def _named_or_first(*names: str) -> Callable[[Template], str]:
+    """The value of the first of ``names`` that the template has, else its first unnamed argument."""
+
+    def render(template: Template) -> str:
+        for name in names:
+            if template.has(name):
+                return _render(template.get(name).value).strip()
+        return _first(template)
+
+    return render
+
+
+def _block_quote(template: Template) -> str:
+    """``{{quote|text|author}}``, ``{{blockquote|text=...}}``: the quotation, as a paragraph of its own."""
+    return f"\n{_named_or_first('text', 'quote')(template)}\n"
+
+
 INLINE_TEMPLATES: dict[str, Callable[[Template], str]] = {
     "convert": _convert,
     "cvt": _convert,
@@ -166,6 +221,13 @@ INLINE_TEMPLATES: dict[str, Callable[[Template], str]] = {
     "mdash": lambda t: "—",
     "snd": lambda t: " – ",
     "spaced ndash": lambda t: " – ",
+    "nbsp": lambda t: " ",
+    "=": lambda t: "=",
+    "quote": _block_quote,
+    "blockquote": _block_quote,
+    "flag": _first,  # {{flag|France}}: a flag icon, then the country's name
+    "flagcountry": _named_or_first("name"),
+    "flagicon": lambda t: "",  # an icon only
 }
 
 
@@ -178,6 +240,12 @@ def _template(template: Template) -> str:
 
 
 # ----------------------------------------------------------------------------------- nodes -> text
+def _verbatim(text: str) -> str:
+    """Mark text to be kept as it is by the tidying, each of its lines on its own (lines are split first)."""
+    text = _INTERNAL.sub("", text)  # verbatim inside verbatim (<nowiki> in <code>): one span
+    return "\n".join(f"{_OPEN}{line}{_CLOSE}" for line in text.split("\n"))
+
+
 def _wikilink(link: Wikilink) -> str:
     title = _render(link.title).strip()  # a title may hold entities: [[OS&nbsp;X]]
     visible = title.startswith(":")  # [[:Category:X]] is a link to the category page, shown as text
@@ -199,7 +267,9 @@ def _tag(tag: Tag) -> str:
     if name in DROPPED_TAGS:
         return ""
     if name in VERBATIM_TAGS:
-        return html.unescape(str(tag.contents)) if tag.contents else ""
+        return _verbatim(html.unescape(str(tag.contents))) if tag.contents else ""
+    if name in UNTIDIED_TAGS:
+        return _verbatim(_render(tag.contents)) if tag.contents else ""
     if name in LINE_BREAK_TAGS:
         return "\n" + (_render(tag.contents) if tag.contents else "")
     return _render(tag.contents) if tag.contents else ""
@@ -246,10 +316,25 @@ def _lines(text: str) -> list[str]:
     """Tidied non-empty lines; table debris (``{|``, ``|-``, ``!``) left by unparsable tables is dropped."""
     lines = []
     for raw in text.split("\n"):
-        line = _tidy(raw)
-        if line and _ALNUM.search(line) and not line.startswith(("{|", "|", "!")):
+        line, spans = _tidy_around_verbatim(raw)
+        if line.startswith(("{|", "|", "!")):
+            continue
+        line = _put_back(line, spans)
+        if line.strip() and (_ALNUM.search(line) or any(span.strip() for span in spans)):
             lines.append(line)
     return lines
+
+
+def _tidy_around_verbatim(raw: str) -> tuple[str, list[str]]:
+    """The line tidied with each verbatim span held as one ``_HOLD``, and the spans, in order."""
+    spans = _VERBATIM_SPAN.findall(raw)
+    return _tidy(_VERBATIM_SPAN.sub(_HOLD, raw).replace(_OPEN, "").replace(_CLOSE, "")), spans
+
+
+def _put_back(line: str, spans: list[str]) -> str:
+    """The verbatim spans in place of their ``_HOLD``s; the line's leading and trailing whitespace goes."""
+    parts = line.split(_HOLD)  # the tidying removes no _HOLD: it only touches spaces and punctuation
+    return "".join(part + span for part, span in zip(parts, [*spans, ""], strict=True)).strip()
 
 
 def _keep_headings(sections: list[tuple[int, str, list[str]]]) -> list[str]:
@@ -269,6 +354,7 @@ def _keep_headings(sections: list[tuple[int, str, list[str]]]) -> list[str]:
 
 def clean_wikitext(wikitext: str) -> str:
     """Plain text of an article's wikitext: paragraphs, list items and headings a line each, no blank line."""
+    wikitext = _INTERNAL.sub("", wikitext).replace("\r", " ")  # only "\n" may split a document's lines
     code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
     sections: list[tuple[int, str, list[str]]] = []  # (level, title, lines); the lead has level 0, no title
     level, title, parts = 0, "", []
@@ -279,7 +365,7 @@ def clean_wikitext(wikitext: str) -> str:
             if dropping_below is None:
                 sections.append((level, title, _lines("".join(parts))))
             level, parts = node.level, []
-            title = _tidy(_render(node.title).replace("\n", " "))
+            title = _put_back(*_tidy_around_verbatim(_render(node.title).replace("\n", " ")))
             if dropping_below is not None and level > dropping_below:
                 continue
             dropping_below = level if title.lower() in DROPPED_SECTIONS else None

@@ -8,7 +8,12 @@ Layout of a prepared corpus directory::
 
 Inside a shard, documents are separated by one blank line (``"\\n\\n"``); a
 document never contains a blank line itself (its paragraphs are separated by
-single newlines), and its first line is the article title.
+single newlines), and its first line is the article title. Shards are read and
+written without newline translation: a ``"\\r"`` in a document is text, so a
+document reads back exactly as it was written.
+
+``manifest.json`` is written last: a corpus without one is unfinished, and the
+commands that read a corpus (``corpus_split``) refuse it.
 """
 
 from __future__ import annotations
@@ -16,10 +21,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpt2.errors import UserError
 from gpt2.io import atomic_write
 
 DOC_SEPARATOR = "\n\n"
 SPLITS = ("train", "eval")
+MANIFEST = "manifest.json"
+
+
+def corpus_split(corpus_dir: str | Path, split: str) -> Path:
+    """The directory of one split of a finished corpus; ``UserError`` if ``prepare`` did not finish it."""
+    corpus_dir = Path(corpus_dir)
+    if not corpus_dir.is_dir():
+        raise UserError(f"corpus directory {corpus_dir} does not exist; run `python -m gpt2 prepare` first")
+    if not (corpus_dir / MANIFEST).is_file():
+        raise UserError(
+            f"corpus {corpus_dir} is unfinished (no {MANIFEST}: its prepare run was interrupted or failed); "
+            f"run `python -m gpt2 prepare --out_dir {corpus_dir} --overwrite` again"
+        )
+    return corpus_dir / split
 
 
 def list_shards(split_dir: str | Path) -> list[Path]:
@@ -36,9 +56,9 @@ def list_shards(split_dir: str | Path) -> list[Path]:
 def iter_documents(split_dir: str | Path) -> Iterator[str]:
     """Yield every document of a split, shard by shard, one shard in memory at a time."""
     for shard in list_shards(split_dir):
-        for doc in shard.read_text(encoding="utf-8").split(DOC_SEPARATOR):
-            if doc.strip():
-                yield doc
+        with open(shard, encoding="utf-8", newline="") as f:  # no newline translation: "\r" is text
+            docs = f.read().split(DOC_SEPARATOR)
+        yield from (doc for doc in docs if doc.strip())
 
 
 class ShardWriter:
@@ -60,8 +80,8 @@ class ShardWriter:
         self._buffered_bytes = 0
 
     def add(self, doc: str) -> None:
-        if DOC_SEPARATOR in doc:
-            raise ValueError("a document must not contain a blank line")
+        if DOC_SEPARATOR in doc or doc.endswith("\n"):  # a final "\n" would join the separator after it
+            raise ValueError("a document must not contain a blank line or end with a newline")
         self._buffer.append(doc)
         size = len(doc.encode("utf-8")) + len(DOC_SEPARATOR)
         self._buffered_bytes += size
@@ -74,7 +94,7 @@ class ShardWriter:
         if not self._buffer:
             return
         path = self.split_dir / f"{self.prefix}_{self.n_shards:05d}.txt"
-        with atomic_write(path, "w", encoding="utf-8") as f:
+        with atomic_write(path, "w", encoding="utf-8", newline="") as f:
             f.write(DOC_SEPARATOR.join(self._buffer) + DOC_SEPARATOR)
         self.n_shards += 1
         self._buffer, self._buffered_bytes = [], 0

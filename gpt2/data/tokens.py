@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from gpt2.data.text_shards import iter_documents, list_shards
+from gpt2.data.text_shards import corpus_split, iter_documents, list_shards
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.io import atomic_write
@@ -195,6 +195,8 @@ def encode_split(
     Documents are encoded ``batch_docs`` at a time with ``encode_batch`` (parallel in Rust); one batch of
     text and tokens is in memory at a time.
     """
+    if batch_docs < 1:  # no document would be read: an empty token file
+        raise UserError(f"batch_docs must be at least 1, got {batch_docs}")
     split_dir = Path(split_dir)
     try:
         total_bytes = sum(shard.stat().st_size for shard in list_shards(split_dir))
@@ -238,9 +240,14 @@ class EncodeConfig:
     batch_docs: int = field(default=1024, metadata={"help": "documents per encode_batch call"})
     overwrite: bool = field(default=False, metadata={"help": "replace existing token files"})
 
+    def __post_init__(self) -> None:
+        if self.batch_docs < 1:
+            raise UserError(f"--batch_docs must be at least 1, got {self.batch_docs}")
+
 
 def encode_corpus(cfg: EncodeConfig, progress: bool = True) -> dict[str, TokenFileHeader]:
     """Write ``out_dir/{eval,train}.bin`` (eval first: a bad eval split fails in seconds, not hours)."""
+    split_dirs = {split: corpus_split(cfg.corpus_dir, split) for split in ("eval", "train")}
     tokenizer = Tokenizer.load(cfg.tokenizer)
     out_dir = Path(cfg.out_dir)
     splits = ("eval", "train")
@@ -249,7 +256,7 @@ def encode_corpus(cfg: EncodeConfig, progress: bool = True) -> dict[str, TokenFi
         raise UserError(f"{' and '.join(map(str, existing))}: already there; pass --overwrite to replace")
     for split in splits:  # an empty split would give an empty token file: refuse before encoding anything
         try:
-            empty = next(iter_documents(Path(cfg.corpus_dir) / split), None) is None
+            empty = next(iter_documents(split_dirs[split]), None) is None
         except FileNotFoundError as e:
             raise UserError(str(e)) from None
         if empty:
@@ -257,9 +264,7 @@ def encode_corpus(cfg: EncodeConfig, progress: bool = True) -> dict[str, TokenFi
                 f"the {split} split of {cfg.corpus_dir} has no documents, so there is nothing to {split} on"
             )
     return {
-        split: encode_split(
-            Path(cfg.corpus_dir) / split, tokenizer, out_dir / f"{split}.bin", cfg.batch_docs, progress
-        )
+        split: encode_split(split_dirs[split], tokenizer, out_dir / f"{split}.bin", cfg.batch_docs, progress)
         for split in splits
     }
 

@@ -8,15 +8,17 @@ The parent process streams the dump (``.xml`` or ``.xml.bz2``, detected from its
 batches to a pool of workers that clean the markup (``gpt2.data.markup``); results come back in dump
 order, so the output does not depend on the number of workers. Each article goes to ``eval`` or ``train``
 by a hash of its title (stable across runs, dumps and machines) and is written through ``ShardWriter``.
-``manifest.json`` is written last: a corpus without one is unfinished.
+``manifest.json`` is written last: a corpus without one is unfinished, and train-tokenizer and encode
+refuse it.
 
 Also skipped, and counted in the manifest: disambiguation pages (lists of links, not prose), documents
 under ``--min_chars`` characters of text once cleaned (stubs whose content was all tables or templates),
 and pages the markup parser failed on (listed on stderr).
 
-Throughput (``python -m bench.data``): a worker cleans ~2 MB/s of wikitext; the parent decompresses bz2
-and parses at ~33 MB/s (one core), so it keeps ~15 workers busy. On bigger machines, decompress the dump
-first with a parallel tool (``lbzip2 -dk``) and pass the ``.xml``, which the parent parses at ~250 MB/s.
+Throughput: cleaning the markup is the bottleneck, so this scales with workers until the parent, which
+alone decompresses and parses the dump, is saturated; past that, decompress the dump first with a
+parallel tool (``lbzip2 -dk``) and pass the ``.xml``. The measured rates (``python -m bench.data``) are
+in the README ("Data pipeline").
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from tqdm import tqdm
 from gpt2.data.download import download_dump
 from gpt2.data.markup import clean_wikitext
 from gpt2.data.sample import SAMPLE_NAME, sample_dump_path
-from gpt2.data.text_shards import SPLITS, ShardWriter
+from gpt2.data.text_shards import MANIFEST, SPLITS, ShardWriter
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.io import atomic_write
@@ -54,7 +56,6 @@ from gpt2.io import atomic_write
 T = TypeVar("T")
 R = TypeVar("R")
 
-MANIFEST = "manifest.json"
 BATCH_PAGES = 256  # pages per task sent to a worker, or fewer when they reach BATCH_BYTES of wikitext
 BATCH_BYTES = 1 << 20
 # What happened to the <page>s read (manifest "pages"): outside namespace 0, redirect, ..., or kept.
@@ -84,7 +85,7 @@ class PrepareConfig:
     eval_fraction: float = field(
         default=0.005,
         metadata={"help": "fraction of articles in the eval split, chosen by a hash of the title; 0.005 of "
-                          "English Wikipedia is ~100 MB of text (the 106-article sample needs ~0.1)"},
+                          "English Wikipedia is ~100 MB of text (the sample's 98 articles need ~0.1)"},
     )  # fmt: skip
     shard_size_mb: float = field(default=100.0, metadata={"help": "text per shard file, in MB"})
     min_chars: int = field(

@@ -7,12 +7,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt2.checkpoint import find_checkpoint
+from gpt2.checkpoint import CHECKPOINTS_DIR, Checkpoint, find_checkpoint
 from gpt2.data.loader import count_eval_batches, eval_batches
 from gpt2.data.tokens import TokenFile, check_tokenizer_matches
+from gpt2.errors import UserError
 from gpt2.evaluation.metrics import evaluate_loss, unigram_baseline
 from gpt2.flags import add_flags, from_flags
-from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP, open_backend
+from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP, backend_precision, open_backend
 from gpt2.io import atomic_write
 from gpt2.tokenizer import Tokenizer
 
@@ -31,12 +32,62 @@ class EvalConfig:
     unigram_baseline: bool = field(
         default=False, metadata={"help": "also report the loss of a unigram model fit on the training tokens"}
     )
-    output: str | None = field(default=None, metadata={"help": "JSON file for the results (default: next to the run)"})
+    output: str | None = field(
+        default=None,
+        metadata={"help": "JSON file for the results (default: RUN/eval_<checkpoint>_<backend>[_<precision>]"
+                          "[_seq<S>][_first<N>x<B>].json, or next to a checkpoint that is not in a run)"},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
+        if self.max_batches < 0:
+            raise UserError(f"--max_batches must be >= 0 (0: the whole eval set), got {self.max_batches}")
+        if self.seq_len is not None and self.seq_len < 1:
+            raise UserError(f"--seq_len must be at least 1 (or None: the training seq_len), got {self.seq_len}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
     add_flags(parser, EvalConfig, "evaluation")
+
+
+def _check_seq_len(seq_len: int, max_seq_len: int, what: str) -> None:
+    if seq_len > max_seq_len:
+        raise UserError(f"--seq_len {seq_len} exceeds the max_seq_len {max_seq_len} of {what}")
+
+
+def _train_tokens(ckpt: Checkpoint, tokenizer: Tokenizer) -> TokenFile:
+    """The token file the model was trained on, checked against its tokenizer (for the unigram baseline)."""
+    path = ckpt.meta.get("data", {}).get("train")
+    if not path:
+        raise UserError(f"checkpoint {ckpt.path} records no training token file; --unigram_baseline needs one")
+    train_file = TokenFile(path)
+    check_tokenizer_matches(train_file, tokenizer)
+    return train_file
+
+
+def _training_seq_len(ckpt: Checkpoint) -> int:
+    return ckpt.train_config.get("seq_len") or ckpt.model_config.max_seq_len
+
+
+def default_output(
+    ckpt: Checkpoint, backend: str, precision: str, seq_len: int, max_batches: int | None, batch_size: int
+) -> Path:
+    """``RUN/eval_<checkpoint>_<backend>.json`` (next to the checkpoint if it is not in a run's
+    ``checkpoints/``), with ``_<precision>`` unless fp32, ``_seq<S>`` when not at the training seq_len and
+    ``_first<N>x<B>`` for the first ``N`` batches of ``B`` sequences, so that evaluations of different models
+    or token sets do not overwrite each other."""
+    in_run = ckpt.path.parent.name == CHECKPOINTS_DIR
+    folder = ckpt.path.parent.parent if in_run else ckpt.path.parent
+    name = f"eval_{ckpt.path.name}_{backend}"
+    if precision != "fp32":
+        name += f"_{precision}"
+    if seq_len != _training_seq_len(ckpt):
+        name += f"_seq{seq_len}"
+    if max_batches is not None:
+        name += f"_first{max_batches}x{batch_size}"
+    return folder / f"{name}.json"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,9 +96,15 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.load(ckpt.tokenizer_path)
     token_file = TokenFile(cfg.eval_tokens or ckpt.meta.get("data", {}).get("eval", ""))
     check_tokenizer_matches(token_file, tokenizer)
-    seq_len = cfg.seq_len or ckpt.train_config.get("seq_len") or ckpt.model_config.max_seq_len
-    backend = open_backend(str(ckpt.path), cfg.backend, cfg.device, cfg.precision)
+    train_file = _train_tokens(ckpt, tokenizer) if cfg.unigram_baseline else None
+    seq_len = cfg.seq_len or _training_seq_len(ckpt)
+    _check_seq_len(seq_len, ckpt.model_config.max_seq_len, f"checkpoint {ckpt.path}")
+    precision = backend_precision(str(ckpt.path), cfg.backend, cfg.precision)
+    backend = open_backend(str(ckpt.path), cfg.backend, cfg.device, precision)
+    _check_seq_len(seq_len, backend.max_seq_len, f"the {cfg.backend} model")  # an export may take fewer
     max_batches = cfg.max_batches or None
+    if max_batches is not None and max_batches >= count_eval_batches(token_file, seq_len, cfg.batch_size):
+        max_batches = None  # the first N batches are all of them: the whole eval set
     result = evaluate_loss(
         lambda tokens: backend.forward(tokens),
         eval_batches(token_file, seq_len, cfg.batch_size, max_batches),
@@ -62,18 +119,23 @@ def run(args: argparse.Namespace) -> int:
         "eval_tokens": str(token_file.path),
         "seq_len": seq_len,
         "backend": cfg.backend,
+        "precision": precision,
         "whole_eval_set": max_batches is None,
         **result.to_dict(),
     }
-    if cfg.unigram_baseline:
-        train_file = TokenFile(ckpt.meta["data"]["train"])
-        report["unigram_baseline_loss"] = unigram_baseline(train_file.tokens, token_file.tokens, tokenizer.vocab_size)
+    if train_file is not None:
+        # eval_batches predicts tokens[1:] in order from the start: the scored targets are the first
+        # result.tokens of them, also with --max_batches.
+        targets = token_file.tokens[1 : 1 + result.tokens]
+        report["unigram_baseline_loss"] = unigram_baseline(train_file.tokens, targets, tokenizer.vocab_size)
         print(f"unigram baseline: loss {report['unigram_baseline_loss']:.4f} (the model must beat this)")
     print(
         f"{ckpt.path} (step {ckpt.step}, {cfg.backend}): loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
         f"bits per byte {result.bits_per_byte:.4f} over {result.tokens:,} tokens ({result.batches} batches)"
     )
-    output = Path(cfg.output) if cfg.output else ckpt.path.parent.parent / f"eval_{ckpt.path.name}_{cfg.backend}.json"
+    output = Path(cfg.output) if cfg.output else default_output(
+        ckpt, cfg.backend, precision, seq_len, max_batches, cfg.batch_size
+    )
     with atomic_write(output) as f:
         json.dump(report, f, indent=2)
     print(f"wrote {output}")

@@ -87,16 +87,17 @@ def evaluate_loss(
     )
 
 
-def unigram_baseline(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 26) -> float:
-    """Eval loss (nats/token) of a unigram model fit on the train tokens, add-one smoothed.
+def unigram_baseline(train_tokens: np.ndarray, targets: np.ndarray, vocab_size: int, chunk: int = 1 << 26) -> float:
+    """Mean loss (nats/token) on ``targets`` of a unigram model fit on the train tokens, add-one smoothed.
 
-    The floor any language model must beat: it knows token frequencies and nothing else.
+    The floor any language model must beat: it knows token frequencies and nothing else. ``targets`` are
+    the tokens the model was scored on (all eval tokens but the first, or a prefix of them).
     """
+    if len(targets) == 0:
+        raise ValueError("no targets to compute the unigram baseline on")
     counts = np.ones(vocab_size, dtype=np.float64)
     for start in range(0, len(train_tokens), chunk):  # chunked: token files can be larger than memory
         counts += np.bincount(train_tokens[start : start + chunk], minlength=vocab_size)
     log_probs = np.log(counts / counts.sum())
-    total = sum(
-        log_probs[eval_tokens[max(start, 1) : start + chunk]].sum() for start in range(0, len(eval_tokens), chunk)
-    )
-    return float(-total / (len(eval_tokens) - 1))
+    total = sum(log_probs[targets[start : start + chunk]].sum() for start in range(0, len(targets), chunk))
+    return float(-total / len(targets))
