@@ -256,8 +256,11 @@ def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     if (ckpt.path / DCP_DIR).is_dir():
         import torch.distributed.checkpoint as dcp
 
-        # DCP loads into pre-allocated tensors; without a process group it reads every shard.
-        state = GPT(ckpt.model_config).state_dict()
+        # DCP loads into pre-allocated tensors; without a process group it reads every shard. They are
+        # allocated in the dtypes saved (bf16 for a --bf16 run), so that the weights come back as they were.
+        saved = dcp.FileSystemReader(str(ckpt.path / DCP_DIR)).read_metadata().state_dict_metadata
+        state = {k: v.to(saved[f"model.{k}"].properties.dtype) if f"model.{k}" in saved else v
+                 for k, v in GPT(ckpt.model_config).state_dict().items()}  # fmt: skip
         dcp.load({"model": state}, checkpoint_id=ckpt.path / DCP_DIR)
         return state
     raise CheckpointError(f"checkpoint {ckpt.path} has neither {MODEL_FILE} nor {DCP_DIR}/")

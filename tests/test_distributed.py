@@ -5,10 +5,12 @@ import subprocess
 import sys
 
 import torch
+from safetensors.torch import load_file
 from test_training import train_args, train_losses
 
-from gpt2.checkpoint import find_checkpoint, load_model
+from gpt2.checkpoint import find_checkpoint, load_model, load_model_state
 from gpt2.cli import main as cli
+from gpt2.training.run_log import read_metrics
 
 
 def torchrun(args, nproc=2):
@@ -31,6 +33,11 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tmp_path
     assert fsdp.keys() == single.keys() == {1, 2, 3, 4}
     for step in fsdp:
         assert abs(fsdp[step] - single[step]) <= 1e-5 * abs(single[step]), (step, fsdp[step], single[step])
+    # The final evaluation: 3 batches split over 2 ranks (one padded with an empty batch) = the same 3 batches.
+    fsdp_eval, single_eval = (next(r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["kind"] == "eval")
+                              for run in ("fsdp", "single"))  # fmt: skip
+    assert fsdp_eval["batches"] == single_eval["batches"] == 3 and fsdp_eval["tokens"] == single_eval["tokens"]
+    assert abs(fsdp_eval["loss"] - single_eval["loss"]) <= 1e-5 * single_eval["loss"]
 
     # The sharded checkpoint loads in a single process (no process group) and gives the same model.
     ckpt = find_checkpoint(tmp_path / "fsdp")
@@ -51,9 +58,14 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tmp_path
     assert find_checkpoint(tmp_path / "fsdp").meta["files"]["model.safetensors"]  # re-verified with its hash
 
 
-def test_sharded_run_resumes(corpus, tmp_path):
-    args = train_args(corpus, tmp_path / "run", "--batch_size", "2", "--eval_batches", "2")
+def test_sharded_bf16_run_resumes_and_consolidates_in_bf16(corpus, tmp_path):
+    args = train_args(corpus, tmp_path / "run", "--batch_size", "2", "--eval_batches", "2", "--bf16")
     torchrun([*args, "--max_steps", "2"])
     out = torchrun([*args, "--max_steps", "4", "--resume"])
     assert "resumed from" in out
     assert find_checkpoint(tmp_path / "run").step == 4
+    # Pure bf16 weights stay bf16 out of the sharded checkpoint, as in a single-process one.
+    assert {t.dtype for t in load_model_state(find_checkpoint(tmp_path / "run")).values()} == {torch.bfloat16}
+    assert cli(["consolidate", str(tmp_path / "run")]) == 0
+    saved = load_file(find_checkpoint(tmp_path / "run").path / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}

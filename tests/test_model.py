@@ -136,3 +136,15 @@ def test_hf_import_rejects_mismatched_shapes():
     state = to_hf_state_dict(GPT(tiny_config(vocab_size=301)))
     with pytest.raises(ValueError, match="HF wte"):
         load_hf_state_dict(model, state)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"n_heads": 0}, "--n_heads must be >= 1"), ({"pad_vocab_multiple": 0}, "--pad_vocab_multiple must be >= 1"),
+    ({"head_dim": 0}, "--head_dim must be >= 1"), ({"dropout": 1.5}, "--dropout must be in"),
+    ({"attention": "linear"}, "unknown --attention"),
+    ({"attention": "softplus", "softplus_length_base": 1.0}, "--softplus_length_base must be > 1"),
+    ({"attention": "softmax", "softplus_length_base": 64.0}, "applies to softplus attention"),
+])  # fmt: skip
+def test_bad_model_configs_are_one_line_errors(overrides, message):
+    with pytest.raises(UserError, match=message):
+        ModelConfig(**{"vocab_size": 100, "n_layers": 1, "dim": 32, "n_heads": 2, **overrides})

@@ -12,6 +12,7 @@ import torch
 from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig
 from gpt2.training.config import OptimConfig, TrainConfig
+from gpt2.training.mfu import peak_flops_of
 from gpt2.training.optim import build_optimizer, lr_at
 from gpt2.training.plot import loss_curves, plot_runs
 from gpt2.training.precision import resolve_precision
@@ -119,3 +120,12 @@ def test_non_finite_metrics_are_written_as_json_null(tmp_path):
     record = json.loads((tmp_path / "metrics.jsonl").read_text())  # strict JSON: NaN would not parse in most tools
     assert (record["loss"], record["grad_norm"], record["lr"]) == (None, None, 1e-3)
     assert loss_curves(tmp_path)["train"] == ([], [])  # a window of skipped steps is not a point at 0
+
+
+@pytest.mark.parametrize(("name", "peak"), [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA GH200 480GB", 989e12), ("NVIDIA H200 NVL", None), ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("Some Future GPU", None),
+])  # fmt: skip
+def test_peak_flops_lookup_prefers_the_most_specific_name(name, peak):
+    assert peak_flops_of(name, "bf16") == peak

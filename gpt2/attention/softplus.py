@@ -103,7 +103,8 @@ def softplus_attention(
     scale: float | None = None,
     length_base: float | None = None,
 ) -> torch.Tensor:
-    """Causal softplus attention: the fused Triton kernel on CUDA, the PyTorch reference elsewhere."""
-    if q.is_cuda and softplus_op is not None:
+    """Causal softplus attention: the fused Triton kernel on CUDA, the PyTorch reference elsewhere (and for
+    heads wider than the kernel's widest, 128, which no GPT-2 shape has)."""
+    if q.is_cuda and softplus_op is not None and q.shape[-1] <= max(softplus_op.kernels.HEAD_DIMS):
         return softplus_attention_triton(q, k, v, scale, length_base)
     return softplus_attention_reference(q, k, v, scale, length_base)

@@ -55,7 +55,7 @@ def evaluate_loss(
     nll = torch.zeros((), dtype=torch.float64, device=device)
     n_tokens = torch.zeros((), dtype=torch.float64, device=device)
     n_bytes = torch.zeros((), dtype=torch.float64, device=device)
-    n_batches = 0
+    n_batches = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
     for inputs, targets in tqdm(batches, total=total, desc="eval", disable=not progress, leave=False):
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -67,8 +67,8 @@ def evaluate_loss(
         valid = flat_targets != IGNORE_INDEX
         n_tokens += valid.sum()
         n_bytes += byte_table[flat_targets[valid]].sum()
-        n_batches += 1
-    sums = torch.stack([nll, n_tokens, n_bytes, torch.tensor(float(n_batches), dtype=torch.float64, device=device)])
+        n_batches += valid.any()  # a batch with no target (a rank's padding under FSDP) is not one
+    sums = torch.stack([nll, n_tokens, n_bytes, n_batches])
     if all_reduce:
         torch.distributed.all_reduce(sums)
     total_nll, tokens, nbytes, n_batches = sums.tolist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,12 +34,25 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layers", "dim", "n_heads", "max_seq_len", "pad_vocab_multiple"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.head_dim is None:
             if self.dim % self.n_heads:
                 raise UserError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; set head_dim")
             self.head_dim = self.dim // self.n_heads
-        if self.vocab_size < 1 or self.n_layers < 1 or self.max_seq_len < 1:
-            raise UserError(f"invalid model config: {self}")
+        if self.head_dim < 1:
+            raise UserError(f"--head_dim must be >= 1, got {self.head_dim}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.attention not in typing.get_args(AttentionKind):
+            raise UserError(f"unknown --attention {self.attention!r}; choose one of {typing.get_args(AttentionKind)}")
+        if self.softplus_length_base is not None:
+            # Checked here, not at the first forward pass, when the run folder would already exist.
+            if self.attention != "softplus":
+                raise UserError(f"--softplus_length_base applies to softplus attention, not {self.attention}")
+            if not self.softplus_length_base > 1:
+                raise UserError(f"--softplus_length_base must be > 1 (or None: off), got {self.softplus_length_base}")
 
     @property
     def padded_vocab_size(self) -> int:

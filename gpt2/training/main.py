@@ -8,6 +8,7 @@ import dataclasses
 from gpt2.flags import add_flags, from_flags
 from gpt2.model import ModelConfig, model_config_from_preset
 from gpt2.training.config import OptimConfig, TrainConfig
+from gpt2.training.parallel import shutdown_distributed
 from gpt2.training.trainer import Trainer
 
 _MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli") is not False]
@@ -34,5 +35,8 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = None
     if not cfg.resume or explicit:
         model_cfg = model_config_from_args(args, Tokenizer.load(cfg.tokenizer).vocab_size)
-    Trainer(cfg, optim_cfg, model_cfg).fit()
+    try:
+        Trainer(cfg, optim_cfg, model_cfg).fit()
+    finally:
+        shutdown_distributed()  # flushes NCCL and releases the process group (a no-op without torchrun)
     return 0
