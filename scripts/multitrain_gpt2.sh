@@ -24,10 +24,19 @@ MAX_STEPS=${MAX_STEPS:-20000}
 LR=${LR:-6e-4}
 MIN_LR=${MIN_LR:-6e-5}
 WARMUP_STEPS=${WARMUP_STEPS:-700}
-PRECISION_FLAGS=${PRECISION_FLAGS:---amp_bf16 --allow_tf32}  # or --bf16; add --compile
+PRECISION_FLAGS=${PRECISION_FLAGS-auto}        # auto: "--amp_bf16 --allow_tf32" on GPUs, fp32 on CPUs (gloo);
+                                               # or any of --amp_bf16 --bf16 --allow_tf32 --compile ("": fp32)
 EVAL_EVERY=${EVAL_EVERY:-250}
 EVAL_BATCHES=${EVAL_BATCHES:-50}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
+
+if [ "$PRECISION_FLAGS" = auto ]; then
+  if python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    PRECISION_FLAGS="--amp_bf16 --allow_tf32"
+  else
+    PRECISION_FLAGS=""
+  fi
+fi
 
 # exec: torchrun replaces this shell, so a SIGTERM sent to the script reaches it and its workers, which save a
 # checkpoint before exiting.

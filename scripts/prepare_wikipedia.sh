@@ -11,10 +11,15 @@ cd "$(dirname "$0")/.."
 DUMP=${DUMP:-sample}
 OUT_DIR=${OUT_DIR:-data/wiki}                  # train/, eval/, manifest.json
 DOWNLOAD_DIR=${DOWNLOAD_DIR:-data/dumps}
-EVAL_FRACTION=${EVAL_FRACTION:-0.005}          # by a hash of the title; ~0.1 for the sample (98 articles)
+EVAL_FRACTION=${EVAL_FRACTION:-auto}           # by a hash of the title; auto: 0.1 for the sample (98 articles),
+                                               # 0.005 for a real dump
 SHARD_SIZE_MB=${SHARD_SIZE_MB:-100}
 MIN_CHARS=${MIN_CHARS:-200}                    # skip articles shorter than this once cleaned
 WORKERS=${WORKERS:-$(nproc)}
+
+if [ "$EVAL_FRACTION" = auto ]; then
+  if [ "$DUMP" = sample ]; then EVAL_FRACTION=0.1; else EVAL_FRACTION=0.005; fi
+fi
 
 python -m gpt2 prepare --dump "$DUMP" --out_dir "$OUT_DIR" --download_dir "$DOWNLOAD_DIR" \
   --eval_fraction "$EVAL_FRACTION" --shard_size_mb "$SHARD_SIZE_MB" --min_chars "$MIN_CHARS" \

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WORK=${WORK:-runs/quickstart}
+OUT=${QUICKSTART_DIR:-runs/quickstart}         # QUICKSTART_DIR, not WORK: clusters set $WORK to yours
 ATTENTION=${ATTENTION:-softplus}               # softmax | softmax_naive | softplus
 VOCAB_SIZE=${VOCAB_SIZE:-4096}
 MAX_STEPS=${MAX_STEPS:-600}
@@ -12,14 +12,15 @@ SEQ_LEN=${SEQ_LEN:-128}
 BATCH_SIZE=${BATCH_SIZE:-16}
 DEVICE=${DEVICE:-auto}                         # a GPU when there is one
 
-rm -rf "$WORK"
-python -m gpt2 prepare --dump sample --out_dir "$WORK/wiki" --eval_fraction 0.1
-python -m gpt2 train-tokenizer --corpus_dir "$WORK/wiki" --vocab_size "$VOCAB_SIZE" --out "$WORK/tokenizer.json"
-python -m gpt2 encode --corpus_dir "$WORK/wiki" --tokenizer "$WORK/tokenizer.json" --out_dir "$WORK/tokens"
-python -m gpt2 train --data_dir "$WORK/tokens" --tokenizer "$WORK/tokenizer.json" --out_dir "$WORK/run" \
+# Start afresh, removing only what this script writes: the folder may hold other files.
+rm -rf "$OUT/wiki" "$OUT/tokenizer.json" "$OUT/tokens" "$OUT/run"
+python -m gpt2 prepare --dump sample --out_dir "$OUT/wiki" --eval_fraction 0.1
+python -m gpt2 train-tokenizer --corpus_dir "$OUT/wiki" --vocab_size "$VOCAB_SIZE" --out "$OUT/tokenizer.json"
+python -m gpt2 encode --corpus_dir "$OUT/wiki" --tokenizer "$OUT/tokenizer.json" --out_dir "$OUT/tokens"
+python -m gpt2 train --data_dir "$OUT/tokens" --tokenizer "$OUT/tokenizer.json" --out_dir "$OUT/run" \
   --preset small --attention "$ATTENTION" --max_seq_len 256 --seq_len "$SEQ_LEN" --batch_size "$BATCH_SIZE" \
   --max_steps "$MAX_STEPS" --lr 3e-3 --min_lr 3e-4 --warmup_steps 50 --weight_decay 0.1 \
   --eval_every 200 --eval_batches 20 --checkpoint_every 200 --log_every 20 --device "$DEVICE"
-python -m gpt2 evaluate "$WORK/run" --unigram_baseline --device "$DEVICE"
-python -m gpt2 generate "$WORK/run" --prompt "The history of" --prompt "In mathematics, a" \
+python -m gpt2 evaluate "$OUT/run" --unigram_baseline --device "$DEVICE"
+python -m gpt2 generate "$OUT/run" --prompt "The history of" --prompt "In mathematics, a" \
   --max_new_tokens 60 --num_samples 2 --temperature 0.8 --top_p 0.95 --seed 0 --device "$DEVICE"

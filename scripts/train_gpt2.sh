@@ -29,8 +29,9 @@ EVAL_BATCHES=${EVAL_BATCHES:-50}               # 0: the whole eval set
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
 KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-3}
 DEVICE=${DEVICE:-auto}
-PRECISION_FLAGS=${PRECISION_FLAGS:-auto}       # auto: "--amp_bf16 --allow_tf32" on a GPU, fp32 on the CPU;
+PRECISION_FLAGS=${PRECISION_FLAGS-auto}        # auto: "--amp_bf16 --allow_tf32" on a GPU, fp32 on the CPU;
                                                # or any of --amp_fp16 --amp_bf16 --bf16 --allow_tf32 --compile
+                                               # ("": fp32)
 if [ "$PRECISION_FLAGS" = auto ]; then
   if python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     PRECISION_FLAGS="--amp_bf16 --allow_tf32"

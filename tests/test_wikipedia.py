@@ -231,6 +231,18 @@ def test_an_unfinished_corpus_is_refused_by_the_next_stages(tmp_path, capsys):
     assert not tokenizer.exists() and not (tmp_path / "tok").exists()
 
 
+def test_an_empty_eval_split_is_named_by_the_next_stage(tmp_path, wiki_tokenizer, capsys):
+    # The real-dump default --eval_fraction 0.005 picks no article of the 98-article sample.
+    out = tmp_path / "out"
+    prepare = ["prepare", "--dump", "sample", "--out_dir", str(out), "--eval_fraction", "0.005", "--workers", "1"]
+    assert cli(prepare) == 0
+    capsys.readouterr()
+    tokenizer = str(wiki_tokenizer.path)
+    assert cli(["encode", "--corpus_dir", str(out), "--tokenizer", tokenizer, "--out_dir", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the eval split of corpus") and "--eval_fraction" in err
+
+
 def test_documents_read_back_exactly_as_written(tmp_path):
     docs = ["Title\r\nline one\rstill one", "Next\u2028same line\x0cform feed\x85next line", "\rLast\r\r"]
     writer = ShardWriter(tmp_path / "train", "train", shard_bytes=1 << 20)

@@ -18,6 +18,7 @@ commands that read a corpus (``corpus_split``) refuse it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def corpus_split(corpus_dir: str | Path, split: str) -> Path:
         raise UserError(
             f"corpus {corpus_dir} is unfinished (no {MANIFEST}: its prepare run was interrupted or failed); "
             f"run `python -m gpt2 prepare --out_dir {corpus_dir} --overwrite` again"
+        )
+    try:
+        manifest = json.loads((corpus_dir / MANIFEST).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"corpus {corpus_dir} has a corrupt {MANIFEST} ({e}); prepare it again (--overwrite)") from None
+    if manifest.get("splits", {}).get(split, {}).get("docs", 1) == 0:
+        raise UserError(
+            f"the {split} split of corpus {corpus_dir} is empty: prepare's --eval_fraction picked no article of "
+            "this dump (or all went to eval); prepare it again with another --eval_fraction (--overwrite)"
         )
     return corpus_dir / split
 
