@@ -27,7 +27,7 @@ import triton.language as tl
 
 from gpt2.attention import softplus_triton as kernels
 from gpt2.attention.softplus import length_scale, softplus_attention_reference, softplus_attention_triton
-from gpt2.attention.softplus_op import softplus_attention_op
+from gpt2.attention.softplus_op import softplus_attention_backward_op, softplus_attention_op
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
@@ -161,17 +161,19 @@ def test_custom_scale_and_wide_scores(scale):
     check_against_reference(q, k, v, None, scale=scale)
 
 
-def test_very_negative_scores_keep_relative_accuracy():
-    # Every score is about -40: softplus(s) ~ e^s ~ 4e-18, where 1 + e^s == 1 in fp32. The weights must
-    # keep their relative accuracy (softplus attention then behaves like softmax), not round to 0/0.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("length", [40, 16])  # the tiled forward, and the split-K decode (q_len <= 16)
+def test_very_negative_scores_keep_relative_accuracy(dtype, length):
+    # Every score is about -40: softplus(s) ~ e^s ~ 4e-18, where 1 + e^s == 1 in fp32 and which fp16 cannot
+    # hold at all. The weights must keep their relative accuracy (softplus attention then behaves like
+    # softmax), not round to 0/0 or to an output of zeros.
     torch.manual_seed(2)
-    B, H, L, D = 1, 2, 40, 32
+    B, H, D = 1, 2, 32
     u = torch.nn.functional.normalize(torch.randn(D), dim=0)
-    k = (u + 0.05 * torch.randn(B, H, L, D)).to(DEVICE)
-    q = (-40.0 * u + 2.0 * torch.randn(B, H, L, D)).to(DEVICE)
-    v = torch.randn(B, H, L, D, device=DEVICE)
-    errors = check_against_reference(q, k, v, None, scale=1.0)
-    assert errors["o"] < 1e-5
+    k = (u + 0.05 * torch.randn(B, H, length, D)).to(DEVICE, dtype)
+    q = (-40.0 * u + 2.0 * torch.randn(B, H, length, D)).to(DEVICE, dtype)
+    v = torch.randn(B, H, length, D, device=DEVICE, dtype=dtype)
+    check_against_reference(q, k, v, None, scale=1.0)
 
 
 def test_first_query_with_length_scale_returns_first_value():
@@ -254,6 +256,57 @@ def test_opcheck():
     q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 24, 40, 32, torch.float32))
     lam = length_scale(24, 40, 64.0, DEVICE)
     torch.library.opcheck(softplus_attention_op, (q, k, v, lam, 0.2))
+
+
+def test_opcheck_of_the_backward_with_a_transposed_input():
+    # The fake (meta) backward must report the strides the kernels return: a q whose last dimension is not
+    # contiguous is copied to one that is, and its gradient comes back in that layout.
+    torch.manual_seed(12)
+    q = torch.randn(1, 2, 32, 24, device=DEVICE).transpose(-1, -2)
+    k, v = (torch.randn(1, 2, 40, 32, device=DEVICE) for _ in range(2))
+    lam = length_scale(24, 40, None, DEVICE)
+    o, l = kernels.forward(q, k, v, lam, 0.2)
+    args = (torch.randn_like(o), q, k, v, o, l, lam, 0.2, False)
+    torch.library.opcheck(softplus_attention_backward_op, args)
+
+
+def test_fp32_dot_precision_follows_either_torch_api():
+    assert kernels._dot_precision(torch.float32) == "ieee"  # the default: exact fp32 products
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"  # the per-backend API; the legacy getter now raises
+        assert kernels._dot_precision(torch.float32) == "tf32"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = "none"
+    assert torch.get_float32_matmul_precision() == "highest"  # restored
+
+
+def test_autotuning_trials_do_not_add_up_in_the_atomic_dq(monkeypatch):
+    # On a GPU the autotuner runs the dK/dV kernel several times on the real arguments before the final run
+    # (the interpreter keeps one config, so make it tune two here, each benchmark running the kernel 3 times).
+    torch.manual_seed(13)
+    q, k, v = make_qkv(1, 1, 40, 40, 32, torch.float32)
+    lam = length_scale(40, 40, None, DEVICE)
+    o, l = kernels.forward(q, k, v, lam, 0.2)
+    do = torch.randn_like(o)
+    dq, _, _ = kernels.backward(do, q, k, v, o, l, lam, 0.2, atomic_dq=False)
+
+    tuner = kernels._bwd_dkdv_kernel
+    runs = []
+
+    def do_bench(kernel_call, quantiles):
+        for _ in range(3):
+            kernel_call()
+            runs.append(1)
+        return [1.0, 1.0, 1.0]
+
+    monkeypatch.setattr(tuner, "configs", [triton.Config({"BLOCK_M": m, "BLOCK_N": 32}, num_warps=4, num_stages=1)
+                                           for m in (16, 32)])  # fmt: skip
+    monkeypatch.setattr(tuner, "early_config_prune", None)
+    monkeypatch.setattr(tuner, "cache", {})
+    monkeypatch.setitem(tuner.__dict__, "do_bench", do_bench)
+    dq_atomic, _, _ = kernels.backward(do, q, k, v, o, l, lam, 0.2, atomic_dq=True)
+    assert len(runs) == 6  # it did tune: 2 configs x 3 runs, then the final run
+    assert rel_err(dq_atomic, dq) < 1e-5
 
 
 def test_compiles_without_graph_breaks():

@@ -46,7 +46,8 @@ def softplus_attention_backward_op(
 
 @softplus_attention_backward_op.register_fake
 def _(do, q, k, v, o, l, lam, scale, atomic_dq):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # The layouts the kernels return: like the input once its last dimension has unit stride.
+    return tuple(torch.empty_like(kernels._unit_stride_last(t)) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -19,7 +19,10 @@ operations) is the scarce resource, so each score costs exactly one ``ex2``
 there, and ``log2(1 + y)`` on ``[0, 1]`` is a short polynomial on the FMA pipe
 (see ``_log2_1p``) that also keeps relative accuracy for tiny ``y``: very
 negative scores, where softplus attention behaves like softmax (w ~ e^s), keep
-their weights instead of rounding to zero and a 0/0 row.
+their weights instead of rounding to zero and a 0/0 row. (fp16 inputs also
+rescale each row of a tile by a power of two before the second product, whose
+fp16 weights would otherwise flush to zero below 2^-24. The limit left is
+fp32's: a row whose every score is below about -87 has only zero weights.)
 ``python -m bench.kernel_sass`` counts the instructions per score from the
 compiled code. (A cut-off where softplus(x) = x would not save anything: both
 sides of a select are computed anyway.)
@@ -41,7 +44,8 @@ loops never divide per row. ``sigma = 1/(1+y)`` for ``t >= 0`` and
 that walks the query blocks for a key block, and by default dQ from a second
 that walks the key blocks for a query block: it recomputes the scores (two more
 products and an ``ex2`` per score) but needs no atomics, so gradients are
-bitwise reproducible. With ``SOFTPLUS_ATOMIC_DQ=1`` (or :func:`use_atomic_dq`) the
+bitwise reproducible for a given tile config (the autotuner's pick, cached per
+machine). With ``SOFTPLUS_ATOMIC_DQ=1`` (or :func:`use_atomic_dq`) the
 dK/dV kernel instead adds each tile's ``dS^T K`` into an fp32 dQ with atomic
 adds, as FlashAttention-2 does: one product per score pair instead of three,
 at the price of atomic traffic and a summation order that varies run to run.
@@ -127,8 +131,9 @@ _DQ_CONFIGS = _configs(_tiles((64, 32), (64, 64), (128, 32), (128, 64)), [4, 8],
 _DECODE_CONFIGS = _configs([{"BLOCK_N": n} for n in (32, 64, 128)], [4], [2, 3, 4], interpret={"BLOCK_N": 16})
 _PRUNE_M = {"early_config_prune": functools.partial(_prune, "BLOCK_M")}
 _PRUNE_N = {"early_config_prune": functools.partial(_prune, "BLOCK_N")}
-# Autotune per power-of-two length bucket, not per length (decoding grows the cache one token at a time).
-_LEN_KEYS = ["HEAD_DIM", "Q_LEN_KEY", "KV_LEN_KEY"]
+# Autotune per power-of-two bucket of the lengths and of batch * heads (the grid's size), not per value
+# (decoding grows the cache one token at a time); fp32's exact and TF32 dots are tuned apart.
+_LEN_KEYS = ["HEAD_DIM", "Q_LEN_KEY", "KV_LEN_KEY", "BH_KEY", "DOT_PRECISION"]
 _DKDV_KEYS = [*_LEN_KEYS, "ATOMIC_DQ"]
 
 
@@ -218,7 +223,16 @@ def _fwd_inner(
             visible = (offs_n[None, :] <= offs_m[:, None] + diag_offset) & (offs_n < kv_end)[None, :]
             w = tl.where(visible, w, 0.0)
         l_acc += tl.sum(w, 1)
-        acc = tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        if v.dtype == tl.float16:
+            # fp16 flushes weights below 2^-24 to zero: a row whose scores are all very negative (w ~ 2^t)
+            # would lose every one of them in the product. So each row of the tile is scaled by the power of
+            # two that puts its largest weight in [1, 2) (rows with a weight >= 1 are left alone), and the
+            # fp32 product is scaled back. bf16 has fp32's exponent range and needs none of this.
+            exponent = tl.minimum(tl.floor(tl.log2(tl.maximum(tl.max(w, 1), 1e-30))), 0.0)  # in [-100, 0]
+            pv = tl.dot((w * tl.exp2(-exponent)[:, None]).to(v.dtype), v, input_precision=DOT_PRECISION)
+            acc += pv * tl.exp2(exponent)[:, None]
+        else:
+            acc = tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, l_acc
 
 
@@ -228,12 +242,13 @@ def _fwd_kernel(
     Q, K, V, LAM, O, L, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY,
+    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # The last query blocks see the most keys: launch them first so the tail of the grid is short.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    # Grid (B * H, query blocks): the last query blocks see the most keys, so they come first, for every head
+    # (blocks start in grid order, axis 0 fastest), and the tail of the grid is short.
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    pid_bh = tl.program_id(0)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
@@ -271,8 +286,8 @@ def _decode_partial_kernel(
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Partial (sum w v, sum w) of all (<= BLOCK_M) queries over one chunk of keys."""
-    split = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    split = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
@@ -287,7 +302,7 @@ def _decode_partial_kernel(
     acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
                             lo, kv_end, KV_LEN - Q_LEN, kv_end, BLOCK_N, True, DOT_PRECISION)
     # Workspace row (pid_bh, split) holds all BLOCK_M query rows (those past Q_LEN: finite junk).
-    row = pid_bh.to(tl.int64) * tl.num_programs(0) + split
+    row = pid_bh.to(tl.int64) * tl.num_programs(1) + split
     tl.store(ACC + (row * BLOCK_M + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], acc)
     tl.store(LSUM + row * BLOCK_M + offs_m, l_acc)
 
@@ -325,8 +340,8 @@ def _bwd_preprocess_kernel(
 ):
     """The per-row factors of the backward, so that its loops divide by nothing per row or score:
     P_SCALE = ln2 / l_i (w / l from w2), DS_SCALE = c_i = lam_i * scale / l_i, DS_SHIFT = c_i * D_i."""
-    pid_bh = tl.program_id(1)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh = tl.program_id(0)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Q_LEN
     o = _load_rows(_head(O, pid_bh, H, stride_ob, stride_oh), offs_m, stride_om, offs_d, Q_LEN, True)
@@ -379,21 +394,24 @@ def _bwd_dkdv_inner(
     return dk, dv
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_DKDV_KEYS, prune_configs_by=_PRUNE_N, cache_results=True)
+# reset_to_zero: autotuning runs the kernel many times on the real arguments; the atomic dQ must restart
+# from zero each time (and before the final run), or it would return the sum of every trial.
+@triton.autotune(configs=_DKDV_CONFIGS, key=_DKDV_KEYS, prune_configs_by=_PRUNE_N, cache_results=True,
+                 reset_to_zero=["DQ_ACC"])
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V, DO, LAM, P_SCALE, DS_SCALE, DS_SHIFT, DK, DV, DQ_ACC, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
-    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY,
+    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY,
     HEAD_DIM: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """dK, dV of one key tile; with ATOMIC_DQ also its share of dQ, added into DQ_ACC ((B, H, Lq, D) fp32,
     zeroed) so that no dQ kernel recomputes the scores."""
-    pid_bh = tl.program_id(1)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_bh = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # the first key blocks (the heaviest) first
     offs_d = tl.arange(0, HEAD_DIM)
     # Keys past KV_LEN read as zeros; they only feed dK, dV rows that are never stored.
     k = _load_rows(_head(K, pid_bh, H, stride_kb, stride_kh), offs_n, stride_kn, offs_d, KV_LEN, True)
@@ -404,7 +422,7 @@ def _bwd_dkdv_kernel(
     diag_offset = KV_LEN - Q_LEN
     # Query row i sees key j iff j <= i + diag_offset: rows below lo see none of this key tile, rows from
     # full_start on see all of it, and the rows in between (up to mid, a whole number of tiles) are masked.
-    first_key = tl.program_id(0) * BLOCK_N
+    first_key = tl.program_id(1) * BLOCK_N
     lo = tl.maximum(first_key - diag_offset, 0)
     full_start = tl.minimum(tl.maximum(first_key + BLOCK_N - 1 - diag_offset, lo), Q_LEN)
     mid = lo + tl.cdiv(full_start - lo, BLOCK_M) * BLOCK_M
@@ -452,11 +470,11 @@ def _bwd_dq_kernel(
     Q, K, V, DO, LAM, DS_SCALE, DS_SHIFT, DQ, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm,
-    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY,
+    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest first, as in the forward
-    pid_bh = tl.program_id(1)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # heaviest first, as in the forward
+    pid_bh = tl.program_id(0)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Q_LEN
@@ -542,8 +560,13 @@ def _on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 inputs follow PyTorch's matmul setting: TF32 tensor cores only when allowed (e.g. --allow_tf32),
     # else true fp32 products (slow, but within ~1e-6 of the reference). fp16/bf16 ignore this.
-    fp32_exact = dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
-    return "ieee" if fp32_exact else "tf32"
+    if dtype != torch.float32:
+        return "tf32"
+    try:
+        exact = torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:  # raised once the per-backend setting has been used: read that one
+        exact = torch.backends.cuda.matmul.fp32_precision != "tf32"
+    return "ieee" if exact else "tf32"
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) -> None:
@@ -600,11 +623,11 @@ def flash_forward(
     if o.numel() == 0:
         return o, l
     with _on_device(q):
-        _fwd_kernel[lambda meta: (triton.cdiv(q_len, meta["BLOCK_M"]), B * H)](
+        _fwd_kernel[lambda meta: (B * H, triton.cdiv(q_len, meta["BLOCK_M"]))](
             q, k, v, lam.contiguous(), o, l, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             H, q_len, kv_len, triton.next_power_of_2(q_len), triton.next_power_of_2(kv_len),
-            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), **_FMA,
+            triton.next_power_of_2(B * H), HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), **_FMA,
         )
     return o, l
 
@@ -648,7 +671,7 @@ def decode_forward(
     acc = _new_buffer((B * H, splits, DECODE_MAX_Q_LEN, D), q, torch.float32)
     lsum = _new_buffer((B * H, splits, DECODE_MAX_Q_LEN), q, torch.float32)
     with _on_device(q):
-        _decode_partial_kernel[(splits, B * H)](
+        _decode_partial_kernel[(B * H, splits)](
             q, k, v, lam.contiguous(), acc, lsum, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             H, q_len, kv_len, chunk, triton.next_power_of_2(chunk),
@@ -689,14 +712,14 @@ def backward(
     atomic = _atomic_dq if atomic_dq is None else atomic_dq
     dq_acc = torch.zeros((B, H, q_len, D), dtype=torch.float32, device=q.device) if atomic else dq
     preprocess_rows = 32 if INTERPRET else 64
-    lengths = (H, q_len, kv_len, triton.next_power_of_2(q_len), triton.next_power_of_2(kv_len))
+    lengths = (H, q_len, kv_len, *(triton.next_power_of_2(n) for n in (q_len, kv_len, B * H)))
     constants = dict(HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), **_FMA)
     with _on_device(q):
-        _bwd_preprocess_kernel[(triton.cdiv(q_len, preprocess_rows), B * H)](
+        _bwd_preprocess_kernel[(B * H, triton.cdiv(q_len, preprocess_rows))](
             o, do, l, lam, p_scale, ds_scale, ds_shift, scale, *o.stride()[:3], *do.stride()[:3], H, q_len,
             HEAD_DIM=D, BLOCK_M=preprocess_rows, **_FMA,
         )
-        _bwd_dkdv_kernel[lambda meta: (triton.cdiv(kv_len, meta["BLOCK_N"]), B * H)](
+        _bwd_dkdv_kernel[lambda meta: (B * H, triton.cdiv(kv_len, meta["BLOCK_N"]))](
             q, k, v, do, lam, p_scale, ds_scale, ds_shift, dk, dv, dq_acc, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3], *lengths, ATOMIC_DQ=atomic, **constants,
@@ -704,7 +727,7 @@ def backward(
         if atomic:
             dq.copy_(dq_acc)
         else:
-            _bwd_dq_kernel[lambda meta: (triton.cdiv(q_len, meta["BLOCK_M"]), B * H)](
+            _bwd_dq_kernel[lambda meta: (B * H, triton.cdiv(q_len, meta["BLOCK_M"]))](
                 q, k, v, do, lam, ds_scale, ds_shift, dq, scale * LOG2E,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
                 *lengths, **constants,
