@@ -348,19 +348,20 @@ def test_poison_hook_is_live():
 
 
 @triton.jit
-def _log2_1p_kernel(Y, OUT, N, FP32: tl.constexpr, BLOCK: tl.constexpr):
+def _log2_1p_kernel(Y, OUT, N, dtype: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     y = tl.load(Y + offs, mask=offs < N)
-    tl.store(OUT + offs, kernels._log2_1p(y, FP32), mask=offs < N)
+    tl.store(OUT + offs, kernels._log2_1p(y, dtype), mask=offs < N)
 
 
-@pytest.mark.parametrize(("fp32", "bound"), [(True, 1.5e-6), (False, 6e-5)])
-def test_log2_1p_polynomial_keeps_relative_accuracy(fp32, bound):
+@pytest.mark.parametrize(("dtype", "bound"), [(tl.float32, 1.5e-6), (tl.float16, 6e-5), (tl.bfloat16, 4e-4)],
+                         ids=str)  # fmt: skip
+def test_log2_1p_polynomial_keeps_relative_accuracy(dtype, bound):
     # Uniform points on [0, 1] and log-spaced ones down to the smallest normal float (very negative scores).
     y = torch.cat([torch.rand(200_000, generator=torch.Generator().manual_seed(0)), torch.logspace(-37.9, 0, 20_000)])
     y = torch.cat([y, torch.tensor([0.0, 1.0])]).float().to(DEVICE)
     out = torch.empty_like(y)
-    _log2_1p_kernel[(triton.cdiv(y.numel(), 4096),)](y, out, y.numel(), FP32=fp32, BLOCK=4096)
+    _log2_1p_kernel[(triton.cdiv(y.numel(), 4096),)](y, out, y.numel(), dtype=dtype, BLOCK=4096)
     y, out = y.cpu(), out.cpu()
     exact = torch.log1p(y.double()) / math.log(2)
     assert out[-2] == 0.0  # y = 0: t = +-inf, softplus(t) = max(t, 0) exactly

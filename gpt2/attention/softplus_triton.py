@@ -143,34 +143,40 @@ _DKDV_KEYS = [*_LEN_KEYS, "ATOMIC_DQ"]
 
 
 @triton.jit
-def _log2_1p(y, FP32: tl.constexpr):
-    """log2(1 + y) for 0 <= y <= 1 on the FMA pipe: relative error < 1.5e-6 (FP32) or < 6e-5 (fp16/bf16)."""
+def _log2_1p(y, dtype: tl.constexpr):
+    """log2(1 + y) for 0 <= y <= 1 on the FMA pipe, for inputs of ``dtype``: relative error < 1.5e-6 (fp32),
+    6e-5 (fp16) or 4e-4 (bf16)."""
     # lg2.approx(1 + y) would cost a special-function op per score, the softplus kernels' scarcest
     # resource; it also needs a series for small y (1 + y drops y's low bits) and a select between the two.
     # FMA-pipe instructions replace all three: y * q(y), with q a polynomial fitted to log2(1 + y) / y for
-    # least maximum relative error, keeps relative accuracy down to the smallest y. fp16/bf16 weights are
-    # rounded to 2^-11 or 2^-9 for the second product anyway, so they get degree 4 (error 5.7e-5), fp32
-    # degree 6 (1.4e-6). Coefficients are fp32 values, highest order first. (Horner's rule, written
-    # tensor-first: constexpr * tensor would stay a constexpr in the interpreter.)
-    if FP32:
+    # least maximum relative error, keeps relative accuracy down to the smallest y. The weights of fp16 and
+    # bf16 inputs are rounded to 2^-11 or 2^-9 for the second product anyway, so they get degree 4 (error
+    # 5.7e-5) and 3 (3.9e-4), fp32 degree 6 (1.4e-6): each FMA saved is one instruction per score.
+    # Coefficients are fp32 values, highest order first. (Horner's rule, written tensor-first: constexpr *
+    # tensor would stay a constexpr in the interpreter.)
+    if dtype == tl.float32:
         q = y * 0.020416272804141045 - 0.09584668278694153
         q = q * y + 0.21534612774848938
         q = q * y - 0.3391260802745819
         q = q * y + 0.47767922282218933
         q = q * y - 0.7211608290672302
         q = q * y + 1.4426932334899902
-    else:
+    elif dtype == tl.float16:
         q = y * 0.059651561081409454 - 0.22711949050426483
         q = q * y + 0.4418988525867462
         q = q * y - 0.7169874310493469
         q = q * y + 1.4426132440567017
+    else:
+        q = y * -0.10726165026426315 + 0.3664928376674652
+        q = q * y - 0.7017531394958496
+        q = q * y + 1.4421287775039673
     return q * y
 
 
 @triton.jit
-def _softplus2(t, y, FP32: tl.constexpr):
-    """log2(1 + 2^t) = softplus(t ln2) / ln2, given y = 2^-|t|."""
-    return tl.maximum(t, 0.0) + _log2_1p(y, FP32)
+def _softplus2(t, y, dtype: tl.constexpr):
+    """log2(1 + 2^t) = softplus(t ln2) / ln2, given y = 2^-|t|, for inputs of ``dtype``."""
+    return tl.maximum(t, 0.0) + _log2_1p(y, dtype)
 
 
 @triton.jit
@@ -218,7 +224,7 @@ def _fwd_inner(
         k = _load_rows(k_base, offs_n, stride_kn, offs_d, kv_end, MASKED)
         v = _load_rows(v_base, offs_n, stride_vn, offs_d, kv_end, MASKED)
         t = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * row_scale[:, None]
-        w = _softplus2(t, tl.exp2(-tl.abs(t)), v.dtype == tl.float32)
+        w = _softplus2(t, tl.exp2(-tl.abs(t)), v.dtype)
         if MASKED:
             visible = (offs_n[None, :] <= offs_m[:, None] + diag_offset) & (offs_n < kv_end)[None, :]
             w = tl.where(visible, w, 0.0)
@@ -376,7 +382,7 @@ def _bwd_dkdv_inner(
 
         t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * t_scale[None, :]
         y = tl.exp2(-tl.abs(t))
-        p = _softplus2(t, y, v.dtype == tl.float32) * p_scale[None, :]  # w_ij / l_i
+        p = _softplus2(t, y, v.dtype) * p_scale[None, :]  # w_ij / l_i
         dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         # dL / d(q_i . k_j) = sigma * c_i * (dO_i . v_j - D_i)
         ds = _sigmoid2_times(dp * ds_scale[None, :] - ds_shift[None, :], t, y)
