@@ -67,14 +67,18 @@ def test_tokenizer_can_be_given_as_the_bytes_that_were_loaded(tmp_path, model, t
     assert read_checkpoint(path).tokenizer_sha256 == hashlib.sha256(b'{"the": "bytes a trainer loaded"}').hexdigest()
 
 
-def test_corrupt_checkpoint_is_detected_and_run_falls_back(tmp_path, model, tokenizer_file, capsys):
-    save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
-    newest = save_checkpoint(tmp_path, 2, model, None, tokenizer_file)
-    weights = newest / "model.safetensors"
-    data = bytearray(weights.read_bytes())
+# Every file is verified, not only the weights: a corrupt tokenizer would silently change every id, and a
+# corrupt trainer.pt would resume with a broken optimizer state.
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "trainer.pt"])
+def test_corrupt_checkpoint_is_detected_and_run_falls_back(tmp_path, model, tokenizer_file, capsys, name):
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, 1, model, optimizer, tokenizer_file)
+    newest = save_checkpoint(tmp_path, 2, model, optimizer, tokenizer_file)
+    file = newest / name
+    data = bytearray(file.read_bytes())
     data[-10] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="corrupt: model.safetensors"):
+    file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"corrupt: {name}"):
         read_checkpoint(newest)
     assert find_checkpoint(tmp_path).step == 1
     assert "skipping" in capsys.readouterr().out
@@ -108,9 +112,14 @@ def test_meta_records_hashes_of_every_file(tmp_path, model, tokenizer_file):
     path = save_checkpoint(tmp_path, 3, model, optimizer, tokenizer_file, trainer_state={"step": 3})
     meta = json.loads((path / "meta.json").read_text())
     assert set(meta["files"]) == {"model.safetensors", "tokenizer.json", "trainer.pt"}
+    for name, digest in meta["files"].items():  # the hash of the file's bytes, not of some other content
+        assert digest == hashlib.sha256((path / name).read_bytes()).hexdigest(), name
+    assert meta["tokenizer_sha256"] == hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()
     assert meta["sharded"] is False and meta["world_size"] == 1
 
 
 def test_consolidate_is_a_no_op_for_single_file_checkpoints(tmp_path, model, tokenizer_file):
     path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+    before = {name: (path / name).read_bytes() for name in ("meta.json", "model.safetensors")}
     assert consolidate(path) == path / "model.safetensors"
+    assert {name: (path / name).read_bytes() for name in before} == before  # nothing rewritten
