@@ -5,6 +5,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+from gpt2.attention.softmax import softmax_attention, softmax_naive_attention
 from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig, model_config_from_preset
 from gpt2.model.hf import config_from_hf, hf_config_dict, load_hf_state_dict, to_hf_state_dict
@@ -66,9 +67,32 @@ def test_kv_cache_prefill_then_decode_matches_full_forward(attention):
         full = model(tokens)
         cache = model.new_cache(batch_size=3, max_len=32)
         steps = [model(tokens[:, :10], cache)]
-        steps += [model(tokens[:, t : t + 1], cache) for t in range(10, 25)]
+        # Multi-token chunks after the prefill (chunked prefill, speculative decoding): queries are the last
+        # positions of a longer key sequence, the case where top-left causal alignment would be wrong.
+        steps += [model(tokens[:, 10:14], cache), model(tokens[:, 14:19], cache)]
+        steps += [model(tokens[:, t : t + 1], cache) for t in range(19, 25)]
     assert cache.pos == 25
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def reference_attention(q, k, v):
+    """Causal softmax attention in float64, queries aligned to the last positions (bottom-right)."""
+    q, k, v = q.double(), k.double(), v.double()
+    q_len, kv_len = q.shape[-2], k.shape[-2]
+    visible = torch.arange(kv_len)[None, :] <= torch.arange(q_len)[:, None] + (kv_len - q_len)
+    scores = (q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5
+    return torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1) @ v
+
+
+@pytest.mark.parametrize(("q_len", "kv_len"), [(5, 12), (1, 12), (12, 12)])
+def test_softmax_attention_matches_naive_and_float64_reference(q_len, kv_len):
+    # Each of SDPA's three branches (fewer queries than keys, one query, equal lengths) against the naive path.
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, q_len, 16)
+    k, v = torch.randn(2, 3, kv_len, 16), torch.randn(2, 3, kv_len, 16)
+    expected = reference_attention(q, k, v).float()
+    torch.testing.assert_close(softmax_naive_attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(softmax_attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_kv_cache_overflow_is_an_error():
