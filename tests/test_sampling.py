@@ -65,6 +65,15 @@ def test_low_temperature_concentrates_mass():
     assert (cold == 0).float().mean() > 0.99
 
 
+def test_nucleus_is_taken_of_the_tempered_distribution():
+    # At temperature 0.5, probabilities [.5, .3, .15, .05] become [.685, .247, .062, .007]: the top token
+    # alone reaches top_p=0.6, so it is the only one left. (Filtering the untempered distribution, where
+    # .5 < .6, would also keep the second token and draw it about a quarter of the time.)
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().repeat(2000, 1)
+    cfg = SamplingConfig(temperature=0.5, top_k=0, top_p=0.6)
+    assert sample_next(logits, cfg, torch.Generator().manual_seed(0)).tolist() == [0] * 2000
+
+
 @pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)])
 def test_invalid_sampling_config_is_rejected(kwargs):
     with pytest.raises(ValueError):
