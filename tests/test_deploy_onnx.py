@@ -30,7 +30,7 @@ from gpt2.deployment.graph_io import GraphDims, output_shapes
 from gpt2.deployment.onnx_export import check_onnx, export_checkpoint
 from gpt2.deployment.ort import OrtBackend
 from gpt2.deployment.profiles import ProfileConfig, profile_shapes, resolve_profile
-from gpt2.deployment.validate import validate, validation_calls
+from gpt2.deployment.validate import TOLERANCES, Tolerance, validate, validation_calls
 from gpt2.errors import UserError
 from gpt2.generation.generate import generate
 from gpt2.generation.sampling import SamplingConfig
@@ -200,6 +200,18 @@ def test_validate_fails_for_a_model_that_differs(checkpoints, exported, eval_bat
     report = validate(reference(checkpoints["softmax"]), softplus_in_ort, eval_batches)
     assert not report.passed
     assert any("logits" in f for f in report.failures) and any("eval loss" in f for f in report.failures)
+
+
+def test_validate_fails_in_fp32_on_greedy_divergence_alone(checkpoints, exported, eval_batches, monkeypatch):
+    # Logits and loss bounds that anything meets: the greedy check must fail the report on its own. The
+    # reference is an untrained model (the two trained ones both settle on the same greedy continuation).
+    monkeypatch.setitem(TOLERANCES, "fp32", Tolerance(math.inf, math.inf, math.inf, greedy_identical=True))
+    torch.manual_seed(3)
+    untrained = TorchBackend(GPT(tiny_config("softmax")).eval())
+    report = validate(untrained, load_backend("onnxruntime", checkpoints["softmax"]), eval_batches)
+    assert report.greedy_matching < report.greedy_steps == 64  # the two models do generate differently
+    assert report.failures == [f"greedy generation diverges at step {report.greedy_matching} of 64"]
+    assert not report.passed and report.summary().endswith(report.failures[0])
 
 
 def test_fp16_export_runs_in_ort_within_the_fp16_thresholds(checkpoints, eval_batches):
