@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 
 from gpt2.checkpoint import find_checkpoint, list_checkpoints
 from gpt2.cli import main as cli
@@ -54,23 +55,31 @@ def _interrupt_at(trainer, step, signum=signal.SIGINT):
     return trainer.model.ln_f.register_forward_hook(hook)
 
 
-def test_exact_resume_matches_an_uninterrupted_run_bit_for_bit(corpus, tmp_path):
+@pytest.mark.parametrize("precision", [{}, {"amp_fp16": True}], ids=["fp32", "amp_fp16"])
+def test_exact_resume_matches_an_uninterrupted_run_bit_for_bit(corpus, tmp_path, precision):
     # Dropout on: the RNG state must travel in the checkpoint too. Accumulation on: micro-step data order too.
     # The split run is stopped by a signal, so both runs have the same configuration (and LR schedule).
+    # amp_fp16: the GradScaler's state (scale, steps since the last growth) must travel too.
     model_cfg = model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=2, dim=64, n_heads=2,
                                          max_seq_len=64, dropout=0.1)  # fmt: skip
     optim_cfg = OptimConfig(lr=3e-3, warmup_steps=2)
 
     def config(run, **extra):
         return TrainConfig(**{**_train_kwargs(corpus, tmp_path / run), "max_steps": 8, "accum_steps": 2,
-                              "log_every": 1, "eval_every": 0, "eval_batches": 4, **extra})  # fmt: skip
+                              "log_every": 1, "eval_every": 0, "eval_batches": 4, **precision, **extra})  # fmt: skip
 
     Trainer(config("full"), optim_cfg, model_cfg).fit()
     split = Trainer(config("split"), optim_cfg, model_cfg)
     _interrupt_at(split, 3)
     split.fit()
     assert find_checkpoint(tmp_path / "split").step == 4  # stopped after finishing the interrupted step
-    Trainer(config("split", resume=True), optim_cfg).fit()
+    resumed = Trainer(config("split", resume=True), optim_cfg)
+    # Power-of-two loss scales change no fp32 gradient bit, so the losses alone would not notice a reset scaler.
+    saved = torch.load(find_checkpoint(tmp_path / "split").path / "trainer.pt", weights_only=False)["scaler"]
+    if precision:
+        assert saved != torch.amp.GradScaler("cpu").state_dict()  # 4 steps on: not a fresh scaler's state
+    assert resumed.scaler.state_dict() == (saved or {})
+    resumed.fit()
 
     assert train_losses(tmp_path / "split") == train_losses(tmp_path / "full")  # exact float equality
     full = load_file(find_checkpoint(tmp_path / "full").path / "model.safetensors")
@@ -89,8 +98,11 @@ def test_a_signal_during_the_final_evaluation_loses_nothing(corpus, tmp_path):
         return evaluate()
 
     trainer.evaluate = evaluate_interrupted
-    assert trainer.fit() is not None  # the evaluation finished: no KeyboardInterrupt
+    result = trainer.fit()
+    assert result is not None  # the evaluation finished: no KeyboardInterrupt
     assert find_checkpoint(tmp_path / "run").step == 2  # and the final checkpoint was written before it
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [(r["step"], r["loss"]) for r in evals] == [(2, result.loss)]  # and its record was logged
 
 
 def test_existing_run_folder_is_never_overwritten(corpus, tmp_path):
@@ -137,6 +149,65 @@ def test_non_finite_loss_stops_without_saving_and_keeps_the_last_good_checkpoint
     assert "Nothing was saved" in str(error.value) and "step_00000002" in str(error.value)
     saved = load_file(find_checkpoint(tmp_path / "run").path / "model.safetensors")
     assert all(torch.equal(saved[k], good[k]) for k in saved)
+
+
+def test_isolated_non_finite_steps_are_skipped_and_training_goes_on(corpus, tmp_path):
+    # Two short streaks of 2 bad steps each, under max_bad_steps 3: the streak counter must reset in between.
+    cfg = TrainConfig(**_train_kwargs(corpus, tmp_path / "run"), max_bad_steps=3, log_every=1)
+    cfg.max_steps = 8
+    trainer = Trainer(cfg, OptimConfig(), model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))
+    bad = {2, 3, 5, 6}
+    before = {}  # step -> the weights at its start
+
+    def nan_at_bad_steps(module, inputs, output):
+        if not module.training:  # the final evaluation
+            return output
+        before[trainer.step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        return output * math.nan if trainer.step in bad else output
+
+    trainer.model.ln_f.register_forward_hook(nan_at_bad_steps)
+    assert math.isfinite(trainer.fit().loss)
+    assert trainer.bad_steps == 0 and find_checkpoint(tmp_path / "run").step == 8
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert same(before[3], before[2]) and same(before[4], before[2])  # NaN gradients were not applied
+    assert not same(before[5], before[4])  # while a good step does change the weights
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+    skipped = {r["step"]: r["skipped_steps"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+               if r["kind"] == "train"}  # fmt: skip
+    assert skipped == {s: int(s - 1 in bad) for s in range(1, 9)}  # logged steps count from 1
+
+
+def test_grad_clip_bounds_the_gradient_the_optimizer_applies(corpus, tmp_path):
+    trainer = Trainer(TrainConfig(**_train_kwargs(corpus, tmp_path / "run"), log_every=1), OptimConfig(grad_clip=1e-3),
+                      model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))  # fmt: skip
+    applied = []
+
+    def record_norm(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        applied.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+    trainer.optimizer.register_step_pre_hook(record_norm)
+    trainer.fit()
+    assert len(applied) == 2 and all(norm <= 1e-3 * 1.001 for norm in applied), applied
+    # The logged norm is the one before clipping: far above the limit, so the clip did the work.
+    assert all(r["grad_norm"] > 1e-2 for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train")
+
+
+def test_accumulation_averages_micro_batch_gradients(corpus, tmp_path):
+    # The same 8 sequences per step in one batch or two micro-batches: the same gradient, not twice it.
+    # (Adam is nearly scale-invariant, so the losses alone would hardly show a sum instead of a mean.)
+    steps = ("--max_steps", "2", "--eval_batches", "1")
+    assert cli(train_args(corpus, tmp_path / "one", *steps, "--batch_size", "8", "--accum_steps", "1")) == 0
+    assert cli(train_args(corpus, tmp_path / "two", *steps, "--batch_size", "4", "--accum_steps", "2")) == 0
+    one, two = ({r["step"]: r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["kind"] == "train"}
+                for run in ("one", "two"))  # fmt: skip
+    assert one.keys() == two.keys() == {1, 2}
+    for step in one:
+        for key in ("loss", "grad_norm"):
+            assert two[step][key] == pytest.approx(one[step][key], rel=1e-5), (step, key)
 
 
 def test_blown_up_weights_never_replace_good_checkpoints(corpus, tmp_path):
@@ -270,8 +341,10 @@ def test_metrics_and_run_config_are_recorded(corpus, tmp_path):
 def test_compiled_model_trains_like_the_eager_one(corpus, tmp_path):
     # torch.compile (inductor, C++ on the CPU: ~40 s) and eager differ only in rounding.
     assert cli(train_args(corpus, tmp_path / "eager", "--max_steps", "3", "--attention", "softplus")) == 0
+    counters.clear()
     assert cli(train_args(corpus, tmp_path / "compiled", "--max_steps", "3", "--attention", "softplus",
                           "--compile")) == 0  # fmt: skip
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo captured graphs: --compile was not ignored
     eager, compiled = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
     assert eager.keys() == compiled.keys() == {1, 2, 3}
     for step in eager:

@@ -4,11 +4,12 @@ import json
 import math
 import os
 import signal
-import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import gpt2.training.trainer as trainer_module
 from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig
 from gpt2.training.config import OptimConfig, TrainConfig
@@ -106,11 +107,19 @@ def test_bad_training_values_are_one_line_errors(cls, field, value):
         cls(**{field: value})
 
 
-def test_throughput_window_leaves_out_evaluation_and_checkpoint_time():
+def test_throughput_window_leaves_out_evaluation_and_checkpoint_time(monkeypatch):
+    # A clock the test moves by hand (only the trainer module sees it): exact seconds, no sleeping.
+    now = [100.0]
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     window = _Window()
+    now[0] += 2.0  # training
     with window.paused():
-        time.sleep(0.3)
-    assert window.seconds() < 0.1
+        now[0] += 5.0  # an evaluation
+    now[0] += 1.0  # training
+    with pytest.raises(RuntimeError), window.paused():
+        now[0] += 4.0  # a checkpoint that failed still took its time
+        raise RuntimeError
+    assert window.seconds() == 3.0
 
 
 def test_non_finite_metrics_are_written_as_json_null(tmp_path):
