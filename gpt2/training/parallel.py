@@ -55,6 +55,9 @@ def init_distributed(device: torch.device) -> tuple[DistEnv, torch.device]:
 
 def shutdown_distributed() -> None:
     if dist.is_initialized():
+        # Every rank reaches this point before any tears the group down: a rank destroying its gloo group
+        # while another still finishes its last collective aborts that one ("terminate called ...").
+        dist.barrier()
         dist.destroy_process_group()
 
 
