@@ -200,9 +200,10 @@ def format_row(r: dict[str, object]) -> str:
 
 
 def write_json(path: Path, meta: dict[str, object], rows: list[dict[str, object]]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    tmp.replace(path)  # a reader (or a run killed mid-write) never sees half a file
+    from gpt2.io import atomic_write  # (gpt2 is importable once main has run: see the bottom of the file)
+
+    with atomic_write(path) as f:  # a reader (or a run killed mid-write) never sees half a file
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
 def plot(rows: list[dict[str, object]], head_dims: list[int], path: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gpt2.io import atomic_write
 from gpt2.model import GPT, model_config_from_preset
 from gpt2.training.config import OptimConfig
 from gpt2.training.mfu import compute_kind, peak_flops
@@ -127,16 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{device_name}, preset {args.preset}, seq {args.seq_len}, batch {args.batch_size}, {args.precision}")
     print(HEADER)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    path, tmp = args.out_dir / "train.json", args.out_dir / "train.json.tmp"
+    path = args.out_dir / "train.json"
     rows = []
     for attention in args.attention:
         for compile_model in (False, True) if args.compile else (False,):
             rows.append(run_one(args, attention, compile_model))
             print(format_row(rows[-1]), flush=True)
             # Rewritten after every row (atomically): a run cut short keeps the rows it measured.
-            tmp.write_text(json.dumps({"device": device_name, "args": vars(args), "rows": rows}, indent=2,
-                                      default=str))
-            tmp.replace(path)
+            with atomic_write(path) as f:
+                json.dump({"device": device_name, "args": vars(args), "rows": rows}, f, indent=2, default=str)
     print(f"wrote {path}")
 
 if __name__ == "__main__":

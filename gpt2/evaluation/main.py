@@ -102,16 +102,15 @@ def run(args: argparse.Namespace) -> int:
     precision = backend_precision(str(ckpt.path), cfg.backend, cfg.precision)
     backend = open_backend(str(ckpt.path), cfg.backend, cfg.device, precision)
     _check_seq_len(seq_len, backend.max_seq_len, f"the {cfg.backend} model")  # an export may take fewer
-    max_batches = cfg.max_batches or None
-    if max_batches is not None and max_batches >= count_eval_batches(token_file, seq_len, cfg.batch_size):
-        max_batches = None  # the first N batches are all of them: the whole eval set
+    total = count_eval_batches(token_file, seq_len, cfg.batch_size)
+    max_batches = cfg.max_batches if 0 < cfg.max_batches < total else None  # N >= all of them: the whole set
     result = evaluate_loss(
         lambda tokens: backend.forward(tokens),
         eval_batches(token_file, seq_len, cfg.batch_size, max_batches),
         tokenizer.token_byte_lengths(),
         device=backend.device,
         progress=True,
-        total=count_eval_batches(token_file, seq_len, cfg.batch_size, max_batches),
+        total=max_batches or total,
     )
     report = {
         "checkpoint": str(ckpt.path),

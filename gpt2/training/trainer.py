@@ -40,6 +40,7 @@ from gpt2.data.tokens import TokenFile, check_tokenizer_matches
 from gpt2.errors import UserError
 from gpt2.evaluation import EvalResult, evaluate_loss
 from gpt2.evaluation.metrics import IGNORE_INDEX
+from gpt2.inference import resolve_device
 from gpt2.io import atomic_write
 from gpt2.model import GPT, ModelConfig
 from gpt2.tokenizer import Tokenizer
@@ -50,15 +51,6 @@ from gpt2.training.parallel import all_reduce_mean, apply_fsdp, barrier, init_di
 from gpt2.training.precision import resolve_precision
 from gpt2.training.run_log import MetricsLog
 from gpt2.training.signals import StopRequest
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for, but CUDA is not available")
-    return device
 
 
 class Trainer:
