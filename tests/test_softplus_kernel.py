@@ -383,6 +383,13 @@ def test_autotuner_skips_configs_that_compute_each_score_twice(kernel, score_row
     ]
 
 
+@pytest.mark.parametrize("kernel", ["_fwd_kernel", "_decode_partial_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"])
+def test_autotuned_configs_are_not_shared_across_head_dims_or_dot_precisions(kernel):
+    # Otherwise a config tuned for TF32 dots would be reused for exact fp32 ones (FMA loops, which want smaller
+    # tiles), and one tuned for head_dim 64 for 128. (Triton adds the tensors' dtypes to the key by itself.)
+    assert {"HEAD_DIM", "DOT_PRECISION"} <= set(getattr(kernels, kernel).keys)
+
+
 @pytest.mark.parametrize(("setting", "fwd_configs"), [("1", 16), ("0", 1)])
 def test_autotuning_can_be_switched_off_for_gpu_tests(setting, fwd_configs):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"SOFTPLUS_AUTOTUNE": setting}

@@ -283,7 +283,7 @@ def _fwd_kernel(
 # --------------------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_DECODE_CONFIGS, key=["HEAD_DIM", "CHUNK_KEY"], cache_results=True)
+@triton.autotune(configs=_DECODE_CONFIGS, key=["HEAD_DIM", "CHUNK_KEY", "DOT_PRECISION"], cache_results=True)
 @triton.jit
 def _decode_partial_kernel(
     Q, K, V, LAM, ACC, LSUM, qk_scale,
