@@ -26,7 +26,12 @@ import triton
 import triton.language as tl
 
 from gpt2.attention import softplus_triton as kernels
-from gpt2.attention.softplus import length_scale, softplus_attention_reference, softplus_attention_triton
+from gpt2.attention.softplus import (
+    kernel_handles,
+    length_scale,
+    softplus_attention_reference,
+    softplus_attention_triton,
+)
 from gpt2.attention.softplus_op import softplus_attention_backward_op, softplus_attention_op
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -172,6 +177,19 @@ def test_very_negative_scores_keep_relative_accuracy(dtype, length):
     u = torch.nn.functional.normalize(torch.randn(D), dim=0)
     k = (u + 0.05 * torch.randn(B, H, length, D)).to(DEVICE, dtype)
     q = (-40.0 * u + 2.0 * torch.randn(B, H, length, D)).to(DEVICE, dtype)
+    v = torch.randn(B, H, length, D, device=DEVICE, dtype=dtype)
+    check_against_reference(q, k, v, None, scale=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("length", [40, 16])
+def test_very_large_scores_stay_finite(dtype, length):
+    # Scores about 90,000 (q and k aligned, scale 1): legal fp16 inputs whose weights (w ~ s) exceed fp16's
+    # largest value, 65504, so the weights cast for the second product must be scaled down first.
+    torch.manual_seed(3)
+    B, H, D = 1, 2, 32
+    u = torch.nn.functional.normalize(torch.randn(D), dim=0)
+    q, k = ((300.0 * u + torch.randn(B, H, length, D)).to(DEVICE, dtype) for _ in range(2))
     v = torch.randn(B, H, length, D, device=DEVICE, dtype=dtype)
     check_against_reference(q, k, v, None, scale=1.0)
 
@@ -328,6 +346,15 @@ def test_compiles_without_graph_breaks():
 def test_other_head_dims_are_padded():
     torch.manual_seed(10)
     check_against_reference(*make_qkv(1, 2, 40, 40, 48, torch.float32), 64.0)
+
+
+@pytest.mark.parametrize(("device_type", "dtype", "head_dim", "fused"), [
+    ("cuda", torch.bfloat16, 64, True), ("cuda", torch.float32, 48, True), ("cuda", torch.float16, 128, True),
+    ("cuda", torch.float64, 64, False), ("cuda", torch.bfloat16, 160, False), ("cpu", torch.float32, 64, False),
+])
+def test_model_dispatch_sends_the_kernel_only_inputs_it_takes(device_type, dtype, head_dim, fused):
+    # fp64 on a GPU (e.g. a double-precision gradcheck of the model) must reach the reference, not a ValueError.
+    assert kernel_handles(device_type, dtype, head_dim) == fused
 
 
 def test_rejects_unsupported_inputs():

@@ -103,8 +103,16 @@ def softplus_attention(
     scale: float | None = None,
     length_base: float | None = None,
 ) -> torch.Tensor:
-    """Causal softplus attention: the fused Triton kernel on CUDA, the PyTorch reference elsewhere (and for
-    heads wider than the kernel's widest, 128, which no GPT-2 shape has)."""
-    if q.is_cuda and softplus_op is not None and q.shape[-1] <= max(softplus_op.kernels.HEAD_DIMS):
+    """Causal softplus attention: the fused Triton kernel where :func:`kernel_handles` the inputs, else the
+    PyTorch reference."""
+    if kernel_handles(q.device.type, q.dtype, q.shape[-1]):
         return softplus_attention_triton(q, k, v, scale, length_base)
     return softplus_attention_reference(q, k, v, scale, length_base)
+
+
+def kernel_handles(device_type: str, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether the fused kernel takes these inputs: CUDA, fp32/fp16/bf16 (not fp64, which the reference keeps
+    exact), and heads up to the kernel's widest, 128 (no GPT-2 shape is wider)."""
+    if softplus_op is None or device_type != "cuda":
+        return False
+    return dtype in softplus_op.kernels.DTYPES and head_dim <= max(softplus_op.kernels.HEAD_DIMS)

@@ -21,7 +21,8 @@ there, and ``log2(1 + y)`` on ``[0, 1]`` is a short polynomial on the FMA pipe
 negative scores, where softplus attention behaves like softmax (w ~ e^s), keep
 their weights instead of rounding to zero and a 0/0 row. (fp16 inputs also
 rescale each row of a tile by a power of two before the second product, whose
-fp16 weights would otherwise flush to zero below 2^-24. The limit left is
+fp16 weights would otherwise flush to zero below 2^-24 or overflow above 65504
+(scores over ~45,000). The limit left is
 fp32's: a row whose every score is below about -87 has only zero weights.)
 ``python -m bench.kernel_sass`` counts the instructions per score from the
 compiled code. (A cut-off where softplus(x) = x would not save anything: both
@@ -230,11 +231,12 @@ def _fwd_inner(
             w = tl.where(visible, w, 0.0)
         l_acc += tl.sum(w, 1)
         if v.dtype == tl.float16:
-            # fp16 flushes weights below 2^-24 to zero: a row whose scores are all very negative (w ~ 2^t)
-            # would lose every one of them in the product. So each row of the tile is scaled by the power of
-            # two that puts its largest weight in [1, 2) (rows with a weight >= 1 are left alone), and the
-            # fp32 product is scaled back. bf16 has fp32's exponent range and needs none of this.
-            exponent = tl.minimum(tl.floor(tl.log2(tl.maximum(tl.max(w, 1), 1e-30))), 0.0)  # in [-100, 0]
+            # fp16 holds neither weights below 2^-24 (a row whose scores are all very negative, w ~ 2^t,
+            # would lose every one of them in the product) nor above 65504 (scores over ~45,000 would turn
+            # the row into inf and NaN). So each row of the tile is scaled by the power of two that puts its
+            # largest weight in [1, 2), and the fp32 product is scaled back. bf16 has fp32's exponent range
+            # and needs none of this.
+            exponent = tl.floor(tl.log2(tl.maximum(tl.max(w, 1), 1e-30)))  # in [-100, 127]
             pv = tl.dot((w * tl.exp2(-exponent)[:, None]).to(v.dtype), v, input_precision=DOT_PRECISION)
             acc += pv * tl.exp2(exponent)[:, None]
         else:
