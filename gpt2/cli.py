@@ -8,6 +8,7 @@ command that runs, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -25,6 +26,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("gpt2.training.plot", "loss curves of several runs in one PNG"),
     "consolidate": ("gpt2.training.consolidate", "turn a sharded (FSDP) checkpoint into one safetensors file"),
 }
+
+# Failures of the machine or of a path the user gave, not of the code: one line, no traceback. (Other
+# OSErrors keep theirs: they may be bugs.)
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+USER_OS_ERRORS = NO_SPACE | {
+    errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+    errno.ENAMETOOLONG,
+}  # fmt: skip
 
 
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object]:
@@ -48,6 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+        where = f": {paths}" if paths else " (writing an output: is the disk full?)" if e.errno in NO_SPACE else ""
+        print(f"error: {e.strerror}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # A second Ctrl-C: training turns the first into a checkpoint and a clean stop (training/signals.py).
+        print(f"error: {args.command} interrupted", file=sys.stderr)
+        return 130
     return int(result or 0)
 
 

@@ -1,0 +1,36 @@
+"""The command line's last line of defence: failures of the machine or of a given path, and Ctrl-C, end in one
+``error:`` line and an exit status, not in a traceback."""
+
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).parents[1]
+
+
+def prepare_sample(out_dir: Path, **popen_kwargs) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "gpt2", "prepare", "--dump", "sample", "--out_dir", str(out_dir), "--workers", "1"]
+    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen_kwargs)  # fmt: skip
+
+
+def test_a_full_disk_is_one_error_line(tmp_path):
+    def limit_file_size():  # in the child: a file past 64 KB fails to grow, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    _, stderr = prepare_sample(tmp_path / "wiki", preexec_fn=limit_file_size).communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "error: File too large (writing an output: is the disk full?)", stderr
+
+
+def test_ctrl_c_is_one_error_line(tmp_path):
+    proc = prepare_sample(tmp_path / "wiki")
+    time.sleep(1.5)  # the sample takes about 5 s to prepare
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: prepare interrupted", stderr
+    assert not (tmp_path / "wiki" / "manifest.json").exists()  # an unfinished corpus is never marked finished
