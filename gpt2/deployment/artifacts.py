@@ -6,7 +6,7 @@ Exports sit inside the checkpoint folder, so they travel (and are pruned) with i
         model.fp32.onnx          (+ model.fp32.onnx.data for models over 2 GB)
         model.fp16.engine        TensorRT engine (GPU- and TensorRT-version specific)
         model.fp16.engine.json   what the engine was built from and with
-        deploy_report.json
+        deploy_report.fp16.json  what deploy measured (one report per precision)
 
 Every export records the identity of its checkpoint (model config, weights and
 tokenizer hashes, precision); a backend refuses a file whose identity differs
