@@ -232,16 +232,11 @@ def find_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
 
 
 def load_model(
-    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, **overrides: Any
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[GPT, Checkpoint]:
-    """Build the model recorded in a checkpoint and load its weights.
-
-    ``overrides`` replace model-config fields that do not change the weights
-    (e.g. ``attention="softplus"`` to pick an implementation, ``dropout=0``).
-    """
+    """Build the model recorded in a checkpoint and load its weights."""
     ckpt = find_checkpoint(path)
-    cfg_dict = {**ckpt.model_config.to_dict(), **overrides}
-    model = GPT(ModelConfig.from_dict(cfg_dict))
+    model = GPT(ckpt.model_config)
     model.load_state_dict(load_model_state(ckpt))
     model.to(device=device, dtype=dtype)
     return model, ckpt

@@ -100,7 +100,7 @@ def open_backend(
         from gpt2.deployment.artifacts import PRECISIONS
 
         dtype = PRECISIONS[backend_precision(checkpoint, backend, precision)]
-        model, _ = load_model(checkpoint, device=device, dtype=dtype, dropout=0.0)
+        model, _ = load_model(checkpoint, device=device, dtype=dtype)
         return TorchBackend(model)
     if backend in BACKENDS:
         from gpt2.deployment import load_backend

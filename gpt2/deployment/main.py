@@ -184,7 +184,7 @@ class Deployment:
     def reference(self) -> TorchBackend:
         """The PyTorch model in fp32: what every deployed form must reproduce."""
         if self._reference is None:
-            model, _ = load_model(self.ckpt.path, self.device, torch.float32, dropout=0.0)
+            model, _ = load_model(self.ckpt.path, self.device, torch.float32)
             self._reference = TorchBackend(model)
         return self._reference
 
@@ -323,7 +323,7 @@ class Deployment:
         if name in ("pytorch", "pytorch-compile"):
 
             def make() -> InferenceBackend:
-                model, _ = load_model(self.ckpt.path, self.device, dtype, dropout=0.0)
+                model, _ = load_model(self.ckpt.path, self.device, dtype)
                 return TorchBackend(torch.compile(model) if name == "pytorch-compile" else model)
 
             return make, ""

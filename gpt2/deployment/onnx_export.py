@@ -300,7 +300,7 @@ def export_checkpoint(
     """Export a checkpoint at ``precision`` (default: ``CKPT/export/model.<precision>.onnx``) and check it."""
     dtype = check_precision(precision)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
-    model, _ = load_model(ckpt.path, "cpu", dtype, dropout=0.0)
+    model, _ = load_model(ckpt.path, "cpu", dtype)
     path = Path(path) if path else onnx_path(ckpt, precision)
     export_model(
         model.eval(), path, {**checkpoint_identity(ckpt, precision), "gpt2.opset": str(opset)}, opset
