@@ -35,11 +35,10 @@ from gpt2.checkpoint import (
     load_training_state,
     save_checkpoint,
 )
-from gpt2.data.loader import TrainBatches, count_eval_batches, eval_batches
+from gpt2.data.loader import IGNORE_INDEX, TrainBatches, count_eval_batches, eval_batches
 from gpt2.data.tokens import TokenFile, check_tokenizer_matches
 from gpt2.errors import UserError
 from gpt2.evaluation import EvalResult, evaluate_loss
-from gpt2.evaluation.metrics import IGNORE_INDEX
 from gpt2.inference import resolve_device
 from gpt2.io import atomic_write
 from gpt2.model import GPT, ModelConfig
