@@ -53,8 +53,15 @@ from gpt2.training.signals import StopRequest
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, optim_cfg: OptimConfig, model_cfg: ModelConfig | None = None) -> None:
-        """``model_cfg`` describes a new model; when resuming, the checkpoint's config is used (and checked)."""
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        optim_cfg: OptimConfig,
+        model_cfg: ModelConfig | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        """``model_cfg`` describes a new model; when resuming, the checkpoint's config is used (and checked).
+        ``tokenizer`` is the one at ``cfg.tokenizer`` if the caller has loaded it already."""
         self.cfg, self.optim_cfg = cfg, optim_cfg
         self.env, self.device = init_distributed(resolve_device(cfg.device))
         self.precision = resolve_precision(cfg.amp_fp16, cfg.amp_bf16, cfg.bf16, cfg.allow_tf32, self.device)
@@ -62,7 +69,7 @@ class Trainer:
             raise UserError("--amp_fp16 is not supported with FSDP; use --amp_bf16 or --bf16")
         self.run_dir = Path(cfg.out_dir)
 
-        self.tokenizer = Tokenizer.load(cfg.tokenizer)
+        self.tokenizer = tokenizer or Tokenizer.load(cfg.tokenizer)
         data_dir = Path(cfg.data_dir)
         self.train_tokens = TokenFile(data_dir / "train.bin")
         self.eval_tokens = TokenFile(data_dir / "eval.bin")
@@ -112,10 +119,6 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.env.is_main)
         if resume_from is not None:
             self.metrics.write("resume", self.step, checkpoint=str(resume_from.path))
-
-    @property
-    def global_batch(self) -> int:
-        return self.cfg.batch_size * self.cfg.accum_steps * self.env.world_size
 
     # ----------------------------------------------------------------- setup
     def _checkpoint_to_resume(self) -> Checkpoint | None:
@@ -186,8 +189,8 @@ class Trainer:
         except torch.OutOfMemoryError:
             raise UserError(
                 f"out of GPU memory with --batch_size {self.cfg.batch_size} x --seq_len {self.cfg.seq_len}: lower "
-                f"--batch_size and raise --accum_steps to keep the global batch of {self.global_batch} sequences, "
-                "or use --amp_bf16 / --bf16"
+                "--batch_size and raise --accum_steps to keep the global batch of "
+                f"{self.batches.global_batch} sequences, or use --amp_bf16 / --bf16"
             ) from None
         finally:
             self.metrics.close()
@@ -318,7 +321,7 @@ class Trainer:
         return self.save()
 
     def _log(self, window: _Window) -> dict[str, float]:
-        tokens_per_s = window.steps * self.global_batch * self.cfg.seq_len / window.seconds()
+        tokens_per_s = window.steps * self.batches.global_batch * self.cfg.seq_len / window.seconds()
         counted = window.steps - window.skipped
         record = {
             "loss": window.loss_sum / counted if counted else math.nan,  # written as null
@@ -370,7 +373,7 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "optim_config": asdict(self.optim_cfg),
             "precision": self.precision.name,
-            "tokens_seen": self.step * self.global_batch * self.cfg.seq_len,
+            "tokens_seen": self.step * self.batches.global_batch * self.cfg.seq_len,
             "data": {"train": str(self.train_tokens.path.resolve()), "eval": str(self.eval_tokens.path.resolve())},
             "tokenizer_source": str(self.cfg.tokenizer),
         }
@@ -388,14 +391,14 @@ class Trainer:
             ) from e
 
     def _print_header(self) -> None:
-        cfg, model = self.cfg, self.model
+        cfg, model, global_batch = self.cfg, self.model, self.batches.global_batch
         print(
             f"model: {model.num_params() / 1e6:.2f}M non-embedding parameters, {model.cfg}\n"
             f"device: {self.device}, world size {self.env.world_size}, precision {self.precision.name}"
             f"{', compiled' if cfg.compile else ''}\n"
             f"data: {len(self.train_tokens):,} train tokens, {len(self.eval_tokens):,} eval tokens\n"
-            f"global batch: {self.global_batch} sequences x {cfg.seq_len} tokens = "
-            f"{self.global_batch * cfg.seq_len:,} tokens (batch_size {cfg.batch_size} x accum_steps "
+            f"global batch: {global_batch} sequences x {cfg.seq_len} tokens = "
+            f"{global_batch * cfg.seq_len:,} tokens (batch_size {cfg.batch_size} x accum_steps "
             f"{cfg.accum_steps} x world size {self.env.world_size})\n"
             f"run folder: {self.run_dir}"
         )
