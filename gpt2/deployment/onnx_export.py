@@ -24,7 +24,6 @@ import functools
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import warnings
@@ -44,7 +43,7 @@ from gpt2.attention.softplus import length_scale
 from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model
 from gpt2.deployment.artifacts import check_precision, checkpoint_identity, onnx_path
 from gpt2.deployment.graph_io import INPUT_NAMES, OUTPUT_NAMES
-from gpt2.io import fsync_dir
+from gpt2.io import fsync_dir, fsync_file
 from gpt2.model import GPT, ModelConfig
 
 # opset 18: LayerNormalization (17) and everything else we emit; parsed by every TensorRT 10.x (opset <= 20)
@@ -281,8 +280,7 @@ def export_model(
         tmp_path = Path(tmp) / path.name
         program.save(tmp_path)
         for file in Path(tmp).iterdir():
-            with open(file, "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(file)
         for old in path.parent.glob(path.name + "*"):
             old.unlink()
         for file in sorted(Path(tmp).iterdir(), key=lambda p: p.suffix == ".onnx"):  # the .onnx last
