@@ -8,12 +8,16 @@ tokens and returns their logits, advancing the state.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from gpt2.errors import UserError
 from gpt2.model import GPT
+
+if TYPE_CHECKING:
+    from gpt2.checkpoint import Checkpoint
 
 
 class InferenceBackend(Protocol):
@@ -76,7 +80,9 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def backend_precision(checkpoint: str, backend: str = "pytorch", precision: str = "auto") -> str:
+def backend_precision(
+    checkpoint: str | Path | Checkpoint, backend: str = "pytorch", precision: str = "auto"
+) -> str:
     """The precision ``open_backend`` runs at: ``precision``, or for "auto" fp32 (pytorch) or the export
     :func:`gpt2.deployment.resolve_precision` picks."""
     if precision not in BACKEND_PRECISIONS:
@@ -89,7 +95,11 @@ def backend_precision(checkpoint: str, backend: str = "pytorch", precision: str 
 
 
 def open_backend(
-    checkpoint: str, backend: str = "pytorch", device: str = "auto", precision: str = "auto", **kwargs: Any
+    checkpoint: str | Path | Checkpoint,
+    backend: str = "pytorch",
+    device: str = "auto",
+    precision: str = "auto",
+    **kwargs: Any,
 ) -> InferenceBackend:
     """Load a checkpoint (or its exported form, at ``precision``) into the named backend."""
     if precision not in BACKEND_PRECISIONS:

@@ -24,21 +24,21 @@ def _export_file(name: str, ckpt: Checkpoint, precision: str) -> Path:
     return onnx_path(ckpt, precision) if name == "onnxruntime" else engine_path(ckpt, precision)
 
 
-def resolve_precision(name: str, checkpoint: str | Path, precision: str = "auto") -> str:
+def resolve_precision(name: str, checkpoint: str | Path | Checkpoint, precision: str = "auto") -> str:
     """The precision whose export backend ``name`` opens: ``precision`` itself unless it is "auto".
 
     "auto" picks fp32 when its export exists (the most accurate), else the one precision that was exported
     (e.g. deploy's default fp16); with several and no fp32 it asks for ``--precision``, with none it names the
     deploy command to run.
     """
-    from gpt2.checkpoint import find_checkpoint
+    from gpt2.checkpoint import as_checkpoint
     from gpt2.deployment.artifacts import PRECISIONS, check_precision
     from gpt2.errors import UserError
 
     if precision != "auto":
         check_precision(precision)
         return precision
-    ckpt = find_checkpoint(checkpoint)
+    ckpt = as_checkpoint(checkpoint)
     found = [p for p in PRECISIONS if _export_file(name, ckpt, p).is_file()]
     if "fp32" in found or not found:
         return "fp32"  # none: opening fp32 reports the missing export and how to create it
@@ -52,7 +52,7 @@ def resolve_precision(name: str, checkpoint: str | Path, precision: str = "auto"
 
 def load_backend(
     name: str,
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     device: str = "cpu",
     precision: str = "fp32",
     path: str | Path | None = None,
@@ -65,7 +65,7 @@ def load_backend(
     "auto" picks one as :func:`resolve_precision` says. ``options`` go to the backend (ONNX Runtime:
     ``threads``, ``optimization``).
     """
-    from gpt2.checkpoint import find_checkpoint
+    from gpt2.checkpoint import as_checkpoint
     from gpt2.deployment.artifacts import checkpoint_identity
     from gpt2.errors import UserError
 
@@ -73,8 +73,8 @@ def load_backend(
         raise ValueError(f"unknown deployment backend {name!r}; choose one of {DEPLOY_BACKENDS}")
     if device == "auto":  # other devices are checked by the backend, which says what it needs
         device = str(resolve_device(device))
-    ckpt = find_checkpoint(checkpoint)
-    precision = resolve_precision(name, ckpt.path, precision)
+    ckpt = as_checkpoint(checkpoint)
+    precision = resolve_precision(name, ckpt, precision)
     identity = checkpoint_identity(ckpt, precision)
     default = _export_file(name, ckpt, precision)
     path = Path(path) if path else default

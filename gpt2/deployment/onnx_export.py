@@ -40,7 +40,7 @@ from gpt2.attention import AttentionFn
 from gpt2.attention.mask import causal_mask
 from gpt2.attention.softmax import softmax_naive_attention
 from gpt2.attention.softplus import length_scale
-from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model
+from gpt2.checkpoint import Checkpoint, as_checkpoint, load_model
 from gpt2.deployment.artifacts import check_precision, checkpoint_identity, onnx_path
 from gpt2.deployment.graph_io import INPUT_NAMES, OUTPUT_NAMES
 from gpt2.io import fsync_dir, fsync_file
@@ -297,8 +297,8 @@ def export_checkpoint(
 ) -> tuple[Path, OnnxGraphInfo]:
     """Export a checkpoint at ``precision`` (default: ``CKPT/export/model.<precision>.onnx``) and check it."""
     dtype = check_precision(precision)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
-    model, _ = load_model(ckpt.path, "cpu", dtype)
+    ckpt = as_checkpoint(checkpoint)
+    model, _ = load_model(ckpt, "cpu", dtype)
     path = Path(path) if path else onnx_path(ckpt, precision)
     export_model(
         model.eval(), path, {**checkpoint_identity(ckpt, precision), "gpt2.opset": str(opset)}, opset
