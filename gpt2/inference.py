@@ -116,4 +116,4 @@ def open_backend(
         from gpt2.deployment import load_backend
 
         return load_backend(backend, checkpoint, device=device, precision=precision, **kwargs)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    raise UserError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

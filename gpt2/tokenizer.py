@@ -152,11 +152,8 @@ def train_tokenizer(cfg: TokenizerConfig, show_progress: bool = True) -> Tokeniz
             f"{out} already exists; pass --overwrite to replace it (token files made with it will no "
             "longer match)"
         )
-    try:
-        documents = _batched_documents(Path(cfg.corpus_dir), cfg.max_bytes)
-        first = next(documents, None)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    documents = _batched_documents(Path(cfg.corpus_dir), cfg.max_bytes)
+    first = next(documents, None)
     if first is None:
         raise UserError(f"{Path(cfg.corpus_dir) / 'train'} holds no documents")
 

@@ -70,7 +70,7 @@ def load_backend(
     from gpt2.errors import UserError
 
     if name not in DEPLOY_BACKENDS:
-        raise ValueError(f"unknown deployment backend {name!r}; choose one of {DEPLOY_BACKENDS}")
+        raise UserError(f"unknown deployment backend {name!r}; choose one of {DEPLOY_BACKENDS}")
     if device == "auto":  # other devices are checked by the backend, which says what it needs
         device = str(resolve_device(device))
     ckpt = as_checkpoint(checkpoint)
