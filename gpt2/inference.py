@@ -56,7 +56,7 @@ class TorchBackend:
 
 BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
 # Weights and cache dtype of the model a backend runs. "auto": fp32 for PyTorch; for an export, fp32 if that
-# export exists, else the only precision exported (see gpt2.deployment.resolve_precision).
+# export exists, else the only precision exported (see gpt2.deployment.pick_export_precision).
 BACKEND_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PRECISION_HELP = (
     "weights dtype; for onnxruntime/tensorrt, the export to open (auto: fp32 for pytorch; for an export, "
@@ -84,14 +84,14 @@ def backend_precision(
     checkpoint: str | Path | Checkpoint, backend: str = "pytorch", precision: str = "auto"
 ) -> str:
     """The precision ``open_backend`` runs at: ``precision``, or for "auto" fp32 (pytorch) or the export
-    :func:`gpt2.deployment.resolve_precision` picks."""
+    :func:`gpt2.deployment.pick_export_precision` picks."""
     if precision not in BACKEND_PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {BACKEND_PRECISIONS}")
     if backend == "pytorch" or precision != "auto":
         return "fp32" if precision == "auto" else precision
-    from gpt2.deployment import resolve_precision
+    from gpt2.deployment import pick_export_precision
 
-    return resolve_precision(backend, checkpoint, precision)
+    return pick_export_precision(backend, checkpoint, precision)
 
 
 def open_backend(

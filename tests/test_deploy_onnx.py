@@ -25,7 +25,7 @@ from gpt2 import checkpoint
 from gpt2.checkpoint import CheckpointError, load_model, save_checkpoint
 from gpt2.cli import main as cli
 from gpt2.data.loader import eval_batches as real_eval_batches
-from gpt2.deployment import load_backend, resolve_precision
+from gpt2.deployment import load_backend, pick_export_precision
 from gpt2.deployment.artifacts import StaleExportError
 from gpt2.deployment.benchmark import benchmark_backend, format_table
 from gpt2.deployment.graph_io import GraphDims, output_shapes
@@ -268,7 +268,7 @@ def test_generate_and_evaluate_open_the_export_deploy_made(checkpoints, tmp_path
     """deploy_gpt2.sh exports fp16 by default: generate/evaluate find it, or use the one --precision names."""
     ckpt = copy_checkpoint(checkpoints["softmax"], tmp_path / "run")
     export_checkpoint(ckpt, "fp16")
-    assert resolve_precision("onnxruntime", ckpt) == "fp16"  # the only export
+    assert pick_export_precision("onnxruntime", ckpt) == "fp16"  # the only export
     assert open_backend(str(ckpt), "onnxruntime", "cpu").cache_dtype == torch.float16
     out = tmp_path / "samples.jsonl"
     args = ["--prompt", "The", "--max_new_tokens", "5", "--temperature", "0", "--output", str(out)]
@@ -296,7 +296,7 @@ def test_generate_and_evaluate_open_the_export_deploy_made(checkpoints, tmp_path
     assert open_backend(str(ckpt), "onnxruntime", "cpu", "fp16").cache_dtype == torch.float16
     export_checkpoint(ckpt, "fp32")  # fp32 is preferred whenever it exists
     assert open_backend(str(ckpt), "onnxruntime", "cpu").cache_dtype == torch.float32
-    assert resolve_precision("tensorrt", ckpt) == "fp32"  # no engine: the fp32 one is what is missing
+    assert pick_export_precision("tensorrt", ckpt) == "fp32"  # no engine: the fp32 one is what is missing
 
 
 @pytest.mark.parametrize(
