@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
+from gpt2.dtypes import DTYPES
 from gpt2.io import atomic_write
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PROVIDERS = ("softplus (Triton)", "softplus (Triton, atomic dQ)", "softplus (PyTorch)", "softmax (SDPA)",
              "softmax_naive")
 SMOKE = dict(batch_heads=4, heads=2, head_dims=[32, 64], seq_lens=[64, 128], cache_lens=[256, 512])

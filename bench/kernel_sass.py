@@ -40,9 +40,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from gpt2.attention import softplus_triton as K  # noqa: E402
+from gpt2.dtypes import DTYPES  # noqa: E402
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MUFU_OPS = ("EX2", "LG2", "RCP")
 FP32_OPS = {"FADD", "FMUL", "FFMA", "FMNMX", "FSETP", "FSEL", "FCHK"}
 
@@ -156,7 +156,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
-    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16"])
+    p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16"])
     p.add_argument("--head_dims", type=int, nargs="+", choices=K.HEAD_DIMS, default=[64, 128])
     p.add_argument("--arch", type=int, choices=[80, 90], default=90, help="compute capability: 90 H100, 80 A100")
     p.add_argument("--config_index", type=int, nargs="+", default=[0],

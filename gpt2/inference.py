@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from gpt2.dtypes import DTYPES
 from gpt2.errors import UserError
 from gpt2.model import GPT
 
@@ -57,7 +58,7 @@ class TorchBackend:
 BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
 # Weights and cache dtype of the model a backend runs. "auto": fp32 for PyTorch; for an export, fp32 if that
 # export exists, else the only precision exported (see gpt2.deployment.pick_export_precision).
-BACKEND_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+BACKEND_PRECISIONS = ("auto", *DTYPES)
 PRECISION_HELP = (
     "weights dtype; for onnxruntime/tensorrt, the export to open (auto: fp32 for pytorch; for an export, "
     "fp32 if exported, else the only precision exported)"
@@ -107,9 +108,8 @@ def open_backend(
     device = str(resolve_device(device))
     if backend == "pytorch":
         from gpt2.checkpoint import load_model
-        from gpt2.deployment.artifacts import PRECISIONS
 
-        dtype = PRECISIONS[backend_precision(checkpoint, backend, precision)]
+        dtype = DTYPES[backend_precision(checkpoint, backend, precision)]
         model, _ = load_model(checkpoint, device=device, dtype=dtype)
         return TorchBackend(model)
     if backend in BACKENDS:

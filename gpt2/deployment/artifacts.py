@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 
 from gpt2.checkpoint import CHECKPOINTS_DIR, Checkpoint
+from gpt2.dtypes import DTYPES
 from gpt2.errors import UserError
 
 EXPORT_DIR = "export"
 EXPORT_FORMAT = "1"
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS: dict[str, torch.dtype] = DTYPES  # a model exports in each of them
 # The keys of an export's identity that must equal the checkpoint's for the export to serve it.
 IDENTITY_KEYS = (
     "gpt2.format",

@@ -36,6 +36,7 @@ from gpt2.deployment.artifacts import (
     onnx_path,
 )
 from gpt2.deployment.onnx_export import DEFAULT_OPSET
+from gpt2.deployment.ort import OPTIMIZATION_LEVELS
 from gpt2.deployment.profiles import Profile, ProfileConfig, resolve_profile
 from gpt2.deployment.validate import validation_calls
 from gpt2.errors import UserError
@@ -106,10 +107,7 @@ class BenchConfig:
     ort_threads: int = field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"})
     ort_optimization: str = field(
         default="all",
-        metadata={
-            "help": "ONNX Runtime graph optimisation level",
-            "choices": ("disable", "basic", "extended", "all"),
-        },
+        metadata={"help": "ONNX Runtime graph optimisation level", "choices": OPTIMIZATION_LEVELS},
     )
     seed: int = field(default=0, metadata={"help": "seed of the benchmark's token ids"})
 
