@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         for workers in worker_counts:
             print_row(bench_prepare(dump, workers, corpus, args.max_pages))
         cfg = TokenizerConfig(corpus_dir=str(corpus), out=str(Path(tmp) / "tokenizer.json"), vocab_size=args.vocab_size)
-        tokenizer = train_tokenizer(cfg, show_progress=False)
+        tokenizer = train_tokenizer(cfg, progress=False)
         # Tokenizers parallelises encode_batch over all cores (RAYON_NUM_THREADS caps it); encode is serial.
         print_row(bench_encode(corpus / "train", tokenizer, Path(tmp)))
         print_row(bench_encode_one_by_one(corpus / "train", tokenizer))

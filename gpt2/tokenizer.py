@@ -144,7 +144,7 @@ def _take_bytes(docs: Iterator[str], max_bytes: int) -> Iterator[str]:
         yield doc
 
 
-def train_tokenizer(cfg: TokenizerConfig, show_progress: bool = True) -> Tokenizer:
+def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> Tokenizer:
     """Train a byte-level BPE on ``corpus_dir/train``, streamed (memory grows with distinct words)."""
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -165,7 +165,7 @@ def train_tokenizer(cfg: TokenizerConfig, show_progress: bool = True) -> Tokeniz
         min_frequency=cfg.min_frequency,
         special_tokens=[EOT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, seen or not
-        show_progress=show_progress,
+        show_progress=progress,
     )
     hf.train_from_iterator(itertools.chain([first], documents), trainer)
 

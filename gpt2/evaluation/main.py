@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     total = count_eval_batches(token_file, seq_len, cfg.batch_size)
     max_batches = cfg.max_batches if 0 < cfg.max_batches < total else None  # N >= all of them: the whole set
     result = evaluate_loss(
-        lambda tokens: backend.forward(tokens),
+        backend.forward,
         eval_batches(token_file, seq_len, cfg.batch_size, max_batches),
         tokenizer.token_byte_lengths(),
         device=backend.device,
