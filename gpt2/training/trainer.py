@@ -68,46 +68,15 @@ class Trainer:
         if self.env.distributed and self.precision.loss_scaling:
             raise UserError("--amp_fp16 is not supported with FSDP; use --amp_bf16 or --bf16")
         self.run_dir = Path(cfg.out_dir)
-
-        self.tokenizer = tokenizer or Tokenizer.load(cfg.tokenizer)
-        data_dir = Path(cfg.data_dir)
-        self.train_tokens = TokenFile(data_dir / "train.bin")
-        self.eval_tokens = TokenFile(data_dir / "eval.bin")
-        for token_file in (self.train_tokens, self.eval_tokens):
-            check_tokenizer_matches(token_file, self.tokenizer)
+        self._load_data(tokenizer or Tokenizer.load(cfg.tokenizer))
 
         resume_from = self._checkpoint_to_resume()
         barrier()  # every rank has looked at the run folder before rank 0 writes to it
-        if resume_from is not None:
-            model_cfg = self._check_resume_compatible(resume_from, model_cfg)
-        elif model_cfg is None:
-            raise ValueError("a new run needs a model config")
-        if model_cfg.vocab_size != self.tokenizer.vocab_size:
-            raise UserError(
-                f"model vocab_size {model_cfg.vocab_size} != tokenizer vocab_size {self.tokenizer.vocab_size}"
-            )
-        if cfg.seq_len > model_cfg.max_seq_len:
-            raise UserError(f"--seq_len {cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
-
-        # Initialise on the CPU from the seed: every rank (and a single-process run) starts identical.
-        torch.manual_seed(cfg.seed)
-        model = GPT(model_cfg).to(self.device, dtype=self.precision.param_dtype)
-        # Under FSDP, bf16 compute is FSDP's mixed-precision policy (bf16 params, fp32 reduction), not autocast.
-        fsdp_bf16 = self.env.distributed and self.precision.compute_dtype == torch.bfloat16
-        if self.env.distributed:
-            apply_fsdp(model, param_dtype=torch.bfloat16 if fsdp_bf16 else None)
-        self.model = model
-        self.forward = torch.compile(model) if cfg.compile else model  # state dicts come from the raw module
-        self.autocast_dtype = self.precision.compute_dtype if self.precision.autocast and not fsdp_bf16 else None
-        self.optimizer = build_optimizer(model, optim_cfg, self.device.type)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.loss_scaling)
+        self._build_model(self._model_config(resume_from, model_cfg))
         self.batches = TrainBatches(
             self.train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed,
             rank=self.env.rank, world_size=self.env.world_size, accum_steps=cfg.accum_steps,
         )  # fmt: skip
-        self.token_bytes = self.tokenizer.token_byte_lengths()
-        self.flops_per_token = model.flops_per_token(cfg.seq_len)
-        self.peak_flops = peak_flops(self.device, compute_kind(self.precision.compute_dtype, cfg.allow_tf32))
 
         self.step = 0
         self.bad_steps = 0  # consecutive steps with a non-finite loss or gradient
@@ -121,6 +90,49 @@ class Trainer:
             self.metrics.write("resume", self.step, checkpoint=str(resume_from.path))
 
     # ----------------------------------------------------------------- setup
+    def _load_data(self, tokenizer: Tokenizer) -> None:
+        """The tokenizer and the train/eval token files, which must have been encoded with it."""
+        self.tokenizer = tokenizer
+        data_dir = Path(self.cfg.data_dir)
+        self.train_tokens = TokenFile(data_dir / "train.bin")
+        self.eval_tokens = TokenFile(data_dir / "eval.bin")
+        for token_file in (self.train_tokens, self.eval_tokens):
+            check_tokenizer_matches(token_file, tokenizer)
+        self.token_bytes = tokenizer.token_byte_lengths()  # for bits per byte
+
+    def _model_config(self, resume_from: Checkpoint | None, requested: ModelConfig | None) -> ModelConfig:
+        """The checkpoint's config when resuming (``requested``, if given, must equal it), else ``requested``."""
+        if resume_from is not None:
+            model_cfg = self._check_resume_compatible(resume_from, requested)
+        elif requested is None:
+            raise ValueError("a new run needs a model config")
+        else:
+            model_cfg = requested
+        if model_cfg.vocab_size != self.tokenizer.vocab_size:
+            raise UserError(
+                f"model vocab_size {model_cfg.vocab_size} != tokenizer vocab_size {self.tokenizer.vocab_size}"
+            )
+        if self.cfg.seq_len > model_cfg.max_seq_len:
+            raise UserError(f"--seq_len {self.cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
+        return model_cfg
+
+    def _build_model(self, model_cfg: ModelConfig) -> None:
+        """The model (sharded under FSDP, compiled with --compile), its optimizer and loss scaler."""
+        # Initialise on the CPU from the seed: every rank (and a single-process run) starts identical.
+        torch.manual_seed(self.cfg.seed)
+        model = GPT(model_cfg).to(self.device, dtype=self.precision.param_dtype)
+        # Under FSDP, bf16 compute is FSDP's mixed-precision policy (bf16 params, fp32 reduction), not autocast.
+        fsdp_bf16 = self.env.distributed and self.precision.compute_dtype == torch.bfloat16
+        if self.env.distributed:
+            apply_fsdp(model, param_dtype=torch.bfloat16 if fsdp_bf16 else None)
+        self.model = model
+        self.forward = torch.compile(model) if self.cfg.compile else model  # state dicts come from the raw module
+        self.autocast_dtype = self.precision.compute_dtype if self.precision.autocast and not fsdp_bf16 else None
+        self.optimizer = build_optimizer(model, self.optim_cfg, self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.loss_scaling)
+        self.flops_per_token = model.flops_per_token(self.cfg.seq_len)
+        self.peak_flops = peak_flops(self.device, compute_kind(self.precision.compute_dtype, self.cfg.allow_tf32))
+
     def _checkpoint_to_resume(self) -> Checkpoint | None:
         if not self.cfg.resume:
             if list_checkpoints(self.run_dir) or (self.run_dir / "metrics.jsonl").exists():
@@ -222,8 +234,8 @@ class Trainer:
                     bar.close()
                     path = self._save_if_sound()
                     if self.env.is_main:
-                        saved = f"saved {path}" if path else f"newest checkpoint: {self._newest_checkpoint()}"
-                        print(f"stopped at step {self.step}; {saved}\nresume: the same command with --resume")
+                        print(f"stopped at step {self.step}; {self._saved(path)}\n"
+                              "resume: the same command with --resume")  # fmt: skip
                     return last_eval
                 final = self.step == cfg.max_steps
                 with window.paused():  # tokens/s counts training time only
@@ -241,8 +253,7 @@ class Trainer:
         if self.env.is_main:
             print(
                 f"step {self.step}: eval loss {last_eval.loss:.4f}, perplexity {last_eval.perplexity:.2f}, "
-                f"bits per byte {last_eval.bits_per_byte:.4f}\n"
-                f"{f'saved {path}' if path else f'newest checkpoint: {self._newest_checkpoint()}'}"
+                f"bits per byte {last_eval.bits_per_byte:.4f}\n{self._saved(path)}"
             )
         return last_eval
 
@@ -310,6 +321,10 @@ class Trainer:
     def _newest_checkpoint(self) -> str:
         checkpoints = list_checkpoints(self.run_dir)
         return str(checkpoints[-1]) if checkpoints else "none yet"
+
+    def _saved(self, path: Path | None) -> str:
+        """The checkpoint a stop leaves: the one just saved, or else the newest there is."""
+        return f"saved {path}" if path else f"newest checkpoint: {self._newest_checkpoint()}"
 
     def _save_if_sound(self) -> Path | None:
         """Save a checkpoint, unless the latest step had a non-finite loss: those weights may be damaged,
