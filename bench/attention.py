@@ -1,7 +1,7 @@
 """Benchmark causal attention kernels: training (forward, forward+backward) and decoding.
 
-    python bench/attention.py                       # a CUDA GPU, bf16
-    python bench/attention.py --cpu_smoke           # tiny sizes on CPU through Triton's interpreter
+    python -m bench.attention                       # a CUDA GPU, bf16
+    python -m bench.attention --cpu_smoke           # tiny sizes on CPU through Triton's interpreter
 
 Training: batch * heads = --batch_heads, head dims --head_dims, sequence lengths --seq_lens, for
 softplus (Triton; and with dQ from atomic adds, SOFTPLUS_ATOMIC_DQ=1), softplus (PyTorch reference),
@@ -36,7 +36,9 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from gpt2.dtypes import DTYPES
+from gpt2.io import atomic_write
+
 PROVIDERS = ("softplus (Triton)", "softplus (Triton, atomic dQ)", "softplus (PyTorch)", "softmax (SDPA)",
              "softmax_naive")
 SMOKE = dict(batch_heads=4, heads=2, head_dims=[32, 64], seq_lens=[64, 128], cache_lens=[256, 512])
@@ -200,8 +202,6 @@ def format_row(r: dict[str, object]) -> str:
 
 
 def write_json(path: Path, meta: dict[str, object], rows: list[dict[str, object]]) -> None:
-    from gpt2.io import atomic_write  # (gpt2 is importable once main has run: see the bottom of the file)
-
     with atomic_write(path) as f:  # a reader (or a run killed mid-write) never sees half a file
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     elif torch.cuda.is_available():
         device = "cuda"
     else:
-        raise SystemExit("bench/attention.py needs a CUDA GPU (or --cpu_smoke to exercise the script on CPU)")
+        raise SystemExit("bench.attention needs a CUDA GPU (or --cpu_smoke to exercise the script on CPU)")
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     import triton
@@ -267,5 +267,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
     main()

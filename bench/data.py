@@ -13,7 +13,7 @@ Rows:
   ``encode`` call per document on one thread.
 Rates are per second of wall time, in MB of the dump file as stored (compressed for .bz2), in MB of
 wikitext (uncompressed article text) and in tokens. Each measurement is a function returning a row (a
-dict), and ``print_table`` prints any list of rows. No assertions.
+dict) for ``print_row``. No assertions.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from gpt2.data.text_shards import iter_documents
 from gpt2.data.tokens import encode_split
 from gpt2.data.wikipedia import PrepareConfig, iter_pages, open_dump, prepare, resolve_dump
 from gpt2.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
-
-COLUMNS = ("measurement", "setting", "seconds", "rate", "unit", "detail")
 
 
 def repeated_dump(dump: Path, copies: int, out_dir: Path) -> Path:
@@ -114,18 +112,12 @@ def print_header() -> None:
 
 
 def print_row(row: dict) -> None:
-    """A row has the keys of ``COLUMNS``; ``rate`` is in ``unit`` (MB/s, tokens/s, ...)."""
+    """A row: measurement, setting, seconds, rate (in ``unit``: MB/s, tokens/s, ...), unit, detail."""
     print(
         f"{row['measurement']:<12} {row['setting']:<14} {row['seconds']:>8.2f} {row['rate']:>12,.1f} "
         f"{row['unit']:<16} {row.get('detail', '')}",
         flush=True,
     )
-
-
-def print_table(rows: list[dict]) -> None:
-    print_header()
-    for row in rows:
-        print_row(row)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -148,19 +140,15 @@ def main(argv: list[str] | None = None) -> None:
             dump = repeated_dump(dump, args.repeat, Path(tmp))
         print(f"{dump.name}: {dump.stat().st_size / 1e6:.1f} MB, {cores} cores")
         print_header()
-        rows = [bench_read(dump, args.max_pages)]
-        print_row(rows[-1])
+        print_row(bench_read(dump, args.max_pages))
         corpus = Path(tmp) / "wiki"
         for workers in worker_counts:
-            rows.append(bench_prepare(dump, workers, corpus, args.max_pages))
-            print_row(rows[-1])
+            print_row(bench_prepare(dump, workers, corpus, args.max_pages))
         cfg = TokenizerConfig(corpus_dir=str(corpus), out=str(Path(tmp) / "tokenizer.json"), vocab_size=args.vocab_size)
-        tokenizer = train_tokenizer(cfg, show_progress=False)
+        tokenizer = train_tokenizer(cfg, progress=False)
         # Tokenizers parallelises encode_batch over all cores (RAYON_NUM_THREADS caps it); encode is serial.
-        rows.append(bench_encode(corpus / "train", tokenizer, Path(tmp)))
-        print_row(rows[-1])
-        rows.append(bench_encode_one_by_one(corpus / "train", tokenizer))
-        print_row(rows[-1])
+        print_row(bench_encode(corpus / "train", tokenizer, Path(tmp)))
+        print_row(bench_encode_one_by_one(corpus / "train", tokenizer))
 
 
 if __name__ == "__main__":

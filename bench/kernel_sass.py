@@ -37,12 +37,13 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, CompiledKernel  # noqa: E402
 
 from gpt2.attention import softplus_triton as K  # noqa: E402
+from gpt2.dtypes import DTYPES  # noqa: E402
+from gpt2.io import atomic_write  # noqa: E402
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MUFU_OPS = ("EX2", "LG2", "RCP")
 FP32_OPS = {"FADD", "FMUL", "FFMA", "FMNMX", "FSETP", "FSEL", "FCHK"}
 
@@ -59,7 +60,9 @@ KERNELS = {
 }
 
 
-def compile_kernel(name: str, config: triton.Config, dtype: str = "bf16", head_dim: int = 64, arch: int = 90):
+def compile_kernel(
+    name: str, config: triton.Config, dtype: str = "bf16", head_dim: int = 64, arch: int = 90
+) -> CompiledKernel:
     """Compile one kernel for one config, as the launcher would specialise it for aligned tensors."""
     kernel, data_args, fp32_args, float_args, constants = KERNELS[name]
     jit = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
@@ -156,7 +159,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
-    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16"])
+    p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16"])
     p.add_argument("--head_dims", type=int, nargs="+", choices=K.HEAD_DIMS, default=[64, 128])
     p.add_argument("--arch", type=int, choices=[80, 90], default=90, help="compute capability: 90 H100, 80 A100")
     p.add_argument("--config_index", type=int, nargs="+", default=[0],
@@ -184,7 +187,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     meta = dict(target=f"sm_{args.arch}", triton=triton.__version__, unit="instructions per score element per thread")
     print(f"{meta['target']}, Triton {meta['triton']}: machine instructions per score element, per thread")
     print_table(rows)
-    (args.out_dir / "kernel_sass.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    with atomic_write(args.out_dir / "kernel_sass.json") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print(f"wrote {args.out_dir / 'kernel_sass.json'}", file=sys.stderr)
     return rows
 

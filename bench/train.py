@@ -21,12 +21,11 @@ import torch.nn.functional as F
 
 from gpt2.io import atomic_write
 from gpt2.model import GPT, model_config_from_preset
+from gpt2.model.config import ATTENTION_KINDS
 from gpt2.training.config import OptimConfig
 from gpt2.training.mfu import compute_kind, peak_flops
 from gpt2.training.optim import build_optimizer
 from gpt2.training.precision import resolve_precision
-
-ATTENTIONS = ("softmax", "softmax_naive", "softplus")
 
 
 def measure(args: argparse.Namespace, attention: str, compile_model: bool) -> dict:
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--precision", default="amp_bf16", choices=["fp32", "amp_bf16", "amp_fp16", "bf16"])
     parser.add_argument("--allow_tf32", action="store_true")
-    parser.add_argument("--attention", nargs="+", default=list(ATTENTIONS), choices=ATTENTIONS)
+    parser.add_argument("--attention", nargs="+", default=list(ATTENTION_KINDS), choices=ATTENTION_KINDS)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="also compiled")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)

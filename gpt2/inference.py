@@ -8,12 +8,17 @@ tokens and returns their logits, advancing the state.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from gpt2.dtypes import DTYPES
 from gpt2.errors import UserError
 from gpt2.model import GPT
+
+if TYPE_CHECKING:
+    from gpt2.checkpoint import Checkpoint
 
 
 class InferenceBackend(Protocol):
@@ -52,8 +57,8 @@ class TorchBackend:
 
 BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
 # Weights and cache dtype of the model a backend runs. "auto": fp32 for PyTorch; for an export, fp32 if that
-# export exists, else the only precision exported (see gpt2.deployment.resolve_precision).
-BACKEND_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# export exists, else the only precision exported (see gpt2.deployment.pick_export_precision).
+BACKEND_PRECISIONS = ("auto", *DTYPES)
 PRECISION_HELP = (
     "weights dtype; for onnxruntime/tensorrt, the export to open (auto: fp32 for pytorch; for an export, "
     "fp32 if exported, else the only precision exported)"
@@ -76,20 +81,26 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def backend_precision(checkpoint: str, backend: str = "pytorch", precision: str = "auto") -> str:
+def backend_precision(
+    checkpoint: str | Path | Checkpoint, backend: str = "pytorch", precision: str = "auto"
+) -> str:
     """The precision ``open_backend`` runs at: ``precision``, or for "auto" fp32 (pytorch) or the export
-    :func:`gpt2.deployment.resolve_precision` picks."""
+    :func:`gpt2.deployment.pick_export_precision` picks."""
     if precision not in BACKEND_PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {BACKEND_PRECISIONS}")
     if backend == "pytorch" or precision != "auto":
         return "fp32" if precision == "auto" else precision
-    from gpt2.deployment import resolve_precision
+    from gpt2.deployment import pick_export_precision
 
-    return resolve_precision(backend, checkpoint, precision)
+    return pick_export_precision(backend, checkpoint, precision)
 
 
 def open_backend(
-    checkpoint: str, backend: str = "pytorch", device: str = "auto", precision: str = "auto", **kwargs: Any
+    checkpoint: str | Path | Checkpoint,
+    backend: str = "pytorch",
+    device: str = "auto",
+    precision: str = "auto",
+    **kwargs: Any,
 ) -> InferenceBackend:
     """Load a checkpoint (or its exported form, at ``precision``) into the named backend."""
     if precision not in BACKEND_PRECISIONS:
@@ -97,13 +108,12 @@ def open_backend(
     device = str(resolve_device(device))
     if backend == "pytorch":
         from gpt2.checkpoint import load_model
-        from gpt2.deployment.artifacts import PRECISIONS
 
-        dtype = PRECISIONS[backend_precision(checkpoint, backend, precision)]
-        model, _ = load_model(checkpoint, device=device, dtype=dtype, dropout=0.0)
+        dtype = DTYPES[backend_precision(checkpoint, backend, precision)]
+        model, _ = load_model(checkpoint, device=device, dtype=dtype)
         return TorchBackend(model)
     if backend in BACKENDS:
         from gpt2.deployment import load_backend
 
         return load_backend(backend, checkpoint, device=device, precision=precision, **kwargs)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    raise UserError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

@@ -10,7 +10,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's content to disk (e.g. one written by a library that takes a file name)."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -23,17 +29,23 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
-    """Open ``path.tmp`` for writing; on success fsync and rename it to ``path``, on error delete it."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield ``path.tmp`` to write to (for writers that take a file name); on success fsync it and rename
+    it to ``path``, on error delete it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """Open ``path.tmp`` for writing; on success fsync and rename it to ``path``, on error delete it."""
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f

@@ -144,7 +144,7 @@ def _take_bytes(docs: Iterator[str], max_bytes: int) -> Iterator[str]:
         yield doc
 
 
-def train_tokenizer(cfg: TokenizerConfig, show_progress: bool = True) -> Tokenizer:
+def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> Tokenizer:
     """Train a byte-level BPE on ``corpus_dir/train``, streamed (memory grows with distinct words)."""
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -152,11 +152,8 @@ def train_tokenizer(cfg: TokenizerConfig, show_progress: bool = True) -> Tokeniz
             f"{out} already exists; pass --overwrite to replace it (token files made with it will no "
             "longer match)"
         )
-    try:
-        documents = _batched_documents(Path(cfg.corpus_dir), cfg.max_bytes)
-        first = next(documents, None)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    documents = _batched_documents(Path(cfg.corpus_dir), cfg.max_bytes)
+    first = next(documents, None)
     if first is None:
         raise UserError(f"{Path(cfg.corpus_dir) / 'train'} holds no documents")
 
@@ -168,7 +165,7 @@ def train_tokenizer(cfg: TokenizerConfig, show_progress: bool = True) -> Tokeniz
         min_frequency=cfg.min_frequency,
         special_tokens=[EOT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, seen or not
-        show_progress=show_progress,
+        show_progress=progress,
     )
     hf.train_from_iterator(itertools.chain([first], documents), trainer)
 

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Train GPT-2 in one process (one GPU, or the CPU). Edit the variables below, or set them in the environment.
 set -euo pipefail
-# shellcheck disable=SC2086  # PRECISION_FLAGS is a list of flags
 cd "$(dirname "$0")/.."
 
 DATA_DIR=${DATA_DIR:-data/tokens}              # train.bin / eval.bin from scripts/encode_wikipedia.sh
@@ -42,6 +41,7 @@ fi
 
 # exec: the trainer replaces this shell, so a SIGTERM sent to the script (docker stop, a scheduler) reaches it
 # and it saves a checkpoint before exiting.
+# shellcheck disable=SC2086  # PRECISION_FLAGS is a list of flags
 exec python -m gpt2 train \
   --data_dir "$DATA_DIR" --tokenizer "$TOKENIZER" --out_dir "$OUT_DIR" --resume "$RESUME" \
   --preset "$PRESET" --attention "$ATTENTION" --dropout "$DROPOUT" \

@@ -89,7 +89,7 @@ def corpus(tmp_path_factory) -> Corpus:
     root = tmp_path_factory.mktemp("corpus")
     prepare(PrepareConfig(dump="sample", out_dir=str(root / "wiki"), eval_fraction=0.1, workers=2), progress=False)
     cfg = TokenizerConfig(corpus_dir=str(root / "wiki"), out=str(root / "tokenizer.json"), vocab_size=CORPUS_VOCAB)
-    train_tokenizer(cfg, show_progress=False)
+    train_tokenizer(cfg, progress=False)
     enc = EncodeConfig(corpus_dir=str(root / "wiki"), tokenizer=cfg.out, out_dir=str(root / "tokens"))
     headers = encode_corpus(enc, progress=False)
     assert headers["eval"].n_tokens > 20_000 and headers["train"].n_tokens > 5 * headers["eval"].n_tokens

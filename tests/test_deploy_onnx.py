@@ -12,6 +12,7 @@ import json
 import math
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gpt2 import checkpoint
 from gpt2.checkpoint import CheckpointError, load_model, save_checkpoint
 from gpt2.cli import main as cli
 from gpt2.data.loader import eval_batches as real_eval_batches
-from gpt2.deployment import load_backend, resolve_precision
+from gpt2.deployment import load_backend, pick_export_precision
 from gpt2.deployment.artifacts import StaleExportError
 from gpt2.deployment.benchmark import benchmark_backend, format_table
 from gpt2.deployment.graph_io import GraphDims, output_shapes
@@ -266,7 +268,7 @@ def test_generate_and_evaluate_open_the_export_deploy_made(checkpoints, tmp_path
     """deploy_gpt2.sh exports fp16 by default: generate/evaluate find it, or use the one --precision names."""
     ckpt = copy_checkpoint(checkpoints["softmax"], tmp_path / "run")
     export_checkpoint(ckpt, "fp16")
-    assert resolve_precision("onnxruntime", ckpt) == "fp16"  # the only export
+    assert pick_export_precision("onnxruntime", ckpt) == "fp16"  # the only export
     assert open_backend(str(ckpt), "onnxruntime", "cpu").cache_dtype == torch.float16
     out = tmp_path / "samples.jsonl"
     args = ["--prompt", "The", "--max_new_tokens", "5", "--temperature", "0", "--output", str(out)]
@@ -294,7 +296,7 @@ def test_generate_and_evaluate_open_the_export_deploy_made(checkpoints, tmp_path
     assert open_backend(str(ckpt), "onnxruntime", "cpu", "fp16").cache_dtype == torch.float16
     export_checkpoint(ckpt, "fp32")  # fp32 is preferred whenever it exists
     assert open_backend(str(ckpt), "onnxruntime", "cpu").cache_dtype == torch.float32
-    assert resolve_precision("tensorrt", ckpt) == "fp32"  # no engine: the fp32 one is what is missing
+    assert pick_export_precision("tensorrt", ckpt) == "fp32"  # no engine: the fp32 one is what is missing
 
 
 @pytest.mark.parametrize(
@@ -454,6 +456,38 @@ def test_deploy_command_exports_skips_tensorrt_clearly_and_benchmarks(checkpoint
     assert rows["pytorch"]["status"] == rows["onnxruntime-cpu"]["status"] == "ok"
     assert rows["onnxruntime-cpu"]["prefill"]["p50_ms"] > 0 and rows["onnxruntime-cpu"]["decode_speedup"] > 0
     assert rows["tensorrt"]["status"].startswith("skipped:")
+
+
+def test_each_command_verifies_its_checkpoint_once(checkpoints, exported, tmp_path, monkeypatch, capsys):
+    """Verifying a checkpoint hashes all its files (1.5 GB for GPT-2 124M): a command resolves its checkpoint
+    once and passes it on, whatever backends and stages it opens."""
+    hashed: Counter[Path] = Counter()
+    real_sha256 = checkpoint.sha256_file
+
+    def counting_sha256(path: Path, *args, **kwargs) -> str:
+        hashed[Path(path)] += 1
+        return real_sha256(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "sha256_file", counting_sha256)
+    ckpt, out = str(checkpoints["softmax"]), str(tmp_path / "out.json")
+    evaluate = ["evaluate", ckpt, "--max_batches", "1", "--batch_size", "2", "--device", "cpu", "--output", out]
+    deploy = [
+        "deploy", ckpt, "--stages", "export,validate,tensorrt,benchmark", "--validate_batches", "1",
+        "--greedy_steps", "4", "--bench_backends", "pytorch,onnxruntime-cpu", "--compile", "false",
+        "--batch_size", "2", "--seq_len", "16", "--iters", "1", "--warmup", "1", "--decode_steps", "2",
+        "--output", out,
+    ]  # fmt: skip
+    commands = {
+        "evaluate": evaluate,
+        "evaluate --backend onnxruntime": [*evaluate, "--backend", "onnxruntime"],  # auto: finds the fp32 export
+        "generate --backend onnxruntime": ["generate", ckpt, "--backend", "onnxruntime", "--device", "cpu",
+                                           "--max_new_tokens", "2"],  # fmt: skip
+        "deploy": deploy,
+    }
+    for name, argv in commands.items():
+        hashed.clear()
+        assert cli(argv) == 0, capsys.readouterr()
+        assert hashed and set(hashed.values()) == {1}, f"{name}: {hashed}"
 
 
 # --- bad input ----------------------------------------------------------------------------------------

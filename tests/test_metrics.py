@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2.evaluation.metrics import IGNORE_INDEX, evaluate_loss
+from gpt2.data.loader import IGNORE_INDEX
+from gpt2.evaluation.metrics import evaluate_loss
 from tests.conftest import wikipedia_pages
 
 

@@ -5,12 +5,12 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+from gpt2.attention import ATTENTION
 from gpt2.attention.softmax import softmax_attention, softmax_naive_attention
 from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig, model_config_from_preset
+from gpt2.model.config import ATTENTION_KINDS
 from gpt2.model.hf import config_from_hf, hf_config_dict, load_hf_state_dict, to_hf_state_dict
-
-ATTENTIONS = ["softmax", "softmax_naive", "softplus"]
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -19,7 +19,11 @@ def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
-@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_every_attention_kind_is_registered():
+    assert set(ATTENTION) == set(ATTENTION_KINDS)
+
+
+@pytest.mark.parametrize("attention", ATTENTION_KINDS)
 def test_forward_shapes(attention):
     model = GPT(tiny_config(attention=attention))
     tokens = torch.randint(0, 301, (2, 17))
@@ -58,7 +62,7 @@ def test_too_long_sequence_is_rejected():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
-@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("attention", ATTENTION_KINDS)
 def test_kv_cache_prefill_then_decode_matches_full_forward(attention):
     torch.manual_seed(0)
     model = GPT(tiny_config(attention=attention)).eval()

@@ -90,7 +90,7 @@ def test_pre_tokenizer_splits_like_gpt2(wiki_corpus, wiki_tokenizer):
 
 def test_smallest_vocabulary_is_bytes_plus_eot(wiki_corpus, tmp_path):
     cfg = TokenizerConfig(corpus_dir=str(wiki_corpus), out=str(tmp_path / "t.json"), vocab_size=257)
-    tokenizer = train_tokenizer(cfg, show_progress=False)
+    tokenizer = train_tokenizer(cfg, progress=False)
     assert tokenizer.vocab_size == 257
     for text in EDGE_CASES:
         ids = tokenizer.encode(text)

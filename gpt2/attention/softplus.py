@@ -15,9 +15,11 @@ Unlike softmax there is no normalising maximum: the weights are positive on
 their own, so the row sums can be accumulated directly.
 
 :func:`softplus_attention_reference` is the definition: plain PyTorch that
-materialises the score matrix, used on CPU, for ONNX export and as the oracle
-the fused Triton kernel (:mod:`gpt2.attention.softplus_triton`) is tested
-against. :func:`softplus_attention` runs the kernel on CUDA tensors.
+materialises the score matrix, used on CPU and as the oracle the fused Triton
+kernel (:mod:`gpt2.attention.softplus_triton`) is tested against.
+:func:`softplus_attention` runs the kernel on CUDA tensors. The ONNX export
+spells the same math in ops ONNX runtimes run fast
+(:func:`gpt2.deployment.onnx_export._softplus_attention`).
 """
 
 from __future__ import annotations

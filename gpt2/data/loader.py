@@ -81,14 +81,6 @@ class TrainBatches:
         """Samples per optimizer step, over all ranks and micro-steps."""
         return self.batch_size * self.accum_steps * self.world_size
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch * self.seq_len
-
-    def epoch_of(self, step: int) -> float:
-        """Epochs completed before optimizer step ``step`` (fractional)."""
-        return step * self.global_batch / self.windows_per_epoch
-
     def _epoch(self, epoch: int) -> tuple[int, np.ndarray]:
         """(offset, window permutation) of an epoch; the current one is cached."""
         if self._cached_epoch is None or self._cached_epoch[0] != epoch:

@@ -56,10 +56,10 @@ def list_shards(split_dir: str | Path) -> list[Path]:
     """The shard files of one split, in order; a clear error if there are none."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"corpus directory {split_dir} does not exist; run `python -m gpt2 prepare` first")
+        raise UserError(f"corpus directory {split_dir} does not exist; run `python -m gpt2 prepare` first")
     shards = sorted(split_dir.glob("*.txt"))
     if not shards:
-        raise FileNotFoundError(f"no text shards (*.txt) in {split_dir}; is this a prepared corpus?")
+        raise UserError(f"no text shards (*.txt) in {split_dir}; is this a prepared corpus?")
     return shards
 
 

@@ -198,10 +198,7 @@ def encode_split(
     if batch_docs < 1:  # no document would be read: an empty token file
         raise UserError(f"batch_docs must be at least 1, got {batch_docs}")
     split_dir = Path(split_dir)
-    try:
-        total_bytes = sum(shard.stat().st_size for shard in list_shards(split_dir))
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    total_bytes = sum(shard.stat().st_size for shard in list_shards(split_dir))
     eot = tokenizer.eot_id
     bar = tqdm(
         total=total_bytes, unit="B", unit_scale=True, desc=f"encode {split_dir.name}", disable=not progress
@@ -255,11 +252,7 @@ def encode_corpus(cfg: EncodeConfig, progress: bool = True) -> dict[str, TokenFi
     if existing and not cfg.overwrite:
         raise UserError(f"{' and '.join(map(str, existing))}: already there; pass --overwrite to replace")
     for split in splits:  # an empty split would give an empty token file: refuse before encoding anything
-        try:
-            empty = next(iter_documents(split_dirs[split]), None) is None
-        except FileNotFoundError as e:
-            raise UserError(str(e)) from None
-        if empty:
+        if next(iter_documents(split_dirs[split]), None) is None:
             raise UserError(
                 f"the {split} split of {cfg.corpus_dir} has no documents, so there is nothing to {split} on"
             )

@@ -120,10 +120,7 @@ class Page(NamedTuple):
 def resolve_dump(spec: str, download_dir: str | Path = "data/dumps") -> Path:
     """The local path of ``--dump``: 'sample', an https URL (downloaded first) or a file path."""
     if spec == SAMPLE_NAME:
-        try:
-            return sample_dump_path()
-        except FileNotFoundError as e:
-            raise DumpError(str(e)) from None
+        return sample_dump_path()
     if re.match(r"^[a-z]+://", spec):
         return download_dump(spec, download_dir)
     path = Path(spec)

@@ -8,37 +8,31 @@ Heavy dependencies (onnx, onnxruntime, tensorrt) are imported only when used.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from gpt2.checkpoint import Checkpoint, as_checkpoint
+from gpt2.deployment.artifacts import PRECISIONS, check_precision, checkpoint_identity, engine_path, onnx_path
+from gpt2.errors import UserError
 from gpt2.inference import InferenceBackend, resolve_device
-
-if TYPE_CHECKING:
-    from gpt2.checkpoint import Checkpoint
 
 DEPLOY_BACKENDS = ("onnxruntime", "tensorrt")
 
 
 def _export_file(name: str, ckpt: Checkpoint, precision: str) -> Path:
-    from gpt2.deployment.artifacts import engine_path, onnx_path
-
     return onnx_path(ckpt, precision) if name == "onnxruntime" else engine_path(ckpt, precision)
 
 
-def resolve_precision(name: str, checkpoint: str | Path, precision: str = "auto") -> str:
+def pick_export_precision(name: str, checkpoint: str | Path | Checkpoint, precision: str = "auto") -> str:
     """The precision whose export backend ``name`` opens: ``precision`` itself unless it is "auto".
 
     "auto" picks fp32 when its export exists (the most accurate), else the one precision that was exported
     (e.g. deploy's default fp16); with several and no fp32 it asks for ``--precision``, with none it names the
     deploy command to run.
     """
-    from gpt2.checkpoint import find_checkpoint
-    from gpt2.deployment.artifacts import PRECISIONS, check_precision
-    from gpt2.errors import UserError
-
     if precision != "auto":
         check_precision(precision)
         return precision
-    ckpt = find_checkpoint(checkpoint)
+    ckpt = as_checkpoint(checkpoint)
     found = [p for p in PRECISIONS if _export_file(name, ckpt, p).is_file()]
     if "fp32" in found or not found:
         return "fp32"  # none: opening fp32 reports the missing export and how to create it
@@ -52,7 +46,7 @@ def resolve_precision(name: str, checkpoint: str | Path, precision: str = "auto"
 
 def load_backend(
     name: str,
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     device: str = "cpu",
     precision: str = "fp32",
     path: str | Path | None = None,
@@ -62,19 +56,15 @@ def load_backend(
 
     ``path`` defaults to the export next to the checkpoint (``CKPT/export/model.<precision>.onnx`` or
     ``.engine``); either way the file must have been exported from this very checkpoint. ``precision``
-    "auto" picks one as :func:`resolve_precision` says. ``options`` go to the backend (ONNX Runtime:
+    "auto" picks one as :func:`pick_export_precision` says. ``options`` go to the backend (ONNX Runtime:
     ``threads``, ``optimization``).
     """
-    from gpt2.checkpoint import find_checkpoint
-    from gpt2.deployment.artifacts import checkpoint_identity
-    from gpt2.errors import UserError
-
     if name not in DEPLOY_BACKENDS:
-        raise ValueError(f"unknown deployment backend {name!r}; choose one of {DEPLOY_BACKENDS}")
+        raise UserError(f"unknown deployment backend {name!r}; choose one of {DEPLOY_BACKENDS}")
     if device == "auto":  # other devices are checked by the backend, which says what it needs
         device = str(resolve_device(device))
-    ckpt = find_checkpoint(checkpoint)
-    precision = resolve_precision(name, ckpt.path, precision)
+    ckpt = as_checkpoint(checkpoint)
+    precision = pick_export_precision(name, ckpt, precision)
     identity = checkpoint_identity(ckpt, precision)
     default = _export_file(name, ckpt, precision)
     path = Path(path) if path else default
@@ -93,4 +83,4 @@ def load_backend(
     return TensorRTBackend(path, device, expected_identity=identity, **options)
 
 
-__all__ = ["DEPLOY_BACKENDS", "load_backend", "resolve_precision"]
+__all__ = ["DEPLOY_BACKENDS", "load_backend", "pick_export_precision"]

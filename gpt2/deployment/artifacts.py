@@ -6,7 +6,7 @@ Exports sit inside the checkpoint folder, so they travel (and are pruned) with i
         model.fp32.onnx          (+ model.fp32.onnx.data for models over 2 GB)
         model.fp16.engine        TensorRT engine (GPU- and TensorRT-version specific)
         model.fp16.engine.json   what the engine was built from and with
-        deploy_report.json
+        deploy_report.fp16.json  what deploy measured (one report per precision)
 
 Every export records the identity of its checkpoint (model config, weights and
 tokenizer hashes, precision); a backend refuses a file whose identity differs
@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 
 from gpt2.checkpoint import CHECKPOINTS_DIR, Checkpoint
+from gpt2.dtypes import DTYPES
 from gpt2.errors import UserError
 
 EXPORT_DIR = "export"
 EXPORT_FORMAT = "1"
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS: dict[str, torch.dtype] = DTYPES  # a model exports in each of them
 # The keys of an export's identity that must equal the checkpoint's for the export to serve it.
 IDENTITY_KEYS = (
     "gpt2.format",

@@ -1,8 +1,9 @@
 """Inputs, outputs and cache state of the exported graph, shared by the ONNX Runtime and TensorRT backends.
 
-Pure shape logic: a backend allocates the outputs with :func:`output_shapes`, binds
-them with the inputs, runs the graph, and the present keys/values become the past
-of the next call (:class:`GraphState`).
+Pure shape logic: a backend binds the inputs and outputs (TensorRT allocates the
+outputs with :func:`allocate_outputs`; ONNX Runtime allocates its own and checks
+them against :func:`output_shapes`), runs the graph, and the present keys/values
+become the past of the next call (:class:`GraphState`).
 """
 
 from __future__ import annotations

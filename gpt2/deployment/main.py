@@ -36,6 +36,7 @@ from gpt2.deployment.artifacts import (
     onnx_path,
 )
 from gpt2.deployment.onnx_export import DEFAULT_OPSET
+from gpt2.deployment.ort import OPTIMIZATION_LEVELS
 from gpt2.deployment.profiles import Profile, ProfileConfig, resolve_profile
 from gpt2.deployment.validate import validation_calls
 from gpt2.errors import UserError
@@ -106,10 +107,7 @@ class BenchConfig:
     ort_threads: int = field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"})
     ort_optimization: str = field(
         default="all",
-        metadata={
-            "help": "ONNX Runtime graph optimisation level",
-            "choices": ("disable", "basic", "extended", "all"),
-        },
+        metadata={"help": "ONNX Runtime graph optimisation level", "choices": OPTIMIZATION_LEVELS},
     )
     seed: int = field(default=0, metadata={"help": "seed of the benchmark's token ids"})
 
@@ -184,7 +182,7 @@ class Deployment:
     def reference(self) -> TorchBackend:
         """The PyTorch model in fp32: what every deployed form must reproduce."""
         if self._reference is None:
-            model, _ = load_model(self.ckpt.path, self.device, torch.float32, dropout=0.0)
+            model, _ = load_model(self.ckpt, self.device, torch.float32)
             self._reference = TorchBackend(model)
         return self._reference
 
@@ -233,7 +231,7 @@ class Deployment:
             print(f"  onnxruntime {note}")
             return
         print(f"validating ONNX Runtime ({device}) against PyTorch ({self.device}) ...")
-        self._validate(load_backend("onnxruntime", self.ckpt.path, device, self.cfg.precision), "onnxruntime")
+        self._validate(load_backend("onnxruntime", self.ckpt, device, self.cfg.precision), "onnxruntime")
 
     def tensorrt(self) -> None:
         from gpt2.deployment.onnx_export import read_onnx_metadata
@@ -323,7 +321,7 @@ class Deployment:
         if name in ("pytorch", "pytorch-compile"):
 
             def make() -> InferenceBackend:
-                model, _ = load_model(self.ckpt.path, self.device, dtype, dropout=0.0)
+                model, _ = load_model(self.ckpt, self.device, dtype)
                 return TorchBackend(torch.compile(model) if name == "pytorch-compile" else model)
 
             return make, ""
@@ -339,13 +337,13 @@ class Deployment:
                 return None, f"no export at {self.onnx_file}"
             options = {"threads": self.bench.ort_threads, "optimization": self.bench.ort_optimization}
             return lambda: load_backend(
-                "onnxruntime", self.ckpt.path, device, self.cfg.precision, **options
+                "onnxruntime", self.ckpt, device, self.cfg.precision, **options
             ), ""
         if not self.engine_built and not self.engine_file.is_file():
             return None, "no TensorRT engine (needs TensorRT and a GPU)"
         if self.device.type != "cuda":
             return None, "TensorRT needs a CUDA device"
-        return lambda: load_backend("tensorrt", self.ckpt.path, str(self.device), self.cfg.precision), ""
+        return lambda: load_backend("tensorrt", self.ckpt, str(self.device), self.cfg.precision), ""
 
 
 def _environment() -> dict[str, Any]:

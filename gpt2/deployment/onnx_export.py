@@ -24,7 +24,6 @@ import functools
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import warnings
@@ -41,10 +40,10 @@ from gpt2.attention import AttentionFn
 from gpt2.attention.mask import causal_mask
 from gpt2.attention.softmax import softmax_naive_attention
 from gpt2.attention.softplus import length_scale
-from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model
+from gpt2.checkpoint import Checkpoint, as_checkpoint, load_model
 from gpt2.deployment.artifacts import check_precision, checkpoint_identity, onnx_path
 from gpt2.deployment.graph_io import INPUT_NAMES, OUTPUT_NAMES
-from gpt2.io import fsync_dir
+from gpt2.io import fsync_dir, fsync_file
 from gpt2.model import GPT, ModelConfig
 
 # opset 18: LayerNormalization (17) and everything else we emit; parsed by every TensorRT 10.x (opset <= 20)
@@ -281,8 +280,7 @@ def export_model(
         tmp_path = Path(tmp) / path.name
         program.save(tmp_path)
         for file in Path(tmp).iterdir():
-            with open(file, "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(file)
         for old in path.parent.glob(path.name + "*"):
             old.unlink()
         for file in sorted(Path(tmp).iterdir(), key=lambda p: p.suffix == ".onnx"):  # the .onnx last
@@ -299,8 +297,8 @@ def export_checkpoint(
 ) -> tuple[Path, OnnxGraphInfo]:
     """Export a checkpoint at ``precision`` (default: ``CKPT/export/model.<precision>.onnx``) and check it."""
     dtype = check_precision(precision)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
-    model, _ = load_model(ckpt.path, "cpu", dtype, dropout=0.0)
+    ckpt = as_checkpoint(checkpoint)
+    model, _ = load_model(ckpt, "cpu", dtype)
     path = Path(path) if path else onnx_path(ckpt, precision)
     export_model(
         model.eval(), path, {**checkpoint_identity(ckpt, precision), "gpt2.opset": str(opset)}, opset

@@ -102,7 +102,7 @@ def _cached_logits(backend: InferenceBackend, tokens: torch.Tensor) -> tuple[tor
 def _loss(backend: InferenceBackend, batches: Sequence[Batch]) -> float:
     # Only the loss is compared; the byte table (for bits per byte) does not matter here.
     ones = np.ones(backend.vocab_size, dtype=np.int64)
-    return evaluate_loss(lambda t: backend.forward(t), batches, ones, device=backend.device).loss
+    return evaluate_loss(backend.forward, batches, ones, device=backend.device).loss
 
 
 def _greedy(backend: InferenceBackend, prompt: list[int], steps: int) -> list[int]:

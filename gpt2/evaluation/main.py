@@ -99,13 +99,13 @@ def run(args: argparse.Namespace) -> int:
     train_file = _train_tokens(ckpt, tokenizer) if cfg.unigram_baseline else None
     seq_len = cfg.seq_len or _training_seq_len(ckpt)
     _check_seq_len(seq_len, ckpt.model_config.max_seq_len, f"checkpoint {ckpt.path}")
-    precision = backend_precision(str(ckpt.path), cfg.backend, cfg.precision)
-    backend = open_backend(str(ckpt.path), cfg.backend, cfg.device, precision)
+    precision = backend_precision(ckpt, cfg.backend, cfg.precision)
+    backend = open_backend(ckpt, cfg.backend, cfg.device, precision)
     _check_seq_len(seq_len, backend.max_seq_len, f"the {cfg.backend} model")  # an export may take fewer
     total = count_eval_batches(token_file, seq_len, cfg.batch_size)
     max_batches = cfg.max_batches if 0 < cfg.max_batches < total else None  # N >= all of them: the whole set
     result = evaluate_loss(
-        lambda tokens: backend.forward(tokens),
+        backend.forward,
         eval_batches(token_file, seq_len, cfg.batch_size, max_batches),
         tokenizer.token_byte_lengths(),
         device=backend.device,

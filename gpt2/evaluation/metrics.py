@@ -19,7 +19,7 @@ import torch.distributed
 import torch.nn.functional as F
 from tqdm import tqdm
 
-IGNORE_INDEX = -100
+from gpt2.data.loader import IGNORE_INDEX
 
 
 @dataclass

@@ -24,7 +24,7 @@ def generate(
     positions: that, not the sum, must fit ``max_seq_len``.
     """
     if not prompt:
-        raise ValueError("the prompt must hold at least one token (start from <|endoftext|> for none)")
+        raise UserError("the prompt must hold at least one token (start from <|endoftext|> for none)")
     if max_new_tokens < 0:
         raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if num_samples < 1:

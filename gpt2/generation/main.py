@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, sampling = from_flags(GenerateConfig, args), from_flags(SamplingConfig, args)
     ckpt = find_checkpoint(args.checkpoint)
     tokenizer = Tokenizer.load(ckpt.tokenizer_path)
-    backend = open_backend(str(ckpt.path), cfg.backend, cfg.device, cfg.precision)
+    backend = open_backend(ckpt, cfg.backend, cfg.device, cfg.precision)
     records = []
     for n, prompt in enumerate(read_prompts(args, cfg)):
         # An empty prompt starts a fresh document, as GPT-2 does for unconditional samples.

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from gpt2.errors import UserError
 
-AttentionKind = Literal["softmax", "softmax_naive", "softplus"]
+AttentionKind = Literal["softmax", "softmax_naive", "softplus"]  # each one registered in gpt2.attention
+ATTENTION_KINDS: tuple[str, ...] = typing.get_args(AttentionKind)
 
 
 @dataclass
@@ -45,8 +46,8 @@ class ModelConfig:
             raise UserError(f"--head_dim must be >= 1, got {self.head_dim}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.attention not in typing.get_args(AttentionKind):
-            raise UserError(f"unknown --attention {self.attention!r}; choose one of {typing.get_args(AttentionKind)}")
+        if self.attention not in ATTENTION_KINDS:
+            raise UserError(f"unknown --attention {self.attention!r}; choose one of {ATTENTION_KINDS}")
         if self.softplus_length_base is not None:
             # Checked here, not at the first forward pass, when the run folder would already exist.
             if self.attention != "softplus":

@@ -40,6 +40,3 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.pos += n
-
-    def reset(self) -> None:
-        self.pos = 0

@@ -74,9 +74,5 @@ class TrainConfig:
         _check(self, positive=("seq_len", "batch_size", "accum_steps", "log_every", "max_bad_steps"),
                non_negative=("max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"))
 
-    @property
-    def tokens_per_micro_batch(self) -> int:
-        return self.batch_size * self.seq_len
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,6 +7,7 @@ import dataclasses
 
 from gpt2.flags import add_flags, from_flags
 from gpt2.model import ModelConfig, model_config_from_preset
+from gpt2.tokenizer import Tokenizer
 from gpt2.training.config import OptimConfig, TrainConfig
 from gpt2.training.parallel import shutdown_distributed
 from gpt2.training.trainer import Trainer
@@ -28,15 +29,14 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: int) -> ModelCo
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt2.tokenizer import Tokenizer
-
     cfg, optim_cfg = from_flags(TrainConfig, args), from_flags(OptimConfig, args)
+    tokenizer = Tokenizer.load(cfg.tokenizer)
     explicit = any(getattr(args, name) is not None for name in _MODEL_FIELDS)
     model_cfg = None
     if not cfg.resume or explicit:
-        model_cfg = model_config_from_args(args, Tokenizer.load(cfg.tokenizer).vocab_size)
+        model_cfg = model_config_from_args(args, tokenizer.vocab_size)
     try:
-        Trainer(cfg, optim_cfg, model_cfg).fit()
+        Trainer(cfg, optim_cfg, model_cfg, tokenizer).fit()
     finally:
         shutdown_distributed()  # flushes NCCL and releases the process group (a no-op without torchrun)
     return 0

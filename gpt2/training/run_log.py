@@ -14,7 +14,6 @@ class MetricsLog:
 
     def __init__(self, path: str | Path, enabled: bool = True) -> None:
         self.path = Path(path)
-        self.enabled = enabled
         self._file = open(self.path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
 
     def write(self, kind: str, step: int, **values: Any) -> None:

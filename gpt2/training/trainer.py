@@ -35,11 +35,10 @@ from gpt2.checkpoint import (
     load_training_state,
     save_checkpoint,
 )
-from gpt2.data.loader import TrainBatches, count_eval_batches, eval_batches
+from gpt2.data.loader import IGNORE_INDEX, TrainBatches, count_eval_batches, eval_batches
 from gpt2.data.tokens import TokenFile, check_tokenizer_matches
 from gpt2.errors import UserError
 from gpt2.evaluation import EvalResult, evaluate_loss
-from gpt2.evaluation.metrics import IGNORE_INDEX
 from gpt2.inference import resolve_device
 from gpt2.io import atomic_write
 from gpt2.model import GPT, ModelConfig
@@ -54,54 +53,30 @@ from gpt2.training.signals import StopRequest
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, optim_cfg: OptimConfig, model_cfg: ModelConfig | None = None) -> None:
-        """``model_cfg`` describes a new model; when resuming, the checkpoint's config is used (and checked)."""
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        optim_cfg: OptimConfig,
+        model_cfg: ModelConfig | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        """``model_cfg`` describes a new model; when resuming, the checkpoint's config is used (and checked).
+        ``tokenizer`` is the one at ``cfg.tokenizer`` if the caller has loaded it already."""
         self.cfg, self.optim_cfg = cfg, optim_cfg
         self.env, self.device = init_distributed(resolve_device(cfg.device))
         self.precision = resolve_precision(cfg.amp_fp16, cfg.amp_bf16, cfg.bf16, cfg.allow_tf32, self.device)
         if self.env.distributed and self.precision.loss_scaling:
             raise UserError("--amp_fp16 is not supported with FSDP; use --amp_bf16 or --bf16")
         self.run_dir = Path(cfg.out_dir)
-
-        self.tokenizer = Tokenizer.load(cfg.tokenizer)
-        data_dir = Path(cfg.data_dir)
-        self.train_tokens = TokenFile(data_dir / "train.bin")
-        self.eval_tokens = TokenFile(data_dir / "eval.bin")
-        for token_file in (self.train_tokens, self.eval_tokens):
-            check_tokenizer_matches(token_file, self.tokenizer)
+        self._load_data(tokenizer or Tokenizer.load(cfg.tokenizer))
 
         resume_from = self._checkpoint_to_resume()
         barrier()  # every rank has looked at the run folder before rank 0 writes to it
-        if resume_from is not None:
-            model_cfg = self._check_resume_compatible(resume_from, model_cfg)
-        elif model_cfg is None:
-            raise ValueError("a new run needs a model config")
-        if model_cfg.vocab_size != self.tokenizer.vocab_size:
-            raise UserError(
-                f"model vocab_size {model_cfg.vocab_size} != tokenizer vocab_size {self.tokenizer.vocab_size}"
-            )
-        if cfg.seq_len > model_cfg.max_seq_len:
-            raise UserError(f"--seq_len {cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
-
-        # Initialise on the CPU from the seed: every rank (and a single-process run) starts identical.
-        torch.manual_seed(cfg.seed)
-        model = GPT(model_cfg).to(self.device, dtype=self.precision.param_dtype)
-        # Under FSDP, bf16 compute is FSDP's mixed-precision policy (bf16 params, fp32 reduction), not autocast.
-        fsdp_bf16 = self.env.distributed and self.precision.compute_dtype == torch.bfloat16
-        if self.env.distributed:
-            apply_fsdp(model, param_dtype=torch.bfloat16 if fsdp_bf16 else None)
-        self.model = model
-        self.forward = torch.compile(model) if cfg.compile else model  # state dicts come from the raw module
-        self.autocast_dtype = self.precision.compute_dtype if self.precision.autocast and not fsdp_bf16 else None
-        self.optimizer = build_optimizer(model, optim_cfg, self.device.type)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.loss_scaling)
+        self._build_model(self._model_config(resume_from, model_cfg))
         self.batches = TrainBatches(
             self.train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed,
             rank=self.env.rank, world_size=self.env.world_size, accum_steps=cfg.accum_steps,
         )  # fmt: skip
-        self.token_bytes = self.tokenizer.token_byte_lengths()
-        self.flops_per_token = model.flops_per_token(cfg.seq_len)
-        self.peak_flops = peak_flops(self.device, compute_kind(self.precision.compute_dtype, cfg.allow_tf32))
 
         self.step = 0
         self.bad_steps = 0  # consecutive steps with a non-finite loss or gradient
@@ -114,11 +89,50 @@ class Trainer:
         if resume_from is not None:
             self.metrics.write("resume", self.step, checkpoint=str(resume_from.path))
 
-    @property
-    def global_batch(self) -> int:
-        return self.cfg.batch_size * self.cfg.accum_steps * self.env.world_size
-
     # ----------------------------------------------------------------- setup
+    def _load_data(self, tokenizer: Tokenizer) -> None:
+        """The tokenizer and the train/eval token files, which must have been encoded with it."""
+        self.tokenizer = tokenizer
+        data_dir = Path(self.cfg.data_dir)
+        self.train_tokens = TokenFile(data_dir / "train.bin")
+        self.eval_tokens = TokenFile(data_dir / "eval.bin")
+        for token_file in (self.train_tokens, self.eval_tokens):
+            check_tokenizer_matches(token_file, tokenizer)
+        self.token_bytes = tokenizer.token_byte_lengths()  # for bits per byte
+
+    def _model_config(self, resume_from: Checkpoint | None, requested: ModelConfig | None) -> ModelConfig:
+        """The checkpoint's config when resuming (``requested``, if given, must equal it), else ``requested``."""
+        if resume_from is not None:
+            model_cfg = self._check_resume_compatible(resume_from, requested)
+        elif requested is None:
+            raise ValueError("a new run needs a model config")
+        else:
+            model_cfg = requested
+        if model_cfg.vocab_size != self.tokenizer.vocab_size:
+            raise UserError(
+                f"model vocab_size {model_cfg.vocab_size} != tokenizer vocab_size {self.tokenizer.vocab_size}"
+            )
+        if self.cfg.seq_len > model_cfg.max_seq_len:
+            raise UserError(f"--seq_len {self.cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
+        return model_cfg
+
+    def _build_model(self, model_cfg: ModelConfig) -> None:
+        """The model (sharded under FSDP, compiled with --compile), its optimizer and loss scaler."""
+        # Initialise on the CPU from the seed: every rank (and a single-process run) starts identical.
+        torch.manual_seed(self.cfg.seed)
+        model = GPT(model_cfg).to(self.device, dtype=self.precision.param_dtype)
+        # Under FSDP, bf16 compute is FSDP's mixed-precision policy (bf16 params, fp32 reduction), not autocast.
+        fsdp_bf16 = self.env.distributed and self.precision.compute_dtype == torch.bfloat16
+        if self.env.distributed:
+            apply_fsdp(model, param_dtype=torch.bfloat16 if fsdp_bf16 else None)
+        self.model = model
+        self.forward = torch.compile(model) if self.cfg.compile else model  # state dicts come from the raw module
+        self.autocast_dtype = self.precision.compute_dtype if self.precision.autocast and not fsdp_bf16 else None
+        self.optimizer = build_optimizer(model, self.optim_cfg, self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.loss_scaling)
+        self.flops_per_token = model.flops_per_token(self.cfg.seq_len)
+        self.peak_flops = peak_flops(self.device, compute_kind(self.precision.compute_dtype, self.cfg.allow_tf32))
+
     def _checkpoint_to_resume(self) -> Checkpoint | None:
         if not self.cfg.resume:
             if list_checkpoints(self.run_dir) or (self.run_dir / "metrics.jsonl").exists():
@@ -187,8 +201,8 @@ class Trainer:
         except torch.OutOfMemoryError:
             raise UserError(
                 f"out of GPU memory with --batch_size {self.cfg.batch_size} x --seq_len {self.cfg.seq_len}: lower "
-                f"--batch_size and raise --accum_steps to keep the global batch of {self.global_batch} sequences, "
-                "or use --amp_bf16 / --bf16"
+                "--batch_size and raise --accum_steps to keep the global batch of "
+                f"{self.batches.global_batch} sequences, or use --amp_bf16 / --bf16"
             ) from None
         finally:
             self.metrics.close()
@@ -220,8 +234,8 @@ class Trainer:
                     bar.close()
                     path = self._save_if_sound()
                     if self.env.is_main:
-                        saved = f"saved {path}" if path else f"newest checkpoint: {self._newest_checkpoint()}"
-                        print(f"stopped at step {self.step}; {saved}\nresume: the same command with --resume")
+                        print(f"stopped at step {self.step}; {self._saved(path)}\n"
+                              "resume: the same command with --resume")  # fmt: skip
                     return last_eval
                 final = self.step == cfg.max_steps
                 with window.paused():  # tokens/s counts training time only
@@ -239,8 +253,7 @@ class Trainer:
         if self.env.is_main:
             print(
                 f"step {self.step}: eval loss {last_eval.loss:.4f}, perplexity {last_eval.perplexity:.2f}, "
-                f"bits per byte {last_eval.bits_per_byte:.4f}\n"
-                f"{f'saved {path}' if path else f'newest checkpoint: {self._newest_checkpoint()}'}"
+                f"bits per byte {last_eval.bits_per_byte:.4f}\n{self._saved(path)}"
             )
         return last_eval
 
@@ -309,6 +322,10 @@ class Trainer:
         checkpoints = list_checkpoints(self.run_dir)
         return str(checkpoints[-1]) if checkpoints else "none yet"
 
+    def _saved(self, path: Path | None) -> str:
+        """The checkpoint a stop leaves: the one just saved, or else the newest there is."""
+        return f"saved {path}" if path else f"newest checkpoint: {self._newest_checkpoint()}"
+
     def _save_if_sound(self) -> Path | None:
         """Save a checkpoint, unless the latest step had a non-finite loss: those weights may be damaged,
         and saving them would count (and prune) as one of the newest checkpoints."""
@@ -319,7 +336,7 @@ class Trainer:
         return self.save()
 
     def _log(self, window: _Window) -> dict[str, float]:
-        tokens_per_s = window.steps * self.global_batch * self.cfg.seq_len / window.seconds()
+        tokens_per_s = window.steps * self.batches.global_batch * self.cfg.seq_len / window.seconds()
         counted = window.steps - window.skipped
         record = {
             "loss": window.loss_sum / counted if counted else math.nan,  # written as null
@@ -371,7 +388,7 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "optim_config": asdict(self.optim_cfg),
             "precision": self.precision.name,
-            "tokens_seen": self.step * self.global_batch * self.cfg.seq_len,
+            "tokens_seen": self.step * self.batches.global_batch * self.cfg.seq_len,
             "data": {"train": str(self.train_tokens.path.resolve()), "eval": str(self.eval_tokens.path.resolve())},
             "tokenizer_source": str(self.cfg.tokenizer),
         }
@@ -389,14 +406,14 @@ class Trainer:
             ) from e
 
     def _print_header(self) -> None:
-        cfg, model = self.cfg, self.model
+        cfg, model, global_batch = self.cfg, self.model, self.batches.global_batch
         print(
             f"model: {model.num_params() / 1e6:.2f}M non-embedding parameters, {model.cfg}\n"
             f"device: {self.device}, world size {self.env.world_size}, precision {self.precision.name}"
             f"{', compiled' if cfg.compile else ''}\n"
             f"data: {len(self.train_tokens):,} train tokens, {len(self.eval_tokens):,} eval tokens\n"
-            f"global batch: {self.global_batch} sequences x {cfg.seq_len} tokens = "
-            f"{self.global_batch * cfg.seq_len:,} tokens (batch_size {cfg.batch_size} x accum_steps "
+            f"global batch: {global_batch} sequences x {cfg.seq_len} tokens = "
+            f"{global_batch * cfg.seq_len:,} tokens (batch_size {cfg.batch_size} x accum_steps "
             f"{cfg.accum_steps} x world size {self.env.world_size})\n"
             f"run folder: {self.run_dir}"
         )
