@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from gpt2.errors import UserError
+from gpt2.interrupt import Interrupted
 
 # name -> (module, one-line help), in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # a data command stopped by SIGINT/SIGTERM, its cleanup done
+        print(f"\n{e}", file=sys.stderr)
+        return 128 + e.signum
     return int(result or 0)
 
 
