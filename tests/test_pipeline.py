@@ -136,7 +136,7 @@ def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
     assert "is unfinished (no manifest.json" in capsys.readouterr().err
     (tmp_path / "empty" / "manifest.json").write_text("{}")
     assert cli(["train-tokenizer", "--corpus_dir", str(tmp_path / "empty"), "--out", str(tmp_path / "t.json")]) == 2
-    assert "no text shards" in capsys.readouterr().err
+    assert "has a corrupt manifest.json: no record of the train split" in capsys.readouterr().err
     # Flags the model or the eval set cannot take.
     for flags, message in (
         (["--seq_len", "512"], "--seq_len 512 exceeds the max_seq_len 128"),

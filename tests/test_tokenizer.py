@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 import regex
+from conftest import write_manifest
 from tokenizers import Tokenizer as HFTokenizer
 
 from gpt2.cli import main as cli
@@ -135,7 +136,7 @@ def test_max_bytes_trains_on_a_prefix(wiki_corpus, tmp_path):
     writer = ShardWriter(tmp_path / "one_doc" / "train", "train", shard_bytes=1 << 30)
     writer.add(first_doc)
     writer.close()
-    (tmp_path / "one_doc" / "manifest.json").write_text("{}")
+    write_manifest(tmp_path / "one_doc")
     common = {"vocab_size": 400, "min_frequency": 2}
     prefix = TokenizerConfig(
         corpus_dir=str(wiki_corpus), out=str(tmp_path / "prefix.json"), max_bytes=1, **common
@@ -143,3 +144,4 @@ def test_max_bytes_trains_on_a_prefix(wiki_corpus, tmp_path):
     alone = TokenizerConfig(corpus_dir=str(tmp_path / "one_doc"), out=str(tmp_path / "alone.json"), **common)
     # max_bytes stops after the document that reaches it: here the first one, and nothing else.
     assert train_tokenizer(prefix, False).sha256 == train_tokenizer(alone, False).sha256
+

@@ -27,6 +27,7 @@ from gpt2.data import wikipedia
 from gpt2.data.download import DownloadError, download, download_dump, dump_file_name
 from gpt2.data.sample import sample_dump_path
 from gpt2.data.text_shards import ShardWriter, iter_documents
+from gpt2.data.tokens import TokenFile
 from gpt2.data.wikipedia import DumpError, PrepareConfig, iter_pages, open_dump, prepare, split_of
 from gpt2.errors import UserError
 
@@ -261,6 +262,71 @@ def test_an_unfinished_corpus_is_refused_by_the_next_stages(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "unfinished (no manifest.json" in err and "--overwrite" in err
     assert not tokenizer.exists() and not (tmp_path / "tok").exists()
+
+
+def cut_in_a_character(path: Path) -> None:
+    """Truncate a shard in the middle of its last multi-byte UTF-8 character."""
+    data = path.read_bytes()
+    last = max(i for i, b in enumerate(data) if b >= 0xC0)  # the lead byte of a multi-byte character
+    path.write_bytes(data[: last + 1])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: (c / "train" / "train_00002.txt").unlink(), "is missing 1 of its 5 shards (train_00002.txt"),
+        (lambda c: cut_in_a_character(c / "train" / "train_00003.txt"), "its manifest records 2,"),
+        (lambda c: shutil.copy(c / "train" / "train_00000.txt", c / "train" / "train_00005.txt"),
+         "train_00005.txt is not a shard of this corpus"),
+        (lambda c: (c / "manifest.json").write_text("[]"), "corrupt manifest.json: no record of the"),
+        (lambda c: (c / "manifest.json").write_bytes(b"\xff{}"), "corrupt manifest.json ("),
+    ],
+    ids=["missing", "cut-in-a-character", "stray", "manifest-a-list", "manifest-not-utf8"],
+)  # fmt: skip
+def test_shards_that_are_not_the_manifests_are_refused(tmp_path, prepared, wiki_tokenizer, damage, message, capsys):
+    corpus = tmp_path / "wiki"
+    shutil.copytree(prepared[0], corpus)
+    assert prepared[1]["splits"]["train"]["shards"] == 5
+    damage(corpus)
+    tokens, tokenizer = tmp_path / "tokens", tmp_path / "tokenizer.json"
+    for args in (
+        ["train-tokenizer", "--corpus_dir", str(corpus), "--out", str(tokenizer), "--vocab_size", "300"],
+        ["encode", "--corpus_dir", str(corpus), "--tokenizer", str(wiki_tokenizer.path), "--out_dir", str(tokens)],
+    ):
+        assert cli(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "--overwrite" in err, err
+    assert not tokenizer.exists() and not tokens.exists()
+
+
+def test_a_shard_that_is_not_utf8_is_a_clear_error(tmp_path, prepared, wiki_tokenizer, capsys):
+    corpus = tmp_path / "wiki"
+    shutil.copytree(prepared[0], corpus)
+    shard = corpus / "train" / "train_00001.txt"
+    data = bytearray(shard.read_bytes())
+    data[1000] = 0xFF  # never valid in UTF-8; the size is unchanged, so the manifest still agrees
+    shard.write_bytes(data)
+    tokens, tokenizer = tmp_path / "tokens", tmp_path / "tokenizer.json"
+    for args in (
+        ["train-tokenizer", "--corpus_dir", str(corpus), "--out", str(tokenizer), "--vocab_size", "300"],
+        ["encode", "--corpus_dir", str(corpus), "--tokenizer", str(wiki_tokenizer.path), "--out_dir", str(tokens)],
+    ):
+        assert cli(args) == 2, args
+        err = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
+        assert err == f"error: shard {shard} is damaged: not UTF-8 at byte 1,000 (invalid start byte); prepare the " \
+                      "corpus again (--overwrite)"  # fmt: skip
+    assert not tokenizer.exists()
+
+
+def test_only_the_shards_are_read(tmp_path, prepared, wiki_tokenizer):
+    corpus = tmp_path / "wiki"
+    shutil.copytree(prepared[0], corpus)
+    for name in ("notes.txt", "train_00000.txt.tmp", "train_draft.txt", "eval_00000.txt"):
+        (corpus / "train" / name).write_text("Not a document of the corpus\nsome text\n\n")
+    assert cli(["encode", "--corpus_dir", str(corpus), "--tokenizer", str(wiki_tokenizer.path),
+                "--out_dir", str(tmp_path / "tokens")]) == 0  # fmt: skip
+    assert TokenFile(tmp_path / "tokens" / "train.bin").header.n_docs == prepared[1]["splits"]["train"]["docs"]
+    assert not [doc for doc in iter_documents(corpus / "train") if doc.startswith("Not a document")]
 
 
 def test_an_empty_eval_split_is_named_by_the_next_stage(tmp_path, wiki_tokenizer, capsys):
