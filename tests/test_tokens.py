@@ -194,3 +194,22 @@ def test_encode_refuses_an_empty_eval_split_before_writing(wiki_corpus, wiki_tok
     assert "eval split" in err and "is empty" in err
     assert not out.exists()
 
+
+def test_a_failed_encode_overwrite_keeps_the_earlier_pair(wiki_corpus, wiki_tokenizer, tmp_path, capsys):
+    out = tmp_path / "tokens"
+    assert cli(encode_args(small_corpus(wiki_corpus, tmp_path / "first"), wiki_tokenizer, out)) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    # Another corpus: other eval documents (encoded first), and a second train shard damaged after prepare (same
+    # size, so its manifest agrees, but not UTF-8), which fails once eval.bin is done.
+    second = small_corpus(wiki_corpus, tmp_path / "second", eval_text="Another article\nwith other text\n\n")
+    shard = second / "train" / "train_00001.txt"
+    data = bytearray((wiki_corpus / "train" / "train_00001.txt").read_bytes())
+    shard.write_bytes(data)
+    write_manifest(second)
+    data[len(data) // 2] = 0xFF
+    shard.write_bytes(data)
+    assert cli([*encode_args(second, wiki_tokenizer, out), "--overwrite"]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    # Both old files as they were (never a new eval.bin beside the old train.bin), and nothing else.
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert set(before) == {"train.bin", "eval.bin"}

@@ -315,7 +315,7 @@ def test_a_shard_that_is_not_utf8_is_a_clear_error(tmp_path, prepared, wiki_toke
         err = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
         assert err == f"error: shard {shard} is damaged: not UTF-8 at byte 1,000 (invalid start byte); prepare the " \
                       "corpus again (--overwrite)"  # fmt: skip
-    assert not tokenizer.exists()
+    assert not tokenizer.exists() and not tokens.exists()
 
 
 def test_only_the_shards_are_read(tmp_path, prepared, wiki_tokenizer):
