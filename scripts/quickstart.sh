@@ -2,9 +2,11 @@
 # The whole pipeline on the bundled Wikipedia excerpt (206 real articles shipped by gensim), in minutes on a CPU:
 # dump -> text shards -> tokenizer -> token files -> train a tiny GPT-2 -> evaluate -> generate.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Paths you set are relative to the folder you run this from; the defaults below are the repo's folders.
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
 
-OUT=${QUICKSTART_DIR:-runs/quickstart}         # QUICKSTART_DIR, not WORK: clusters set $WORK to yours
+OUT=${QUICKSTART_DIR:-$REPO/runs/quickstart}   # QUICKSTART_DIR, not WORK: clusters set $WORK to yours
 ATTENTION=${ATTENTION:-softplus}               # softmax | softmax_naive | softplus
 VOCAB_SIZE=${VOCAB_SIZE:-4096}
 MAX_STEPS=${MAX_STEPS:-600}
