@@ -14,7 +14,16 @@ SEQ_LEN=${SEQ_LEN:-128}
 BATCH_SIZE=${BATCH_SIZE:-16}
 DEVICE=${DEVICE:-auto}                         # a GPU when there is one
 
-# Start afresh, removing only what this script writes: the folder may hold other files.
+# Start afresh, removing only what this script writes, and only in a folder it made (marked by MARKER): a
+# QUICKSTART_DIR that holds anything else (say, a real pipeline's data/) is refused, not emptied.
+MARKER="$OUT/.quickstart"
+if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
+  echo "error: $OUT is not empty and has no $MARKER: this script did not make it, and will not delete" \
+    "anything in it; set QUICKSTART_DIR to a new or empty folder (or remove $OUT yourself)" >&2
+  exit 2
+fi
+mkdir -p "$OUT"
+touch "$MARKER"
 rm -rf "$OUT/wiki" "$OUT/tokenizer.json" "$OUT/tokens" "$OUT/run"
 python -m gpt2 prepare --dump sample --out_dir "$OUT/wiki" --eval_fraction 0.1
 python -m gpt2 train-tokenizer --corpus_dir "$OUT/wiki" --vocab_size "$VOCAB_SIZE" --out "$OUT/tokenizer.json"

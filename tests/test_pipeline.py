@@ -228,3 +228,32 @@ def test_every_launcher_runs_from_the_callers_folder_with_the_repos_defaults(fak
     value = args[args.index(variable) + 1] if variable else args[args.index("gpt2") + 2]  # after the command
     assert value == (str(REPO / default) if default else "quick/wiki")
 
+
+def test_quickstart_empties_only_a_folder_it_made(fake_python, tmp_path):
+    env, calls = fake_python
+    launcher = ["bash", str(REPO / "scripts" / "quickstart.sh")]
+    # A real pipeline's data: refused, untouched, nothing run.
+    data = tmp_path / "data"
+    (data / "wiki").mkdir(parents=True)
+    (data / "wiki" / "manifest.json").write_text("{}")
+    (data / "tokenizer.json").write_text("{}")
+    done = subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(data)}, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {data} is not empty and has no {data}/.quickstart")
+    assert sorted(p.name for p in data.rglob("*")) == ["manifest.json", "tokenizer.json", "wiki"]
+    assert not calls.exists()
+    # A new folder: marked, then run; run again, it starts afresh but keeps files of the user's.
+    mine = tmp_path / "mine"
+    assert subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(mine)}, capture_output=True).returncode == 1
+    assert (mine / ".quickstart").exists() and len(calls.read_text().splitlines()) == 1
+    for old in ("wiki/train", "tokens", "run"):
+        (mine / old).mkdir(parents=True)
+    (mine / "tokenizer.json").write_text("{}")
+    (mine / "notes.md").write_text("mine")
+    assert subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(mine)}, capture_output=True).returncode == 1
+    assert sorted(p.name for p in mine.iterdir()) == [".quickstart", "notes.md"]
+    # A file, or an empty folder made by hand.
+    (tmp_path / "a_file").write_text("x")
+    assert subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(tmp_path / "a_file")}).returncode == 2
+    (tmp_path / "empty").mkdir()
+    assert subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(tmp_path / "empty")}).returncode == 1
+    assert (tmp_path / "empty" / ".quickstart").exists()
