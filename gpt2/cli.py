@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import signal
 import sys
 
 from gpt2.errors import UserError
+from gpt2.interrupt import Interrupted
 
 # name -> (module, one-line help), in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {paths}" if paths else " (writing an output: is the disk full?)" if e.errno in NO_SPACE else ""
         print(f"error: {e.strerror}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        # A second Ctrl-C: training turns the first into a checkpoint and a clean stop (training/signals.py).
-        print(f"error: {args.command} interrupted", file=sys.stderr)
-        return 130
+    except Interrupted as e:  # a data command stopped by SIGINT/SIGTERM, its cleanup done
+        print(f"\n{e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # any other command (training turns a first Ctrl-C into a checkpoint and a stop)
+        print(f"\n{Interrupted(signal.SIGINT)}", file=sys.stderr)
+        return 128 + signal.SIGINT
     return int(result or 0)
 
 

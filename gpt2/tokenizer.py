@@ -28,6 +28,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from gpt2.data.text_shards import corpus_split, iter_documents
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
+from gpt2.interrupt import exit_on_signals
 from gpt2.io import atomic_write
 
 EOT = "<|endoftext|>"
@@ -147,6 +148,8 @@ def _take_bytes(docs: Iterator[str], max_bytes: int) -> Iterator[str]:
 def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> Tokenizer:
     """Train a byte-level BPE on ``corpus_dir/train``, streamed (memory grows with distinct words)."""
     out = Path(cfg.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file path such as {out / 'tokenizer.json'}")
     if out.exists() and not cfg.overwrite:
         raise UserError(
             f"{out} already exists; pass --overwrite to replace it (token files made with it will no "
@@ -156,6 +159,7 @@ def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> Tokenizer:
     first = next(documents, None)
     if first is None:
         raise UserError(f"{Path(cfg.corpus_dir) / 'train'} holds no documents")
+    _check_writable(out)  # now, not after hours of training
 
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)  # GPT-2's split
@@ -167,12 +171,29 @@ def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, seen or not
         show_progress=progress,
     )
-    hf.train_from_iterator(itertools.chain([first], documents), trainer)
+    # Hugging Face's training runs in Rust, where Python's signal handlers wait for it to return: Ctrl-C
+    # (or SIGTERM) ends the process at once instead; nothing is written before the end.
+    with exit_on_signals(f"nothing written to {out}"):
+        print(f"training a {cfg.vocab_size:,}-token BPE on {Path(cfg.corpus_dir) / 'train'} -> {out}", flush=True)
+        hf.train_from_iterator(itertools.chain([first], documents), trainer)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out, "w", encoding="utf-8") as f:
         f.write(hf.to_str(pretty=True))
     return Tokenizer.load(out)
+
+
+def _check_writable(out: Path) -> None:
+    """A file can be created at ``out`` (its folder is made here)."""
+    above = next(p for p in out.parents if p.exists())  # at worst "." or "/"
+    if not above.is_dir():
+        raise UserError(f"cannot write --out {out}: {above} is a file, not a folder")
+    probe = out.with_name(out.name + ".tmp")  # the name atomic_write will write to
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write --out {out}: {e.strerror or e}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,9 +2,12 @@
 # Export a checkpoint to ONNX, check it against PyTorch, build a TensorRT engine (GPU + TensorRT, e.g. the NGC
 # container), and benchmark every backend. Edit the variables below, or set them in the environment.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Paths you set are relative to the folder you run this from; the defaults below are the repo's folders.
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
 
-CHECKPOINT=${CHECKPOINT:-runs/gpt2-softplus}   # a checkpoint folder, or a run folder (its newest checkpoint)
+# A checkpoint folder, or a run folder (its newest checkpoint):
+CHECKPOINT=${CHECKPOINT:-$REPO/runs/gpt2-softplus}
 PRECISION=${PRECISION:-fp16}                   # fp32 | fp16 | bf16 (bf16: TensorRT only; ORT's CPU has no bf16)
                                                # generate/evaluate --backend open it (their PRECISION=auto picks
                                                # fp32 if exported, else the only export; or set it there)

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Evaluate a checkpoint: loss, perplexity, bits per byte. Edit the variables below, or set them in the environment.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Paths you set are relative to the folder you run this from; the defaults below are the repo's folders.
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
 
-CHECKPOINT=${CHECKPOINT:-runs/gpt2-softplus}   # a checkpoint folder, or a run folder (its newest checkpoint)
+# A checkpoint folder, or a run folder (its newest checkpoint):
+CHECKPOINT=${CHECKPOINT:-$REPO/runs/gpt2-softplus}
 EVAL_TOKENS=${EVAL_TOKENS:-}                   # empty: the eval.bin the model was trained with
 MAX_BATCHES=${MAX_BATCHES:-0}                  # 0: the whole eval set, exactly once
 BATCH_SIZE=${BATCH_SIZE:-8}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Sample text from a checkpoint. Edit the variables below, or set them in the environment.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Paths you set are relative to the folder you run this from; the defaults below are the repo's folders.
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
 
-CHECKPOINT=${CHECKPOINT:-runs/gpt2-softplus}
+CHECKPOINT=${CHECKPOINT:-$REPO/runs/gpt2-softplus}
 PROMPT=${PROMPT:-"The history of"}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-200}
 NUM_SAMPLES=${NUM_SAMPLES:-3}

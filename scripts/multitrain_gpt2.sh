@@ -2,7 +2,9 @@
 # Train GPT-2 on several GPUs / nodes with FSDP2 through torchrun: the same trainer as train_gpt2.sh.
 # Run this script on every node (NODE_RANK 0..NNODES-1). Edit the variables below, or set them in the environment.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Paths you set are relative to the folder you run this from; the defaults below are the repo's folders.
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
 
 NNODES=${NNODES:-1}
 NPROC_PER_NODE=${NPROC_PER_NODE:-8}            # GPUs per node
@@ -10,9 +12,9 @@ NODE_RANK=${NODE_RANK:-0}
 RDZV_ENDPOINT=${RDZV_ENDPOINT:-localhost:29500} # host:port of node 0
 RDZV_ID=${RDZV_ID:-gpt2-softplus}
 
-DATA_DIR=${DATA_DIR:-data/tokens}
-TOKENIZER=${TOKENIZER:-data/tokenizer.json}
-OUT_DIR=${OUT_DIR:-runs/gpt2-softplus-fsdp}
+DATA_DIR=${DATA_DIR:-$REPO/data/tokens}
+TOKENIZER=${TOKENIZER:-$REPO/data/tokenizer.json}
+OUT_DIR=${OUT_DIR:-$REPO/runs/gpt2-softplus-fsdp}
 RESUME=${RESUME:-false}
 
 PRESET=${PRESET:-gpt2}

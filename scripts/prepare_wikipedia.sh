@@ -2,15 +2,17 @@
 # Turn a Wikipedia pages-articles XML dump into clean plain-text train/eval shards. Edit the variables below,
 # or set them in the environment; extra arguments are passed on (e.g. --overwrite, --max_pages 1000).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Paths you set are relative to the folder you run this from; the defaults below are the repo's folders.
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
 
 # sample: the 206-page excerpt bundled with gensim (seconds). The full English Wikipedia (~22 GB of bz2, about
 # an hour on 16 cores): DUMP=https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2
 # A URL is downloaded to DOWNLOAD_DIR first (resumable: run again after an interruption). Also a local .xml or
 # .xml.bz2; past ~16 workers the parent's bz2 decompression is the limit: `lbzip2 -dk` it and give the .xml.
 DUMP=${DUMP:-sample}
-OUT_DIR=${OUT_DIR:-data/wiki}                  # train/, eval/, manifest.json
-DOWNLOAD_DIR=${DOWNLOAD_DIR:-data/dumps}
+OUT_DIR=${OUT_DIR:-$REPO/data/wiki}            # train/, eval/, manifest.json
+DOWNLOAD_DIR=${DOWNLOAD_DIR:-$REPO/data/dumps}
 EVAL_FRACTION=${EVAL_FRACTION:-auto}           # by a hash of the title; auto: 0.1 for the sample (98 articles),
                                                # 0.005 for a real dump
 SHARD_SIZE_MB=${SHARD_SIZE_MB:-100}

@@ -2,9 +2,11 @@
 # The whole pipeline on the bundled Wikipedia excerpt (206 real articles shipped by gensim), in minutes on a CPU:
 # dump -> text shards -> tokenizer -> token files -> train a tiny GPT-2 -> evaluate -> generate.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Paths you set are relative to the folder you run this from; the defaults below are the repo's folders.
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
 
-OUT=${QUICKSTART_DIR:-runs/quickstart}         # QUICKSTART_DIR, not WORK: clusters set $WORK to yours
+OUT=${QUICKSTART_DIR:-$REPO/runs/quickstart}   # QUICKSTART_DIR, not WORK: clusters set $WORK to yours
 ATTENTION=${ATTENTION:-softplus}               # softmax | softmax_naive | softplus
 VOCAB_SIZE=${VOCAB_SIZE:-4096}
 MAX_STEPS=${MAX_STEPS:-600}
@@ -12,7 +14,16 @@ SEQ_LEN=${SEQ_LEN:-128}
 BATCH_SIZE=${BATCH_SIZE:-16}
 DEVICE=${DEVICE:-auto}                         # a GPU when there is one
 
-# Start afresh, removing only what this script writes: the folder may hold other files.
+# Start afresh, removing only what this script writes, and only in a folder it made (marked by MARKER): a
+# QUICKSTART_DIR that holds anything else (say, a real pipeline's data/) is refused, not emptied.
+MARKER="$OUT/.quickstart"
+if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
+  echo "error: $OUT is not empty and has no $MARKER: this script did not make it, and will not delete" \
+    "anything in it; set QUICKSTART_DIR to a new or empty folder (or remove $OUT yourself)" >&2
+  exit 2
+fi
+mkdir -p "$OUT"
+touch "$MARKER"
 rm -rf "$OUT/wiki" "$OUT/tokenizer.json" "$OUT/tokens" "$OUT/run"
 python -m gpt2 prepare --dump sample --out_dir "$OUT/wiki" --eval_fraction 0.1
 python -m gpt2 train-tokenizer --corpus_dir "$OUT/wiki" --vocab_size "$VOCAB_SIZE" --out "$OUT/tokenizer.json"

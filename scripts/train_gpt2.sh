@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Train GPT-2 in one process (one GPU, or the CPU). Edit the variables below, or set them in the environment.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Paths you set are relative to the folder you run this from; the defaults below are the repo's folders.
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
 
-DATA_DIR=${DATA_DIR:-data/tokens}              # train.bin / eval.bin from scripts/encode_wikipedia.sh
-TOKENIZER=${TOKENIZER:-data/tokenizer.json}
-OUT_DIR=${OUT_DIR:-runs/gpt2-softplus}
+DATA_DIR=${DATA_DIR:-$REPO/data/tokens}        # train.bin / eval.bin from scripts/encode_wikipedia.sh
+TOKENIZER=${TOKENIZER:-$REPO/data/tokenizer.json}
+OUT_DIR=${OUT_DIR:-$REPO/runs/gpt2-softplus}
 RESUME=${RESUME:-false}                        # true: continue OUT_DIR from its newest checkpoint
 
 PRESET=${PRESET:-gpt2}                         # small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl

@@ -2,6 +2,7 @@
 
 import bz2
 import html
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ else:  # compiled kernels: test the first config of each, rather than tune (comp
     os.environ.setdefault("SOFTPLUS_AUTOTUNE", "0")
 
 from gpt2.data.sample import sample_dump_path  # noqa: E402  (after the interpreter switch)
-from gpt2.data.text_shards import ShardWriter  # noqa: E402
+from gpt2.data.text_shards import SPLITS, ShardWriter, iter_documents  # noqa: E402
 from gpt2.data.tokens import EncodeConfig, TokenFile, encode_corpus  # noqa: E402
 from gpt2.data.wikipedia import PrepareConfig, prepare  # noqa: E402
 from gpt2.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
@@ -40,6 +41,17 @@ def wikipedia_pages(n: int) -> list[str]:
     return pages
 
 
+def write_manifest(root: Path, **fields) -> None:
+    """A manifest.json for the shards in ``root/{train,eval}`` as they are, like prepare's (a split without
+    shards is recorded as empty)."""
+    splits = {}
+    for split in SPLITS:
+        shards = sorted((root / split).glob(f"{split}_*.txt"))
+        docs = len(list(iter_documents(root / split))) if shards else 0
+        splits[split] = {"docs": docs, "bytes": sum(p.stat().st_size for p in shards), "shards": len(shards)}
+    (root / "manifest.json").write_text(json.dumps({**fields, "splits": splits}) + "\n")
+
+
 @pytest.fixture(scope="session")
 def wiki_corpus(tmp_path_factory) -> Path:
     """A corpus layout (train/ and eval/ shards) of 24 + 6 real pages as raw wikitext (1.4 MB): markup,
@@ -51,7 +63,7 @@ def wiki_corpus(tmp_path_factory) -> Path:
         for doc in docs:
             writer.add(doc)
         writer.close()
-    (root / "manifest.json").write_text('{"dump_spec": "raw wikitext of 30 sample pages (test fixture)"}\n')  # finished
+    write_manifest(root, dump_spec="raw wikitext of 30 sample pages (test fixture)")  # finished
     return root
 
 

@@ -1,9 +1,14 @@
 """The whole pipeline through its command line, on the real excerpt, as scripts/quickstart.sh runs it (smaller):
 prepare -> train-tokenizer -> encode -> train -> evaluate -> generate."""
 
+import bz2
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +17,7 @@ import torch
 from gpt2.checkpoint import find_checkpoint, load_model
 from gpt2.cli import main as cli
 from gpt2.data.loader import IGNORE_INDEX, eval_batches
+from gpt2.data.sample import sample_dump_path
 from gpt2.data.tokens import TokenFile
 from gpt2.tokenizer import Tokenizer
 from gpt2.training.run_log import read_metrics
@@ -136,7 +142,7 @@ def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
     assert "is unfinished (no manifest.json" in capsys.readouterr().err
     (tmp_path / "empty" / "manifest.json").write_text("{}")
     assert cli(["train-tokenizer", "--corpus_dir", str(tmp_path / "empty"), "--out", str(tmp_path / "t.json")]) == 2
-    assert "no text shards" in capsys.readouterr().err
+    assert "has a corrupt manifest.json: no record of the train split" in capsys.readouterr().err
     # Flags the model or the eval set cannot take.
     for flags, message in (
         (["--seq_len", "512"], "--seq_len 512 exceeds the max_seq_len 128"),
@@ -159,3 +165,95 @@ def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "was encoded with tokenizer" in err and str(tmp_path / "other" / "train.bin") in err
     assert find_checkpoint(work / "run").step == STEPS  # nothing above touched the run
+
+
+# ------------------------------------------------------------------------------------------- launchers
+REPO = Path(__file__).parents[1]
+
+
+def test_a_launcher_takes_relative_paths_from_the_callers_folder(tmp_path):
+    # Like any Unix command: DUMP=mydump.xml is the caller's file, OUT_DIR=corpus the caller's folder.
+    xml = bz2.decompress(sample_dump_path().read_bytes())
+    cut = xml.index(b"</page>", xml.index(b"<title>Anarchism</title>")) + len(b"</page>")  # a few pages
+    (tmp_path / "mydump.xml").write_bytes(xml[:cut] + b"</mediawiki>")
+    env = {**os.environ, "DUMP": "mydump.xml", "OUT_DIR": "corpus", "WORKERS": "1", "EVAL_FRACTION": "0.5"}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "prepare_wikipedia.sh"), "--min_chars", "10"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
+    assert manifest["dump"] == str(tmp_path / "mydump.xml") and manifest["pages"]["kept"] >= 1
+    assert not (REPO / "corpus").exists()
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+    """A PATH whose python and torchrun record their folder, PYTHONPATH and arguments in calls.jsonl, and
+    fail (so that a launcher stops after its first command)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.jsonl"
+    record = f"""#!{sys.executable}
+import json, os, sys
+with open({str(calls)!r}, "a") as f:
+    print(json.dumps([os.getcwd(), os.environ.get("PYTHONPATH"), *sys.argv[1:]]), file=f)
+sys.exit(1)
+"""
+    for name in ("python", "torchrun"):
+        (bin_dir / name).write_text(record)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PRECISION_FLAGS": ""}
+    return env, calls
+
+
+@pytest.mark.parametrize(
+    "launcher, variable, default",
+    [("prepare_wikipedia.sh", "--out_dir", "data/wiki"), ("train_tokenizer.sh", "--out", "data/tokenizer.json"),
+     ("encode_wikipedia.sh", "--out_dir", "data/tokens"), ("train_gpt2.sh", "--out_dir", "runs/gpt2-softplus"),
+     ("multitrain_gpt2.sh", "--out_dir", "runs/gpt2-softplus-fsdp"), ("eval_gpt2.sh", None, "runs/gpt2-softplus"),
+     ("generate_gpt2.sh", None, "runs/gpt2-softplus"), ("deploy_gpt2.sh", None, "runs/gpt2-softplus"),
+     ("quickstart.sh", "--out_dir", None)],
+)  # fmt: skip
+def test_every_launcher_runs_from_the_callers_folder_with_the_repos_defaults(fake_python, tmp_path, launcher,
+                                                                             variable, default):  # fmt: skip
+    env, calls = fake_python
+    caller = tmp_path / "elsewhere"
+    caller.mkdir()
+    if launcher == "quickstart.sh":  # not the default, the repo's runs/quickstart: a relative folder, kept as is
+        env["QUICKSTART_DIR"] = "quick"
+    done = subprocess.run(["bash", str(REPO / "scripts" / launcher)], cwd=caller, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0  # the fake python failed
+    cwd, pythonpath, *args = json.loads(calls.read_text().splitlines()[-1])
+    assert cwd == str(caller) and pythonpath.split(":")[0] == str(REPO)
+    value = args[args.index(variable) + 1] if variable else args[args.index("gpt2") + 2]  # after the command
+    assert value == (str(REPO / default) if default else "quick/wiki")
+
+
+def test_quickstart_empties_only_a_folder_it_made(fake_python, tmp_path):
+    env, calls = fake_python
+    launcher = ["bash", str(REPO / "scripts" / "quickstart.sh")]
+    # A real pipeline's data: refused, untouched, nothing run.
+    data = tmp_path / "data"
+    (data / "wiki").mkdir(parents=True)
+    (data / "wiki" / "manifest.json").write_text("{}")
+    (data / "tokenizer.json").write_text("{}")
+    done = subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(data)}, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {data} is not empty and has no {data}/.quickstart")
+    assert sorted(p.name for p in data.rglob("*")) == ["manifest.json", "tokenizer.json", "wiki"]
+    assert not calls.exists()
+    # A new folder: marked, then run; run again, it starts afresh but keeps files of the user's.
+    mine = tmp_path / "mine"
+    assert subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(mine)}, capture_output=True).returncode == 1
+    assert (mine / ".quickstart").exists() and len(calls.read_text().splitlines()) == 1
+    for old in ("wiki/train", "tokens", "run"):
+        (mine / old).mkdir(parents=True)
+    (mine / "tokenizer.json").write_text("{}")
+    (mine / "notes.md").write_text("mine")
+    assert subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(mine)}, capture_output=True).returncode == 1
+    assert sorted(p.name for p in mine.iterdir()) == [".quickstart", "notes.md"]
+    # A file, or an empty folder made by hand.
+    (tmp_path / "a_file").write_text("x")
+    assert subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(tmp_path / "a_file")}).returncode == 2
+    (tmp_path / "empty").mkdir()
+    assert subprocess.run(launcher, env={**env, "QUICKSTART_DIR": str(tmp_path / "empty")}).returncode == 1
+    assert (tmp_path / "empty" / ".quickstart").exists()

@@ -1,10 +1,17 @@
 """The byte-level BPE tokenizer, trained on real Wikipedia text from the bundled excerpt."""
 
 import hashlib
+import random
+import signal
+import string
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import regex
+from conftest import write_manifest
 from tokenizers import Tokenizer as HFTokenizer
 
 from gpt2.cli import main as cli
@@ -135,7 +142,7 @@ def test_max_bytes_trains_on_a_prefix(wiki_corpus, tmp_path):
     writer = ShardWriter(tmp_path / "one_doc" / "train", "train", shard_bytes=1 << 30)
     writer.add(first_doc)
     writer.close()
-    (tmp_path / "one_doc" / "manifest.json").write_text("{}")
+    write_manifest(tmp_path / "one_doc")
     common = {"vocab_size": 400, "min_frequency": 2}
     prefix = TokenizerConfig(
         corpus_dir=str(wiki_corpus), out=str(tmp_path / "prefix.json"), max_bytes=1, **common
@@ -143,3 +150,52 @@ def test_max_bytes_trains_on_a_prefix(wiki_corpus, tmp_path):
     alone = TokenizerConfig(corpus_dir=str(tmp_path / "one_doc"), out=str(tmp_path / "alone.json"), **common)
     # max_bytes stops after the document that reaches it: here the first one, and nothing else.
     assert train_tokenizer(prefix, False).sha256 == train_tokenizer(alone, False).sha256
+
+
+def test_a_bad_out_is_refused_before_training(wiki_corpus, tmp_path, monkeypatch, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("gpt2.tokenizer.trainers.BpeTrainer", no_training)
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "a_folder").mkdir()
+    for out, flags, message in (
+        (tmp_path / "a_file" / "tokenizer.json", [], f"{tmp_path / 'a_file'} is a file, not a folder"),
+        (tmp_path / "a_file" / "sub" / "tokenizer.json", [], f"{tmp_path / 'a_file'} is a file, not a folder"),
+        (tmp_path / "a_folder", [], "is a folder; give a file path such as"),
+        (tmp_path / "a_folder", ["--overwrite"], "is a folder; give a file path such as"),
+    ):
+        args = ["train-tokenizer", "--corpus_dir", str(wiki_corpus), "--out", str(out), "--vocab_size", "300"]
+        assert cli([*args, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a_file", "a_folder"]
+
+
+def test_ctrl_c_stops_training_at_once_and_writes_nothing(tmp_path):
+    """Hugging Face's trainer runs in Rust, where Python's own handling of Ctrl-C waits for it to finish (a
+    BPE of a real corpus: hours); the process must end at once, and say so."""
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus"
+    writer = ShardWriter(corpus / "train", "train", shard_bytes=1 << 30)
+    for _ in range(8000):  # 400,000 random words: many seconds of merges for a 100,000-token vocabulary
+        writer.add(" ".join("".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 10))) for _ in range(50)))
+    writer.close()
+    write_manifest(corpus)
+    out = tmp_path / "tokenizer.json"
+    args = ["train-tokenizer", "--corpus_dir", str(corpus), "--out", str(out), "--vocab_size", "100000",
+            "--min_frequency", "1"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().startswith("training a 100,000-token BPE")
+        time.sleep(1)  # counting words is done, merging has begun
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        assert time.monotonic() - sent < 3
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT
+    assert err.splitlines()[-1] == f"interrupted by SIGINT: nothing written to {out}" and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]

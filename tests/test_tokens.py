@@ -5,6 +5,7 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import write_manifest
 
 from gpt2.cli import main as cli
 from gpt2.data.text_shards import iter_documents
@@ -156,7 +157,7 @@ def small_corpus(wiki_corpus, root, eval_text=None):
     (root / "train" / "train_00000.txt").write_text((wiki_corpus / "train" / "train_00000.txt").read_text())
     for shard in (wiki_corpus / "eval").glob("*.txt"):
         (root / "eval" / shard.name).write_text(shard.read_text() if eval_text is None else eval_text)
-    (root / "manifest.json").write_text((wiki_corpus / "manifest.json").read_text())
+    write_manifest(root)
     return root
 
 
@@ -190,9 +191,25 @@ def test_encode_refuses_an_empty_eval_split_before_writing(wiki_corpus, wiki_tok
     out = tmp_path / "tokens"
     assert cli(encode_args(corpus, wiki_tokenizer, out)) == 2
     err = capsys.readouterr().err
-    assert "eval split" in err and "no documents" in err
-    assert not out.exists() or not list(out.iterdir())
-    for shard in (corpus / "eval").glob("*.txt"):
-        shard.unlink()
-    assert cli(encode_args(corpus, wiki_tokenizer, out)) == 2
-    assert "no text shards" in capsys.readouterr().err
+    assert "eval split" in err and "is empty" in err
+    assert not out.exists()
+
+
+def test_a_failed_encode_overwrite_keeps_the_earlier_pair(wiki_corpus, wiki_tokenizer, tmp_path, capsys):
+    out = tmp_path / "tokens"
+    assert cli(encode_args(small_corpus(wiki_corpus, tmp_path / "first"), wiki_tokenizer, out)) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    # Another corpus: other eval documents (encoded first), and a second train shard damaged after prepare (same
+    # size, so its manifest agrees, but not UTF-8), which fails once eval.bin is done.
+    second = small_corpus(wiki_corpus, tmp_path / "second", eval_text="Another article\nwith other text\n\n")
+    shard = second / "train" / "train_00001.txt"
+    data = bytearray((wiki_corpus / "train" / "train_00001.txt").read_bytes())
+    shard.write_bytes(data)
+    write_manifest(second)
+    data[len(data) // 2] = 0xFF
+    shard.write_bytes(data)
+    assert cli([*encode_args(second, wiki_tokenizer, out), "--overwrite"]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    # Both old files as they were (never a new eval.bin beside the old train.bin), and nothing else.
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert set(before) == {"train.bin", "eval.bin"}

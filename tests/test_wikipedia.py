@@ -5,11 +5,18 @@ standard library's file server lacks), in a thread of the test process.
 """
 
 import bz2
+import contextlib
 import http.server
 import json
+import os
 import random
 import re
+import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -20,6 +27,7 @@ from gpt2.data import wikipedia
 from gpt2.data.download import DownloadError, download, download_dump, dump_file_name
 from gpt2.data.sample import sample_dump_path
 from gpt2.data.text_shards import ShardWriter, iter_documents
+from gpt2.data.tokens import TokenFile
 from gpt2.data.wikipedia import DumpError, PrepareConfig, iter_pages, open_dump, prepare, split_of
 from gpt2.errors import UserError
 
@@ -196,7 +204,7 @@ def complete_titles(xml: bytes) -> list[str]:
     return [t.decode() for t in re.findall(rb"<title>(.*?)</title>", pages)]
 
 
-def test_truncated_bz2_names_file_and_last_article_and_keeps_whole_shards(tmp_path, prepared):
+def test_truncated_bz2_names_file_and_last_article_and_writes_nothing(tmp_path):
     raw = sample_dump_path().read_bytes()
     truncated = raw[: len(raw) * 3 // 10]
     dump = tmp_path / "enwiki-truncated.xml.bz2"
@@ -210,24 +218,41 @@ def test_truncated_bz2_names_file_and_last_article_and_keeps_whole_shards(tmp_pa
     titles = complete_titles(bz2.BZ2Decompressor().decompress(truncated))
     n = int(re.search(r"after article .* \(page (\d+)\)", message)[1])
     assert len(titles) - 5 <= n <= len(titles) and f"after article {titles[n - 1]!r} (page {n})" in message
-    assert not (out / "manifest.json").exists()
-    shards = shard_files(out)
-    assert shards and all(f.name.endswith(".txt") for f in shards)  # whole shards only, no .tmp
-    assert f"The {len(shards)} shards written to {out} are whole" in message
-    full = {doc for split in ("train", "eval") for doc in iter_documents(prepared[0] / split)}
-    for split in {f.parent.name for f in shards}:  # whole documents, as the complete dump gives them
-        assert all(doc in full for doc in iter_documents(out / split))
+    assert message.endswith(f"nothing written to {out}") and not out.exists()
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_failed_overwrite_keeps_the_earlier_corpus(tmp_path, capsys):
+    out = tmp_path / "wiki"
+    prepare(config(out, workers=1, max_pages=20), progress=False)
+    before = files(out)
+    raw = sample_dump_path().read_bytes()
+    (tmp_path / "notadump.xml").write_text("not XML at all")
+    (tmp_path / "cut.xml.bz2").write_bytes(raw[: len(raw) // 4])
+    (tmp_path / "nopages.xml").write_text('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/"/>')
+    for args, message in (
+        (["--dump", str(tmp_path / "notadump.xml")], "malformed XML"),
+        (["--dump", str(tmp_path / "cut.xml.bz2")], "truncated or corrupt compressed data"),
+        (["--dump", str(tmp_path / "nopages.xml")], f"no articles found in {tmp_path / 'nopages.xml'}"),
+        (["--shard_size_mb", "nan"], "--shard_size_mb must be a positive number of MB, got nan"),
+        (["--shard_size_mb", "inf"], "--shard_size_mb must be a positive number of MB, got inf"),
+    ):
+        assert cli(["prepare", "--out_dir", str(out), "--overwrite", "--workers", "1", *args]) == 2, args
+        err = capsys.readouterr().err  # after prepare's progress bar
+        assert err.splitlines()[-1].startswith("error: ") and message in err and "Traceback" not in err
+        assert files(out) == before  # the earlier corpus, and nothing else (no staging folder left)
 
 
 def test_an_unfinished_corpus_is_refused_by_the_next_stages(tmp_path, capsys):
-    raw = sample_dump_path().read_bytes()
-    dump = tmp_path / "enwiki-truncated.xml.bz2"
-    dump.write_bytes(raw[: len(raw) // 2])
+    # prepare moves a corpus into place only when complete, but shards without a manifest are still what an
+    # older version left after a failure, or what a lost manifest leaves.
     out = tmp_path / "out"
-    args = ["prepare", "--dump", str(dump), "--out_dir", str(out), "--shard_size_mb", "0.2", "--workers", "1"]
-    assert cli(args) == 2
-    assert list(out.rglob("*.txt")) and not (out / "manifest.json").exists()  # whole shards, unfinished
-    capsys.readouterr()
+    prepare(config(out, workers=1, max_pages=20), progress=False)
+    (out / "manifest.json").unlink()
     tokenizer = tmp_path / "tokenizer.json"
     for args in (
         ["train-tokenizer", "--corpus_dir", str(out), "--out", str(tokenizer), "--vocab_size", "300"],
@@ -237,6 +262,71 @@ def test_an_unfinished_corpus_is_refused_by_the_next_stages(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "unfinished (no manifest.json" in err and "--overwrite" in err
     assert not tokenizer.exists() and not (tmp_path / "tok").exists()
+
+
+def cut_in_a_character(path: Path) -> None:
+    """Truncate a shard in the middle of its last multi-byte UTF-8 character."""
+    data = path.read_bytes()
+    last = max(i for i, b in enumerate(data) if b >= 0xC0)  # the lead byte of a multi-byte character
+    path.write_bytes(data[: last + 1])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: (c / "train" / "train_00002.txt").unlink(), "is missing 1 of its 5 shards (train_00002.txt"),
+        (lambda c: cut_in_a_character(c / "train" / "train_00003.txt"), "its manifest records 2,"),
+        (lambda c: shutil.copy(c / "train" / "train_00000.txt", c / "train" / "train_00005.txt"),
+         "train_00005.txt is not a shard of this corpus"),
+        (lambda c: (c / "manifest.json").write_text("[]"), "corrupt manifest.json: no record of the"),
+        (lambda c: (c / "manifest.json").write_bytes(b"\xff{}"), "corrupt manifest.json ("),
+    ],
+    ids=["missing", "cut-in-a-character", "stray", "manifest-a-list", "manifest-not-utf8"],
+)  # fmt: skip
+def test_shards_that_are_not_the_manifests_are_refused(tmp_path, prepared, wiki_tokenizer, damage, message, capsys):
+    corpus = tmp_path / "wiki"
+    shutil.copytree(prepared[0], corpus)
+    assert prepared[1]["splits"]["train"]["shards"] == 5
+    damage(corpus)
+    tokens, tokenizer = tmp_path / "tokens", tmp_path / "tokenizer.json"
+    for args in (
+        ["train-tokenizer", "--corpus_dir", str(corpus), "--out", str(tokenizer), "--vocab_size", "300"],
+        ["encode", "--corpus_dir", str(corpus), "--tokenizer", str(wiki_tokenizer.path), "--out_dir", str(tokens)],
+    ):
+        assert cli(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "--overwrite" in err, err
+    assert not tokenizer.exists() and not tokens.exists()
+
+
+def test_a_shard_that_is_not_utf8_is_a_clear_error(tmp_path, prepared, wiki_tokenizer, capsys):
+    corpus = tmp_path / "wiki"
+    shutil.copytree(prepared[0], corpus)
+    shard = corpus / "train" / "train_00001.txt"
+    data = bytearray(shard.read_bytes())
+    data[1000] = 0xFF  # never valid in UTF-8; the size is unchanged, so the manifest still agrees
+    shard.write_bytes(data)
+    tokens, tokenizer = tmp_path / "tokens", tmp_path / "tokenizer.json"
+    for args in (
+        ["train-tokenizer", "--corpus_dir", str(corpus), "--out", str(tokenizer), "--vocab_size", "300"],
+        ["encode", "--corpus_dir", str(corpus), "--tokenizer", str(wiki_tokenizer.path), "--out_dir", str(tokens)],
+    ):
+        assert cli(args) == 2, args
+        err = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
+        assert err == f"error: shard {shard} is damaged: not UTF-8 at byte 1,000 (invalid start byte); prepare the " \
+                      "corpus again (--overwrite)"  # fmt: skip
+    assert not tokenizer.exists() and not tokens.exists()
+
+
+def test_only_the_shards_are_read(tmp_path, prepared, wiki_tokenizer):
+    corpus = tmp_path / "wiki"
+    shutil.copytree(prepared[0], corpus)
+    for name in ("notes.txt", "train_00000.txt.tmp", "train_draft.txt", "eval_00000.txt"):
+        (corpus / "train" / name).write_text("Not a document of the corpus\nsome text\n\n")
+    assert cli(["encode", "--corpus_dir", str(corpus), "--tokenizer", str(wiki_tokenizer.path),
+                "--out_dir", str(tmp_path / "tokens")]) == 0  # fmt: skip
+    assert TokenFile(tmp_path / "tokens" / "train.bin").header.n_docs == prepared[1]["splits"]["train"]["docs"]
+    assert not [doc for doc in iter_documents(corpus / "train") if doc.startswith("Not a document")]
 
 
 def test_an_empty_eval_split_is_named_by_the_next_stage(tmp_path, wiki_tokenizer, capsys):
@@ -282,8 +372,10 @@ def test_malformed_xml_names_file_and_last_article(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "field, value", [("eval_fraction", 1.0), ("eval_fraction", -0.1), ("shard_size_mb", 0), ("workers", 0)]
-)
+    "field, value",
+    [("eval_fraction", 1.0), ("eval_fraction", -0.1), ("eval_fraction", float("nan")), ("shard_size_mb", 0),
+     ("shard_size_mb", float("nan")), ("shard_size_mb", float("inf")), ("workers", 0)],
+)  # fmt: skip
 def test_bad_settings_are_refused(tmp_path, field, value):
     with pytest.raises(UserError, match=field):
         prepare(config(tmp_path, **{field: value}), progress=False)
@@ -295,6 +387,74 @@ def test_cli_prepare(tmp_path, capsys):
     assert cli(args) == 0
     assert json.loads((out / "manifest.json").read_text())["pages"]["read"] == 12
     assert "12 pages read" in capsys.readouterr().out
+
+
+def test_a_non_numeric_namespace_or_a_dump_without_articles_is_a_clear_error(tmp_path, capsys):
+    head = '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/">'
+    page = "<page><title>{}</title><ns>{}</ns><revision><text>{}</text></revision></page>"
+    dumps = {
+        "badns.xml": page.format("Cats", "abc", "Cats are small carnivorous mammals. " * 10),
+        "redirects.xml": page.format("Felines", 0, "#REDIRECT [[Cats]]").replace("<ns>", "<redirect/><ns>"),
+        "empty.xml": "",
+    }
+    for name, pages in dumps.items():
+        (tmp_path / name).write_text(head + pages + "</mediawiki>")
+    for name, message in (
+        ("badns.xml", "is malformed: article 'Cats' (page 1) has namespace 'abc', not a number"),
+        ("redirects.xml", "no articles found in {} (1 pages read, none kept)"),
+        ("empty.xml", "no articles found in {} (0 pages read, none kept)"),
+    ):
+        out = tmp_path / "out"
+        assert cli(["prepare", "--dump", str(tmp_path / name), "--out_dir", str(out), "--workers", "1"]) == 2
+        err = capsys.readouterr().err.splitlines()[-1]  # after prepare's progress bar
+        assert err.startswith("error: ") and message.format(tmp_path / name) in err
+        assert not out.exists()  # no manifest, no empty folder: the next stage never sees an empty corpus
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table in /proc")
+def test_sigterm_ends_prepare_and_its_workers_and_keeps_the_earlier_corpus(tmp_path, prepared):
+    out = tmp_path / "wiki"
+    shutil.copytree(prepared[0], out)
+    before = files(out)
+    xml = bz2.decompress(sample_dump_path().read_bytes())
+    start, end = xml.index(b"<page>"), xml.rindex(b"</page>") + len(b"</page>")
+    dump = tmp_path / "x4.xml"
+    dump.write_bytes(xml[:start] + xml[start:end] * 4 + b"</mediawiki>")  # ~20 s of work for 2 workers
+    args = ["prepare", "--dump", str(dump), "--out_dir", str(out), "--overwrite", "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    workers = []
+    try:
+        deadline = time.time() + 60
+        while len(workers) < 2:  # the pool is up
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+            workers = child_pids(proc.pid)
+        time.sleep(0.5)  # cleaning markup
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert err.splitlines()[-1] == f"interrupted by SIGTERM: nothing written to {out}" and "Traceback" not in err
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # the pool ended with it
+        assert files(out) == before  # the earlier corpus, no staging folder
+    finally:
+        proc.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------- downloads

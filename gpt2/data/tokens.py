@@ -24,7 +24,10 @@ never finished.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import os
+import shutil
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,7 +41,8 @@ from tqdm import tqdm
 from gpt2.data.text_shards import corpus_split, iter_documents, list_shards
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
-from gpt2.io import atomic_write
+from gpt2.interrupt import ignore_signals, raise_on_signals
+from gpt2.io import atomic_write, fsync_dir
 from gpt2.tokenizer import Tokenizer
 
 MAGIC = b"GPT2TOKS"
@@ -256,10 +260,38 @@ def encode_corpus(cfg: EncodeConfig, progress: bool = True) -> dict[str, TokenFi
             raise UserError(
                 f"the {split} split of {cfg.corpus_dir} has no documents, so there is nothing to {split} on"
             )
-    return {
-        split: encode_split(split_dirs[split], tokenizer, out_dir / f"{split}.bin", cfg.batch_docs, progress)
-        for split in splits
-    }
+    # Both files are written in a staging folder and moved into place together, so that an interrupted or
+    # failed run leaves the earlier pair as it was: never a new eval.bin beside an old train.bin.
+    created = not out_dir.exists()
+    staging = out_dir / f"encode.tmp-{os.getpid()}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create {staging}: {e.strerror}") from None
+    try:
+        with raise_on_signals(f"nothing written to {out_dir}"):
+            headers = {
+                split: encode_split(split_dirs[split], tokenizer, staging / f"{split}.bin", cfg.batch_docs, progress)
+                for split in splits
+            }
+            with ignore_signals():
+                _install(staging, out_dir, [f"{split}.bin" for split in splits])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:  # a failed run leaves no empty out_dir behind (rmdir fails on a finished one)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+    return headers
+
+
+def _install(staging: Path, out_dir: Path, names: list[str]) -> None:
+    """Move the new token files into ``out_dir``. The old ones go first: a crash in between leaves an
+    incomplete pair (which training refuses), never a mixed one."""
+    for name in names:
+        (out_dir / name).unlink(missing_ok=True)
+    for name in names:
+        os.replace(staging / name, out_dir / name)
+    fsync_dir(out_dir)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

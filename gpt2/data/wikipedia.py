@@ -9,7 +9,8 @@ batches to a pool of workers that clean the markup (``gpt2.data.markup``); resul
 order, so the output does not depend on the number of workers. Each article goes to ``eval`` or ``train``
 by a hash of its title (stable across runs, dumps and machines) and is written through ``ShardWriter``.
 ``manifest.json`` is written last: a corpus without one is unfinished, and train-tokenizer and encode
-refuse it.
+refuse it. The corpus is built in a staging folder inside ``--out_dir`` and moved into place once complete,
+so a run that fails or is stopped (SIGINT, SIGTERM) leaves ``--out_dir`` as it was.
 
 Also skipped, and counted in the manifest: disambiguation pages (lists of links, not prose), documents
 under ``--min_chars`` characters of text once cleaned (stubs whose content was all tables or templates),
@@ -29,10 +30,12 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import multiprocessing
 import multiprocessing.pool
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -51,7 +54,8 @@ from gpt2.data.sample import SAMPLE_NAME, sample_dump_path
 from gpt2.data.text_shards import MANIFEST, SPLITS, ShardWriter
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
-from gpt2.io import atomic_write
+from gpt2.interrupt import ignore_signals, raise_on_signals
+from gpt2.io import atomic_write, fsync_dir
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -100,7 +104,8 @@ class PrepareConfig:
         default=None, metadata={"help": "stop after this many <page>s of the dump, any namespace (None: all)"}
     )
     overwrite: bool = field(
-        default=False, metadata={"help": "replace the shards of an earlier run in out_dir"}
+        default=False,
+        metadata={"help": "replace the corpus of an earlier run in out_dir (once the new one is complete)"},
     )
     download_dir: str = field(default="data/dumps", metadata={"help": "where a dump given as a URL is saved"})
 
@@ -169,7 +174,7 @@ def iter_pages(stream: BinaryIO, name: str | Path) -> Iterator[Page]:
                 text_elem = elem.find(f"{tags['revision']}/{tags['text']}")
                 yield Page(
                     title=last_title,
-                    namespace=int(elem.findtext(tags["ns"]) or 0),
+                    namespace=_namespace(elem.findtext(tags["ns"]), last_title, n_pages, name),
                     redirect=elem.find(tags["redirect"]) is not None,
                     text=(text_elem.text or "") if text_elem is not None else "",
                 )
@@ -182,6 +187,15 @@ def iter_pages(stream: BinaryIO, name: str | Path) -> Iterator[Page]:
         )
         kind = "malformed XML" if isinstance(e, ET.ParseError) else "truncated or corrupt compressed data"
         raise DumpError(f"dump {name} is unreadable {where}: {kind} ({e})") from None
+
+
+def _namespace(text: str | None, title: str, n_page: int, name: str | Path) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        raise DumpError(
+            f"dump {name} is malformed: article {title!r} (page {n_page:,}) has namespace {text!r}, not a number"
+        ) from None
 
 
 def split_of(title: str, eval_fraction: float) -> str:
@@ -214,8 +228,9 @@ def _clean_batch(batch: list[tuple[str, str]], min_chars: int) -> list[Cleaned]:
     return [make_document(title, text, min_chars) for title, text in batch]
 
 
-def _ignore_sigint() -> None:
+def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which terminates the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate's SIGTERM ends a worker, whatever it inherited
 
 
 def _batches(pages: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
@@ -235,7 +250,7 @@ def _worker_pool(workers: int) -> contextlib.AbstractContextManager[multiprocess
     (tqdm's monitor), since forking a process that has threads can deadlock the children."""
     if workers == 1:
         return contextlib.nullcontext()
-    return multiprocessing.get_context().Pool(workers, initializer=_ignore_sigint)
+    return multiprocessing.get_context().Pool(workers, initializer=_init_worker)
 
 
 def _map_in_order(
@@ -266,39 +281,77 @@ def _map_in_order(
 def _check_config(cfg: PrepareConfig) -> None:
     if not 0 <= cfg.eval_fraction < 1:
         raise UserError(f"--eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
-    if cfg.shard_size_mb <= 0:
-        raise UserError(f"--shard_size_mb must be positive, got {cfg.shard_size_mb}")
+    if not (math.isfinite(cfg.shard_size_mb) and cfg.shard_size_mb > 0):
+        raise UserError(f"--shard_size_mb must be a positive number of MB, got {cfg.shard_size_mb}")
     if cfg.workers < 1:
         raise UserError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.max_pages is not None and cfg.max_pages < 1:
         raise UserError(f"--max_pages must be at least 1 (or None for all), got {cfg.max_pages}")
 
 
-def _clear_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix with an earlier corpus; with ``overwrite``, remove its shards and manifest first."""
+def _check_output(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace an earlier corpus unless asked; nothing is removed here (see ``_install``)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out_dir {out_dir} is a file, not a directory")
     old = [p for split in SPLITS for p in sorted((out_dir / split).glob(f"{split}_*.txt*"))]
-    manifest = out_dir / MANIFEST
-    if manifest.exists():
-        old.append(manifest)
-    if not old:
-        return
-    if not overwrite:
+    if (out_dir / MANIFEST).exists():
+        old.append(out_dir / MANIFEST)
+    if old and not overwrite:
         raise UserError(
             f"{out_dir} already holds a corpus ({len(old)} shard/manifest files); "
             "pass --overwrite to replace it"
         )
-    manifest.unlink(missing_ok=True)  # first: a half-replaced corpus must not look finished
-    for path in old:
-        path.unlink(missing_ok=True)
+
+
+def _install(staging: Path, out_dir: Path) -> None:
+    """Move the finished corpus in ``staging`` into ``out_dir``, and the earlier one, if any, into
+    ``staging/old`` (deleted with it). The old manifest goes first and the new one comes last: a corpus
+    caught in between (only by a crash: signals are ignored meanwhile) is unfinished, never mixed."""
+    old = staging / "old"
+    old.mkdir()
+    for name in (MANIFEST, *SPLITS):
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, old / name)
+    for name in (*SPLITS, MANIFEST):
+        os.replace(staging / name, out_dir / name)
+    fsync_dir(out_dir)
 
 
 def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
-    """Write the train/eval shards and ``manifest.json`` of ``cfg.out_dir``; return the manifest."""
+    """Write the train/eval shards and ``manifest.json`` of ``cfg.out_dir``; return the manifest.
+
+    The corpus is built in ``out_dir/prepare.tmp-PID`` and moved into place only once complete: a run that
+    fails or is interrupted (SIGINT, SIGTERM) leaves ``out_dir`` as it was, an earlier corpus included.
+    """
     _check_config(cfg)
-    start = time.perf_counter()
-    dump = resolve_dump(cfg.dump, cfg.download_dir)
     out_dir = Path(cfg.out_dir)
-    _clear_output(out_dir, cfg.overwrite)
+    _check_output(out_dir, cfg.overwrite)
+    dump = resolve_dump(cfg.dump, cfg.download_dir)
+    created = not out_dir.exists()
+    staging = out_dir / f"prepare.tmp-{os.getpid()}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create {staging}: {e.strerror}") from None
+    try:
+        with raise_on_signals(f"nothing written to {out_dir}"):
+            try:
+                manifest = _write_corpus(cfg, dump, staging, progress)
+            except DumpError as e:
+                raise DumpError(f"{e}; nothing written to {out_dir}") from None
+            with ignore_signals():
+                _install(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:  # a failed run leaves no empty out_dir behind (rmdir fails on a finished one)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+    return manifest
+
+
+def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool) -> dict:
+    """The corpus of ``dump`` in ``out_dir``, ``manifest.json`` last; return the manifest."""
+    start = time.perf_counter()
     shard_bytes = max(1, int(cfg.shard_size_mb * 1e6))
     writers = {split: ShardWriter(out_dir / split, split, shard_bytes) for split in SPLITS}
     articles_seen: Counter[str] = Counter()
@@ -322,42 +375,31 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
                 return
 
     clean = functools.partial(_clean_batch, min_chars=cfg.min_chars)
-    try:
-        with (
-            _worker_pool(cfg.workers) as pool,
-            open_dump(dump) as (raw, stream),
-            tqdm(  # bytes of the dump file as stored (compressed for .bz2)
-                total=dump.stat().st_size, unit="B", unit_scale=True, desc="prepare", disable=not progress
-            ) as bar,
-        ):
-            # Two batches per worker: one being cleaned, one waiting, so that no worker idles.
-            batches = _map_in_order(pool, clean, _batches(articles(stream)), max_in_flight=2 * cfg.workers)
-            for batch, results in batches:
-                for (title, _), cleaned in zip(batch, results, strict=True):
-                    split = split_of(title, cfg.eval_fraction)
-                    articles_seen[split] += 1
-                    counts[cleaned.outcome] += 1
-                    if cleaned.doc is not None:
-                        writers[split].add(cleaned.doc)
-                    elif cleaned.error:
-                        tqdm.write(
-                            f"warning: skipped article {title!r}: markup parser failed: {cleaned.error}"
-                        )
-                bar.update(raw.tell() - bar.n)
-                bar.set_postfix(
-                    {"pages": f"{counts['read']:,}", "docs": f"{counts['kept']:,}"}, refresh=False
-                )
-            for writer in writers.values():
-                writer.close()
-            bytes_read = raw.tell()
-    except DumpError as e:
-        written = sum(w.n_shards for w in writers.values())
-        if not written:
-            raise DumpError(f"{e}. No shard was written to {out_dir}") from None
-        raise DumpError(
-            f"{e}. The {written} shards written to {out_dir} are whole, but the corpus is unfinished "
-            "(no manifest.json): fix the dump and run again with --overwrite"
-        ) from None
+    with (
+        _worker_pool(cfg.workers) as pool,
+        open_dump(dump) as (raw, stream),
+        tqdm(  # bytes of the dump file as stored (compressed for .bz2)
+            total=dump.stat().st_size, unit="B", unit_scale=True, desc="prepare", disable=not progress
+        ) as bar,
+    ):
+        # Two batches per worker: one being cleaned, one waiting, so that no worker idles.
+        batches = _map_in_order(pool, clean, _batches(articles(stream)), max_in_flight=2 * cfg.workers)
+        for batch, results in batches:
+            for (title, _), cleaned in zip(batch, results, strict=True):
+                split = split_of(title, cfg.eval_fraction)
+                articles_seen[split] += 1
+                counts[cleaned.outcome] += 1
+                if cleaned.doc is not None:
+                    writers[split].add(cleaned.doc)
+                elif cleaned.error:
+                    tqdm.write(f"warning: skipped article {title!r}: markup parser failed: {cleaned.error}")
+            bar.update(raw.tell() - bar.n)
+            bar.set_postfix({"pages": f"{counts['read']:,}", "docs": f"{counts['kept']:,}"}, refresh=False)
+        for writer in writers.values():
+            writer.close()
+        bytes_read = raw.tell()
+    if not counts["kept"]:
+        raise DumpError(f"no articles found in {dump} ({counts['read']:,} pages read, none kept)")
 
     elapsed = time.perf_counter() - start
     manifest = {
@@ -375,7 +417,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
             split: {
                 "articles": articles_seen[split],  # articles hashed into the split, before skips
                 "docs": w.n_docs,
-                "bytes": w.n_bytes,
+                "bytes": w.n_bytes,  # of its shard files, which corpus_split checks
                 "shards": w.n_shards,
             }
             for split, w in writers.items()
