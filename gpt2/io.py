@@ -39,7 +39,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # The cleanup must not replace the error that got here (e.g. with EROFS on a folder gone read-only,
+        # or EISDIR where a folder sits at the temporary name): that one says what went wrong.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 
