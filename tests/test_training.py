@@ -352,3 +352,32 @@ def test_compiled_model_trains_like_the_eager_one(corpus, tmp_path):
     # Saved from the underlying module: plain parameter names, no `_orig_mod.` prefix.
     saved = load_file(find_checkpoint(tmp_path / "compiled").path / "model.safetensors")
     assert saved.keys() == load_file(find_checkpoint(tmp_path / "eager").path / "model.safetensors").keys()
+
+
+def test_inference_uses_a_newest_checkpoint_without_trainer_state_and_resume_falls_back(corpus, tmp_path, capsys):
+    # trainer.pt (optimizer state, the largest file) deleted from the newest checkpoint, kept for inference only.
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "2", "--checkpoint_every", "1")) == 0
+    (find_checkpoint(run).path / "trainer.pt").unlink()
+    capsys.readouterr()
+    generate = ["generate", str(run), "--prompt", "The", "--max_new_tokens", "3", "--device", "cpu"]
+    assert cli(generate) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint {run / 'checkpoints' / 'step_00000002'} (step 2)" in out and "skipping" not in out
+    assert cli(["evaluate", str(run), "--max_batches", "1", "--device", "cpu"]) == 0
+    assert json.loads((run / "eval_step_00000002_pytorch_first1x8.json").read_text())["step"] == 2
+    # --resume needs the trainer state: it says so and resumes from the checkpoint before.
+    assert cli(train_args(corpus, run, "--max_steps", "3", "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "step_00000002: checkpoint" in out and "missing trainer.pt" in out and "at step 1" in out
+    assert find_checkpoint(run, resume=True).step == 3
+
+
+def test_resume_falls_back_past_a_checkpoint_whose_meta_json_has_the_wrong_shape(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "2", "--checkpoint_every", "1")) == 0
+    (find_checkpoint(run).path / "meta.json").write_text("[]")  # valid JSON, not a checkpoint's record
+    assert cli(train_args(corpus, run, "--max_steps", "3", "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "corrupt meta.json: not a JSON object" in out and "resumed from" in out and "at step 1" in out
+    assert find_checkpoint(run, resume=True).step == 3

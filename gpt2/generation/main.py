@@ -54,6 +54,7 @@ def read_prompts(args: argparse.Namespace, cfg: GenerateConfig) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     cfg, sampling = from_flags(GenerateConfig, args), from_flags(SamplingConfig, args)
     ckpt = find_checkpoint(args.checkpoint)
+    print(f"checkpoint {ckpt.path} (step {ckpt.step})")  # a run folder: which of its checkpoints
     tokenizer = Tokenizer.load(ckpt.tokenizer_path)
     backend = open_backend(ckpt, cfg.backend, cfg.device, cfg.precision)
     records = []

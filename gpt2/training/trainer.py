@@ -147,7 +147,7 @@ class Trainer:
             if self.env.is_main:
                 print(f"--resume: {self.run_dir} has no checkpoint yet; starting from step 0")
             return None
-        return find_checkpoint(self.run_dir)
+        return find_checkpoint(self.run_dir, resume=True)
 
     def _check_resume_compatible(self, ckpt: Checkpoint, requested: ModelConfig | None) -> ModelConfig:
         if ckpt.tokenizer_sha256 != self.tokenizer.sha256:
