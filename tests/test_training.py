@@ -381,3 +381,25 @@ def test_resume_falls_back_past_a_checkpoint_whose_meta_json_has_the_wrong_shape
     out = capsys.readouterr().out
     assert "corrupt meta.json: not a JSON object" in out and "resumed from" in out and "at step 1" in out
     assert find_checkpoint(run, resume=True).step == 3
+
+
+def test_resume_at_max_steps_keeps_the_checkpoint_and_the_exports_deploy_put_in_it(corpus, tmp_path, capsys):
+    # A requeued preemptible job always passes --resume: once the run is done it trains nothing, and must not
+    # save the same step again (which replaced the folder, deploy's exports and all, and rewrote meta.json).
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "2")) == 0
+    assert cli(["deploy", str(run), "--stages", "export", "--device", "cpu"]) == 0
+    ckpt = find_checkpoint(run).path
+    export = {p.name: p.read_bytes() for p in (ckpt / "export").iterdir()}
+    assert {"model.fp32.onnx", "deploy_report.fp32.json"} <= export.keys()
+    before = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} | {".": ckpt.stat().st_ino}
+    capsys.readouterr()
+    for max_steps in ("2", "1"):  # at --max_steps, or past it
+        assert cli(train_args(corpus, run, "--max_steps", max_steps, "--resume")) == 0
+        out = capsys.readouterr().out
+        assert "nothing to train: the run is at step 2" in out and f"checkpoint {ckpt} (kept as it was)" in out
+        assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} | {".": ckpt.stat().st_ino} == before
+        assert {p.name: p.read_bytes() for p in (ckpt / "export").iterdir()} == export
+    assert [c.name for c in list_checkpoints(run)] == [ckpt.name]
+    evals = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals == [2, 2, 2]  # the final evaluation still ran

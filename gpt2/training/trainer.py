@@ -80,6 +80,7 @@ class Trainer:
 
         self.step = 0
         self.bad_steps = 0  # consecutive steps with a non-finite loss or gradient
+        self.resumed_from = resume_from
         if resume_from is not None:
             self._restore(resume_from)
         if self.env.is_main:
@@ -249,6 +250,8 @@ class Trainer:
             bar.close()
             # Save before the final evaluation, which can take minutes: a stop during it then loses nothing.
             path = self._save_if_sound()
+            if self._nothing_trained() and self.env.is_main:
+                print(f"nothing to train: the run is at step {self.step} (--max_steps {cfg.max_steps})")
             last_eval = self.evaluate()
         if self.env.is_main:
             print(
@@ -323,8 +326,15 @@ class Trainer:
         return str(checkpoints[-1]) if checkpoints else "none yet"
 
     def _saved(self, path: Path | None) -> str:
-        """The checkpoint a stop leaves: the one just saved, or else the newest there is."""
-        return f"saved {path}" if path else f"newest checkpoint: {self._newest_checkpoint()}"
+        """The checkpoint a stop leaves: the one just saved (or loaded, if nothing was trained since), or else
+        the newest there is."""
+        if path is None:
+            return f"newest checkpoint: {self._newest_checkpoint()}"
+        return f"checkpoint {path} (kept as it was)" if self._nothing_trained() else f"saved {path}"
+
+    def _nothing_trained(self) -> bool:
+        """Whether the state is the one the run resumed from: no step since (a resume at --max_steps)."""
+        return self.resumed_from is not None and self.resumed_from.step == self.step
 
     def _save_if_sound(self) -> Path | None:
         """Save a checkpoint, unless the latest step had a non-finite loss: those weights may be damaged,
@@ -333,6 +343,9 @@ class Trainer:
             if self.env.is_main:
                 tqdm.write(f"step {self.step}: not saving a checkpoint after {self.bad_steps} non-finite step(s)")
             return None
+        if self._nothing_trained():
+            # Saving again would only rewrite that checkpoint, and its meta.json, for nothing.
+            return self.resumed_from.path  # type: ignore[union-attr]
         return self.save()
 
     def _log(self, window: _Window) -> dict[str, float]:
