@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -403,3 +404,66 @@ def test_resume_at_max_steps_keeps_the_checkpoint_and_the_exports_deploy_put_in_
     assert [c.name for c in list_checkpoints(run)] == [ckpt.name]
     evals = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "eval"]
     assert evals == [2, 2, 2]  # the final evaluation still ran
+
+
+def _without_model_flags(args):
+    """``train_args`` without its --preset and model flags (TINY_MODEL)."""
+    start = args.index(TINY_MODEL[0])
+    return args[:start] + args[start + len(TINY_MODEL) :]
+
+
+def test_resume_on_other_token_files_warns_what_differs(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "1")) == 0
+    recorded = find_checkpoint(run).meta["data"]
+    assert recorded["train_identity"]["n_tokens"] == len(corpus.train) and recorded["train_identity"]["n_docs"] > 0
+    assert recorded["eval_identity"]["path"] == recorded["eval"] == str(corpus.eval.path.resolve())
+
+    def resume(data_dir, max_steps):
+        args = train_args(corpus, run, "--max_steps", str(max_steps), "--resume")
+        args[args.index("--data_dir") + 1] = str(data_dir)
+        capsys.readouterr()
+        assert cli(args) == 0
+        return [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+
+    moved = tmp_path / "moved"  # the same token files elsewhere: nothing to warn about
+    shutil.copytree(corpus.tokens, moved)
+    assert resume(moved, 2) == []
+    other = tmp_path / "other"  # other training tokens (the eval set's), the same eval set
+    other.mkdir()
+    shutil.copyfile(corpus.eval.path, other / "train.bin")
+    shutil.copyfile(corpus.eval.path, other / "eval.bin")
+    [warning] = resume(other, 3)
+    assert "resuming on other data than the checkpoint was trained with: train tokens" in warning
+    assert f"{moved / 'train.bin'} -> {other / 'train.bin'}" in warning
+    assert f"n_tokens {len(corpus.train)} -> {len(corpus.eval)}" in warning and "batches differ" in warning
+    edited = tmp_path / "edited"  # the same size and header, other tokens
+    shutil.copytree(other, edited)
+    with open(edited / "eval.bin", "r+b") as f:
+        tokens = np.memmap(f, dtype=corpus.eval.header.dtype, offset=256, shape=(len(corpus.eval),))
+        tokens[:100] = tokens[100:200]
+        tokens.flush()
+    [warning] = resume(edited, 4)
+    assert "eval tokens" in warning and "same size, other tokens" in warning and "not comparable" in warning
+
+
+def test_resume_with_another_preset_is_refused_and_without_one_uses_the_checkpoints(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "1")) == 0  # --preset small with a smaller model
+    bare = _without_model_flags(train_args(corpus, run, "--max_steps", "2", "--resume"))
+    capsys.readouterr()
+    assert cli([*bare, "--preset", "gpt2"]) == 2  # was silently ignored: the checkpoint's config won
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot resume") and "checkpoint's (trained with --preset small)" in err
+    assert find_checkpoint(run).step == 1
+    assert cli(bare) == 0  # no --preset, no model flags: the checkpoint's model
+    ckpt = find_checkpoint(run)
+    assert ckpt.step == 2 and ckpt.model_config.n_layers == 2 and ckpt.train_config["preset"] == "small"
+
+
+def test_resume_of_a_folder_without_checkpoint_and_without_model_flags_starts_a_new_run(corpus, tmp_path):
+    # What a requeued job that always passes --resume does on its first start (was: a ValueError traceback).
+    run = tmp_path / "run"
+    assert cli(_without_model_flags(train_args(corpus, run, "--max_steps", "1", "--resume"))) == 0
+    ckpt = find_checkpoint(run)
+    assert ckpt.step == 1 and ckpt.train_config["preset"] == "small" and ckpt.model_config.n_layers == 4
