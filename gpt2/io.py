@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from gpt2.errors import UserError
+
 
 def fsync_file(path: str | os.PathLike) -> None:
     """Flush a file's content to disk (e.g. one written by a library that takes a file name)."""
@@ -26,6 +28,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """``path`` if a file can be written there, else a clear ``UserError`` now, before the work whose result it
+    is to hold (not a bare OS error once it is done, its result lost)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"{flag} {path}: the folder {folder} {problem}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: the folder {folder} is not writable")
+    return path
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from gpt2.errors import UserError
 from gpt2.evaluation.metrics import evaluate_loss, unigram_baseline
 from gpt2.flags import add_flags, from_flags
 from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP, backend_precision, open_backend
-from gpt2.io import atomic_write
+from gpt2.io import atomic_write, check_output_path
 from gpt2.tokenizer import Tokenizer
 
 
@@ -92,6 +92,7 @@ def default_output(
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_flags(EvalConfig, args)
+    output = check_output_path(cfg.output) if cfg.output else None  # before minutes of evaluation
     ckpt = find_checkpoint(args.checkpoint)
     tokenizer = Tokenizer.load(ckpt.tokenizer_path)
     token_file = TokenFile(cfg.eval_tokens or ckpt.meta.get("data", {}).get("eval", ""))
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         f"{ckpt.path} (step {ckpt.step}, {cfg.backend}): loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
         f"bits per byte {result.bits_per_byte:.4f} over {result.tokens:,} tokens ({result.batches} batches)"
     )
-    output = Path(cfg.output) if cfg.output else default_output(
+    output = output or default_output(
         ckpt, cfg.backend, precision, seq_len, max_batches, cfg.batch_size
     )
     with atomic_write(output) as f:
