@@ -3,6 +3,8 @@ prepare -> train-tokenizer -> encode -> train -> evaluate -> generate."""
 
 import json
 import math
+import os
+import re
 import resource
 import shutil
 import subprocess
@@ -162,6 +164,24 @@ def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "was encoded with tokenizer" in err and str(tmp_path / "other" / "train.bin") in err
     assert find_checkpoint(work / "run").step == STEPS  # nothing above touched the run
+
+
+def test_another_eval_set_gets_its_own_report(work):
+    run, flags = work / "run", ["--max_batches", "2", "--batch_size", "4", "--device", "cpu"]
+    assert cli(["evaluate", str(run), *flags]) == 0
+    default = run / "eval_step_00000250_pytorch_first2x4.json"
+    before = default.read_bytes()
+    other = work / "tokens" / "train.bin"  # another token file of the same tokenizer
+    assert cli(["evaluate", str(run), "--eval_tokens", str(other), *flags]) == 0
+    reports = {p.name for p in run.glob("eval_step_00000250_pytorch_*first2x4.json")}
+    [tagged] = reports - {default.name}
+    assert re.fullmatch(r"eval_step_00000250_pytorch_train-[0-9a-f]{8}_first2x4\.json", tagged)
+    assert default.read_bytes() == before  # was overwritten by the other set's results
+    assert json.loads((run / tagged).read_text())["eval_tokens"] == str(other)
+    # The checkpoint's own eval set, however its path is spelled, is the default report.
+    assert cli(["evaluate", str(run), "--eval_tokens", os.path.relpath(work / "tokens" / "eval.bin"), *flags]) == 0
+    assert {p.name for p in run.glob("eval_step_00000250_pytorch_*first2x4.json")} == reports
+    assert json.loads(default.read_text())["loss"] == json.loads(before)["loss"]
 
 
 @pytest.mark.parametrize("command", ["evaluate", "generate"])
