@@ -467,3 +467,18 @@ def test_resume_of_a_folder_without_checkpoint_and_without_model_flags_starts_a_
     assert cli(_without_model_flags(train_args(corpus, run, "--max_steps", "1", "--resume"))) == 0
     ckpt = find_checkpoint(run)
     assert ckpt.step == 1 and ckpt.train_config["preset"] == "small" and ckpt.model_config.n_layers == 4
+
+
+def test_token_ids_outside_the_vocabulary_stop_training_with_a_clear_error(corpus, tmp_path, capsys):
+    data = tmp_path / "tokens"  # train.bin of another tokenizer's ids under an intact header
+    shutil.copytree(corpus.tokens, data)
+    tokens = np.memmap(data / "train.bin", dtype=corpus.train.header.dtype, mode="r+", offset=256,
+                       shape=(len(corpus.train),))  # fmt: skip
+    tokens[::50] = 40_000
+    tokens.flush()
+    args = train_args(corpus, tmp_path / "run", "--max_steps", "2")
+    args[args.index("--data_dir") + 1] = str(data)
+    assert cli(args) == 2  # was: IndexError: index out of range in self (on a GPU: a device-side assert)
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: token file {data / 'train.bin'} holds token id 40000 at token ")
+    assert "outside its vocabulary of 500" in err and err.count("\n") == 1
