@@ -20,6 +20,7 @@ from torch._dynamo.utils import counters
 
 from gpt2.checkpoint import find_checkpoint, list_checkpoints
 from gpt2.cli import main as cli
+from gpt2.data.tokens import TokenChunk, write_token_file
 from gpt2.errors import UserError
 from gpt2.model import model_config_from_preset
 from gpt2.training.config import OptimConfig, TrainConfig
@@ -482,3 +483,15 @@ def test_token_ids_outside_the_vocabulary_stop_training_with_a_clear_error(corpu
     err = capsys.readouterr().err
     assert err.startswith(f"error: token file {data / 'train.bin'} holds token id 40000 at token ")
     assert "outside its vocabulary of 500" in err and err.count("\n") == 1
+
+
+def test_an_eval_set_too_short_to_evaluate_is_refused_before_training(corpus, tmp_path, capsys):
+    data = tmp_path / "tokens"
+    shutil.copytree(corpus.tokens, data)
+    write_token_file(data / "eval.bin", [TokenChunk(corpus.eval.tokens[:1])], corpus.vocab_size,
+                     corpus.eval.header.tokenizer_sha256)  # fmt: skip
+    args = train_args(corpus, tmp_path / "run", "--max_steps", "3", "--eval_every", "2", "--checkpoint_every", "3")
+    args[args.index("--data_dir") + 1] = str(data)
+    assert cli(args) == 2  # was: 2 steps trained, then this error at the first evaluation, nothing saved
+    assert "has 1 tokens; at least 2 are needed" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -105,6 +105,8 @@ class Trainer:
         self.eval_tokens = TokenFile(data_dir / "eval.bin")
         for token_file in (self.train_tokens, self.eval_tokens):
             check_tokenizer_matches(token_file, tokenizer)
+        # An eval set too short for one target is an error now, not at the first evaluation (steps later).
+        count_eval_batches(self.eval_tokens, self.cfg.seq_len, self.cfg.batch_size)
         self.data_identity = {"train": data_identity(self.train_tokens), "eval": data_identity(self.eval_tokens)}
         self.token_bytes = tokenizer.token_byte_lengths()  # for bits per byte
 
