@@ -18,7 +18,15 @@ A checkpoint is assembled in ``step_XXXXXXXX.tmp`` and renamed into place once
 every file is fsynced, and ``meta.json`` is written last: a directory without a
 valid ``meta.json``, or whose files do not match their recorded hashes, is not a
 checkpoint. ``evaluate``/``generate``/``deploy`` need only a checkpoint (or run)
-path: the model config and the tokenizer travel inside it.
+path: the model config and the tokenizer travel inside it. They verify only the
+files they read (the weights and the tokenizer), so a checkpoint whose trainer
+state was deleted to save space still serves them; ``--resume`` verifies every file.
+
+``deploy`` adds ``export/`` to a checkpoint folder after it was sealed (not part
+of the checkpoint's files). Saving the same step again (a run that resumed from
+an older checkpoint has come back to it) replaces the folder, but moves its
+``export/`` into the new one: every export records the identity of the weights it
+came from, and a backend refuses one that no longer matches them.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE, TOKENIZER_FILE, TRAINER_FILE, META_FILE = "model.safetensors", "tokenizer.json", "trainer.pt", "meta.json"
 DCP_DIR = "dcp"
+EXPORT_DIR = "export"  # deploy's exports, added to a checkpoint folder after it was sealed
 TIED_KEY = "lm_head.weight"  # same tensor as tok_emb.weight
 
 
@@ -125,9 +134,7 @@ def save_checkpoint(
             else:
                 shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
             _seal(tmp, step, model.cfg, {"sharded": env.distributed, "world_size": env.world_size, **(meta or {})})
-            if final.exists():  # re-saving a step (e.g. the final save right after a periodic one)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            _install(tmp, final)
             fsync_dir(root)
     except BaseException:
         if env.is_main:
@@ -140,6 +147,27 @@ def save_checkpoint(
         for old in [c for c in list_checkpoints(run_dir) if c.name <= final.name][:-keep_last]:
             shutil.rmtree(old)
     return final
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename the sealed ``tmp`` to ``final``; an existing ``final`` (the same step saved again) is replaced,
+    but its ``export/`` moves into the new folder (deploy's exports are not the checkpoint's to delete)."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(final.name + ".old.tmp")  # a .tmp name: never listed as a checkpoint
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    try:
+        if (old / EXPORT_DIR).is_dir():
+            os.replace(old / EXPORT_DIR, tmp / EXPORT_DIR)
+        os.replace(tmp, final)
+    except BaseException:
+        if (tmp / EXPORT_DIR).is_dir():  # put the old checkpoint back as it was, exports and all
+            os.replace(tmp / EXPORT_DIR, old / EXPORT_DIR)
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old)
 
 
 def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -185,8 +213,12 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and p.suffix != ".tmp")
 
 
-def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
-    """Read and (by default) verify one checkpoint directory."""
+def read_checkpoint(path: str | Path, verify: bool = True, resume: bool = False) -> Checkpoint:
+    """Read and (by default) verify one checkpoint directory.
+
+    Verifying hashes the files a use reads: for inference (the default) the weights and the tokenizer; to
+    ``resume`` training, every recorded file (the trainer state too).
+    """
     path = Path(path)
     meta_path = path / META_FILE
     if not path.is_dir():
@@ -197,34 +229,76 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         raise CheckpointError(f"{path} is not a checkpoint (no {META_FILE}); it may be incomplete") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint {path} has a corrupt {META_FILE}: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has a corrupt {META_FILE}: not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    _check_meta(path, meta)
+    try:
+        model_config = ModelConfig.from_dict(meta["model_config"])
+    except (TypeError, ValueError) as e:  # UserError is a ValueError
+        raise CheckpointError(f"checkpoint {path} has a corrupt {META_FILE}: invalid model_config ({e})") from None
     if verify:
-        for name, digest in meta["files"].items():
+        for name, digest in (meta["files"] if resume else _inference_files(meta["files"])).items():
             file = path / name
             if not file.is_file():
                 raise CheckpointError(f"checkpoint {path} is missing {name}")
             if sha256_file(file) != digest:
                 raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its recorded sha256")
-    return Checkpoint(path, meta["step"], ModelConfig.from_dict(meta["model_config"]), meta)
+    return Checkpoint(path, meta["step"], model_config, meta)
 
 
-def find_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
+# What meta.json must hold, and of which type (optional keys: only if present).
+_META_KEYS = {"step": int, "model_config": dict, "tokenizer_sha256": str, "files": dict}
+_OPTIONAL_META_KEYS = {"train_config": dict, "optim_config": dict, "data": dict}
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """A ``CheckpointError`` (which a run folder's fallback catches) for a meta.json of the wrong shape."""
+
+    def corrupt(problem: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} has a corrupt {META_FILE}: {problem}")
+
+    for key in _META_KEYS:
+        if key not in meta:
+            raise corrupt(f"no {key!r}")
+    for key, kind in {**_META_KEYS, **_OPTIONAL_META_KEYS}.items():
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            raise corrupt(f"{key!r} is a {type(meta[key]).__name__}, not a {kind.__name__}")
+    files = meta["files"]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise corrupt("'files' must map file names to sha256 digests")
+    if TOKENIZER_FILE not in files or not _weight_files(files):
+        raise corrupt(f"'files' records no {TOKENIZER_FILE} or no weights ({MODEL_FILE} or {DCP_DIR}/)")
+
+
+def _weight_files(files: dict[str, str]) -> list[str]:
+    """The recorded files that hold the weights inference reads (see :func:`load_model_state`)."""
+    return [MODEL_FILE] if MODEL_FILE in files else [n for n in files if n.startswith(f"{DCP_DIR}/")]
+
+
+def _inference_files(files: dict[str, str]) -> dict[str, str]:
+    """The recorded files inference reads, with their digests: the weights and the tokenizer."""
+    return {name: files[name] for name in (*_weight_files(files), TOKENIZER_FILE)}
+
+
+def find_checkpoint(path: str | Path, verify: bool = True, resume: bool = False) -> Checkpoint:
     """A checkpoint directory, or the newest valid checkpoint of a run directory.
 
     A run's newest checkpoint that fails verification is reported and skipped,
-    so a crash during a save costs at most one checkpoint interval.
+    so a crash during a save costs at most one checkpoint interval. ``resume``:
+    valid means resumable (every file verified, the trainer state included).
     """
     path = Path(path)
     if (path / META_FILE).exists() or not (path / CHECKPOINTS_DIR).is_dir():
-        return read_checkpoint(path, verify)
+        return read_checkpoint(path, verify, resume)
     candidates = list_checkpoints(path)
     if not candidates:
         raise CheckpointError(f"run directory {path} has no checkpoints")
     errors = []
     for candidate in reversed(candidates):
         try:
-            return read_checkpoint(candidate, verify)
+            return read_checkpoint(candidate, verify, resume)
         except CheckpointError as e:
             errors.append(str(e))
             print(f"warning: skipping {candidate}: {e}")
@@ -246,14 +320,26 @@ def load_model(
     """Build the model recorded in a checkpoint and load its weights."""
     ckpt = as_checkpoint(checkpoint)
     model = GPT(ckpt.model_config)
-    model.load_state_dict(load_model_state(ckpt))
+    _load_weights(model, load_model_state(ckpt), ckpt)
     model.to(device=device, dtype=dtype)
     return model, ckpt
 
 
+def _load_weights(model: GPT, state: dict[str, torch.Tensor], ckpt: Checkpoint) -> None:
+    """``model.load_state_dict``; weights that do not fit the recorded model config are a ``CheckpointError``."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing/unexpected keys, size mismatches
+        details = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: its weights do not fit the model config its {META_FILE} records "
+            f"({ckpt.model_config}): {details[1].strip() if len(details) > 1 else details[0]}"
+        ) from None
+
+
 def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """The full (unsharded) model state dict of a checkpoint, on the CPU, tied LM head included."""
-    if (ckpt.path / MODEL_FILE).is_file():
+    if MODEL_FILE in ckpt.meta["files"]:  # the weights verification covered (not a stray unrecorded file)
         state = load_file(str(ckpt.path / MODEL_FILE))
         state[TIED_KEY] = state["tok_emb.weight"]
         return state
@@ -285,7 +371,7 @@ def load_training_state(
         if not file.is_file():
             raise CheckpointError(f"checkpoint {ckpt.path} has no trainer state; it cannot be resumed")
         state = torch.load(file, map_location="cpu", weights_only=False)
-        model.load_state_dict(load_model_state(ckpt))
+        _load_weights(model, load_model_state(ckpt), ckpt)
         optimizer.load_state_dict(state.pop("optimizer"))
         return state
     import torch.distributed.checkpoint as dcp

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from gpt2.errors import UserError
+
 
 def fsync_file(path: str | os.PathLike) -> None:
     """Flush a file's content to disk (e.g. one written by a library that takes a file name)."""
@@ -28,6 +30,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """``path`` if a file can be written there, else a clear ``UserError`` now, before the work whose result it
+    is to hold (not a bare OS error once it is done, its result lost)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"{flag} {path}: the folder {folder} {problem}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: the folder {folder} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield ``path.tmp`` to write to (for writers that take a file name); on success fsync it and rename
@@ -39,7 +56,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # The cleanup must not replace the error that got here (e.g. with EROFS on a folder gone read-only,
+        # or EISDIR where a folder sits at the temporary name): that one says what went wrong.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 

@@ -68,7 +68,7 @@ def test_tokenizer_can_be_given_as_the_bytes_that_were_loaded(tmp_path, model, t
 
 
 # Every file is verified, not only the weights: a corrupt tokenizer would silently change every id, and a
-# corrupt trainer.pt would resume with a broken optimizer state.
+# corrupt trainer.pt would resume with a broken optimizer state (inference does not read it: see below).
 @pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "trainer.pt"])
 def test_corrupt_checkpoint_is_detected_and_run_falls_back(tmp_path, model, tokenizer_file, capsys, name):
     optimizer = torch.optim.AdamW(model.parameters())
@@ -79,9 +79,10 @@ def test_corrupt_checkpoint_is_detected_and_run_falls_back(tmp_path, model, toke
     data[-10] ^= 0xFF
     file.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=f"corrupt: {name}"):
-        read_checkpoint(newest)
-    assert find_checkpoint(tmp_path).step == 1
+        read_checkpoint(newest, resume=True)
+    assert find_checkpoint(tmp_path, resume=True).step == 1
     assert "skipping" in capsys.readouterr().out
+    assert find_checkpoint(tmp_path).step == (2 if name == "trainer.pt" else 1)
 
 
 def test_incomplete_and_missing_checkpoints_give_clear_errors(tmp_path, model, tokenizer_file):
@@ -123,3 +124,81 @@ def test_consolidate_is_a_no_op_for_single_file_checkpoints(tmp_path, model, tok
     before = {name: (path / name).read_bytes() for name in ("meta.json", "model.safetensors")}
     assert consolidate(path) == path / "model.safetensors"
     assert {name: (path / name).read_bytes() for name in before} == before  # nothing rewritten
+
+
+def test_resaving_a_step_keeps_the_exports_deploy_put_in_its_folder(tmp_path, model, tokenizer_file):
+    # A run resumed from an older checkpoint (the newer one was corrupt, or lacked its trainer state) comes back
+    # to the same step: the folder is replaced, but export/ (ONNX files, engines, reports) is not the
+    # checkpoint's to delete. Exports record the weights they came from; backends refuse stale ones.
+    first = save_checkpoint(tmp_path, 2, model, None, tokenizer_file, meta={"note": "first"})
+    export = first / "export"
+    export.mkdir()
+    (export / "model.fp32.onnx").write_bytes(b"onnx bytes")
+    (export / "deploy_report.fp32.json").write_text('{"failed": []}')
+    with torch.no_grad():
+        model.ln_f.weight.add_(1.0)  # trained on: other weights at the same step
+    again = save_checkpoint(tmp_path, 2, model, None, tokenizer_file, meta={"note": "second"})
+    assert again == first
+    assert (export / "model.fp32.onnx").read_bytes() == b"onnx bytes"
+    assert (export / "deploy_report.fp32.json").read_text() == '{"failed": []}'
+    ckpt = read_checkpoint(again)  # a valid checkpoint of the new weights, the exports not among its files
+    assert ckpt.meta["note"] == "second" and not any(name.startswith("export") for name in ckpt.meta["files"])
+    assert torch.equal(load_model(ckpt)[0].ln_f.weight, model.ln_f.weight)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]  # no temporary left
+
+
+def _edit_meta(path, edit):
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps(edit(meta)))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda meta: [], "not a JSON object"),
+        (lambda meta: {k: v for k, v in meta.items() if k != "files"}, "no 'files'"),
+        (lambda meta: {**meta, "files": ["model.safetensors"]}, "'files' is a list, not a dict"),
+        (lambda meta: {**meta, "files": {"tokenizer.json": meta["files"]["tokenizer.json"]}}, "'files' records no"),
+        (lambda meta: {**meta, "step": "2"}, "'step' is a str, not a int"),
+        (lambda meta: {**meta, "model_config": {**meta["model_config"], "depth": 3}}, "invalid model_config"),
+        (lambda meta: {**meta, "model_config": {**meta["model_config"], "n_layers": "2"}}, "invalid model_config"),
+        (lambda meta: {**meta, "train_config": None}, "'train_config' is a NoneType"),
+    ],
+    ids=["list", "no-files", "files-list", "no-weights", "step-str", "unknown-key", "bad-type", "train-null"],
+)
+def test_meta_of_the_wrong_shape_is_a_checkpoint_error_and_the_run_falls_back(
+    tmp_path, model, tokenizer_file, capsys, edit, message
+):
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, 1, model, optimizer, tokenizer_file, trainer_state={"step": 1})
+    newest = save_checkpoint(tmp_path, 2, model, optimizer, tokenizer_file, trainer_state={"step": 2})
+    _edit_meta(newest, edit)
+    with pytest.raises(CheckpointError, match=f"corrupt meta.json: {message}"):
+        read_checkpoint(newest)
+    assert find_checkpoint(tmp_path).step == 1 and find_checkpoint(tmp_path, resume=True).step == 1
+    assert "skipping" in capsys.readouterr().out
+
+
+def test_weights_that_do_not_fit_the_recorded_model_config_are_a_checkpoint_error(tmp_path, model, tokenizer_file):
+    path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+    _edit_meta(path, lambda meta: {**meta, "model_config": {**meta["model_config"], "n_layers": 3}})
+    with pytest.raises(CheckpointError, match="weights do not fit the model config its meta.json records"):
+        load_model(path)
+    _edit_meta(path, lambda meta: {**meta, "model_config": {**meta["model_config"], "n_layers": 2, "dim": 64}})
+    with pytest.raises(CheckpointError, match="size mismatch|weights do not fit"):
+        load_model(path)
+
+
+def test_inference_verifies_the_files_it_reads_and_resume_every_file(tmp_path, model, tokenizer_file, capsys):
+    # The trainer state (the largest file) may be deleted from a checkpoint kept for inference only: inference
+    # still gets that checkpoint, not silently an older one; --resume cannot use it and falls back.
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, 1, model, optimizer, tokenizer_file, trainer_state={"step": 1})
+    newest = save_checkpoint(tmp_path, 2, model, optimizer, tokenizer_file, trainer_state={"step": 2})
+    (newest / "trainer.pt").unlink()
+    assert find_checkpoint(tmp_path).step == 2 and "skipping" not in capsys.readouterr().out
+    assert find_checkpoint(tmp_path, resume=True).step == 1
+    assert "step_00000002 is missing trainer.pt" in capsys.readouterr().out
+    (newest / "tokenizer.json").write_text("{}")  # what inference reads is still verified
+    assert find_checkpoint(tmp_path).step == 1
+    assert "corrupt: tokenizer.json" in capsys.readouterr().out

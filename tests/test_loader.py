@@ -158,3 +158,28 @@ def test_uint16_file_batches(tmp_path):
     for x, y in zip(inputs.numpy(), targets.numpy(), strict=True):
         matches = [i for i in range(len(data) - 32) if np.array_equal(data[i : i + 32], x)]
         assert len(matches) == 1 and np.array_equal(y, data[matches[0] + 1 : matches[0] + 33])
+
+
+def corrupted_copy(token_file: TokenFile, path, positions, token_id: int) -> TokenFile:
+    """A copy of a real token file, its header intact, with ``token_id`` written at ``positions``."""
+    path.write_bytes(token_file.path.read_bytes())
+    tokens = np.memmap(path, dtype=token_file.header.dtype, mode="r+", offset=256, shape=(len(token_file),))
+    tokens[positions] = token_id
+    tokens.flush()
+    return TokenFile(path)
+
+
+@pytest.mark.parametrize("token_id", [500, 65535], ids=["in-padded-embedding-rows", "past-the-embedding"])
+def test_token_ids_outside_the_vocabulary_are_a_clear_error(corpus, tmp_path, token_id):
+    # The header is intact (so the file opens), the payload is not: an id past the vocabulary would crash the
+    # embedding (IndexError; on a GPU, a device-side assert), or worse, train a padding row of it unnoticed.
+    assert corpus.eval.header.vocab_size == 500
+    bad = corrupted_copy(corpus.eval, tmp_path / "eval.bin", np.arange(1000, len(corpus.eval), 100), token_id)
+    batches = TrainBatches(bad, seq_len=256, batch_size=2, seed=0)  # every window holds some of them
+    with pytest.raises(UserError, match=f"eval.bin holds token id {token_id} at token [0-9,]+, outside its "
+                                        "vocabulary of 500: it is corrupt"):  # fmt: skip
+        batches.get(0)
+    batches = eval_batches(bad, 256, 2)
+    next(batches)  # tokens 0..512: clean
+    with pytest.raises(UserError, match=f"holds token id {token_id} at token 1,000,"):
+        next(batches)  # tokens 512..1024

@@ -5,6 +5,8 @@ import bz2
 import json
 import math
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -165,6 +167,65 @@ def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "was encoded with tokenizer" in err and str(tmp_path / "other" / "train.bin") in err
     assert find_checkpoint(work / "run").step == STEPS  # nothing above touched the run
+
+
+def test_another_eval_set_gets_its_own_report(work):
+    run, flags = work / "run", ["--max_batches", "2", "--batch_size", "4", "--device", "cpu"]
+    assert cli(["evaluate", str(run), *flags]) == 0
+    default = run / "eval_step_00000250_pytorch_first2x4.json"
+    before = default.read_bytes()
+    other = work / "tokens" / "train.bin"  # another token file of the same tokenizer
+    assert cli(["evaluate", str(run), "--eval_tokens", str(other), *flags]) == 0
+    reports = {p.name for p in run.glob("eval_step_00000250_pytorch_*first2x4.json")}
+    [tagged] = reports - {default.name}
+    assert re.fullmatch(r"eval_step_00000250_pytorch_train-[0-9a-f]{8}_first2x4\.json", tagged)
+    assert default.read_bytes() == before  # was overwritten by the other set's results
+    assert json.loads((run / tagged).read_text())["eval_tokens"] == str(other)
+    # The checkpoint's own eval set, however its path is spelled, is the default report.
+    assert cli(["evaluate", str(run), "--eval_tokens", os.path.relpath(work / "tokens" / "eval.bin"), *flags]) == 0
+    assert {p.name for p in run.glob("eval_step_00000250_pytorch_*first2x4.json")} == reports
+    assert json.loads(default.read_text())["loss"] == json.loads(before)["loss"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "generate"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(work, tmp_path, capsys, command):
+    flags = ["--max_batches", "1"] if command == "evaluate" else ["--prompt", "The", "--max_new_tokens", "5"]
+    (tmp_path / "file").write_text("")
+    for output, problem in (
+        (tmp_path / "missing" / "out.json", f"the folder {tmp_path / 'missing'} does not exist"),
+        (tmp_path / "file" / "out.json", f"the folder {tmp_path / 'file'} is not a folder"),
+        (tmp_path, "is a folder; give a file name"),
+    ):
+        assert cli([command, str(work / "run"), *flags, "--device", "cpu", "--output", str(output)]) == 2
+        out, err = capsys.readouterr()
+        assert err == f"error: --output {output}{':' if 'folder ' in problem else ''} {problem}\n"
+        assert out == ""  # refused before loading the model, let alone evaluating or sampling
+
+
+def test_generate_output_is_written_atomically(work, tmp_path):
+    # The samples are written to a temporary file and renamed: a write that fails (here: a file-size limit, as
+    # on a full disk) leaves the earlier output as it was, not truncated.
+    out = tmp_path / "samples.jsonl"
+    out.write_text('{"text": "an earlier run"}\n')
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    argv = [sys.executable, "-m", "gpt2", "generate", str(work / "run"), "--prompt", "The", "--num_samples", "3",
+            "--max_new_tokens", "30", "--seed", "0", "--device", "cpu", "--output", str(out)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    assert done.returncode == 1 and "error: File too large" in done.stderr and "Traceback" not in done.stderr
+    assert out.read_text() == '{"text": "an earlier run"}\n' and not list(tmp_path.glob("*.tmp"))
+
+
+def test_bad_prompts_and_sampling_flags_give_clear_errors(work, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("Café\n".encode("latin-1"))
+    assert cli(["generate", str(work / "run"), "--prompt_file", str(prompts), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: prompt file {prompts} is not UTF-8 text (byte 3: invalid continuation byte)\n"
+    assert cli(["generate", str(work / "run"), "--temperature", "nan", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == "error: temperature must be a finite number >= 0 (0: greedy), got nan\n"
 
 
 # ------------------------------------------------------------------------------------------- launchers

@@ -74,9 +74,17 @@ def test_nucleus_is_taken_of_the_tempered_distribution():
     assert sample_next(logits, cfg, torch.Generator().manual_seed(0)).tolist() == [0] * 2000
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(temperature=-1), dict(temperature=math.nan), dict(temperature=math.inf), dict(top_k=-1),
+        dict(top_p=0.0), dict(top_p=1.5), dict(top_p=math.nan),
+    ],
+)  # fmt: skip
 def test_invalid_sampling_config_is_rejected(kwargs):
-    with pytest.raises(ValueError):
+    # NaN compares false with everything: a `< 0` check let it through to torch.multinomial (a RuntimeError).
+    [(name, value)] = kwargs.items()
+    with pytest.raises(UserError, match=f"{name} must be .*, got {value}"):
         SamplingConfig(**kwargs)
 
 

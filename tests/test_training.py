@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,6 +20,7 @@ from torch._dynamo.utils import counters
 
 from gpt2.checkpoint import find_checkpoint, list_checkpoints
 from gpt2.cli import main as cli
+from gpt2.data.tokens import TokenChunk, write_token_file
 from gpt2.errors import UserError
 from gpt2.model import model_config_from_preset
 from gpt2.training.config import OptimConfig, TrainConfig
@@ -352,3 +354,144 @@ def test_compiled_model_trains_like_the_eager_one(corpus, tmp_path):
     # Saved from the underlying module: plain parameter names, no `_orig_mod.` prefix.
     saved = load_file(find_checkpoint(tmp_path / "compiled").path / "model.safetensors")
     assert saved.keys() == load_file(find_checkpoint(tmp_path / "eager").path / "model.safetensors").keys()
+
+
+def test_inference_uses_a_newest_checkpoint_without_trainer_state_and_resume_falls_back(corpus, tmp_path, capsys):
+    # trainer.pt (optimizer state, the largest file) deleted from the newest checkpoint, kept for inference only.
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "2", "--checkpoint_every", "1")) == 0
+    (find_checkpoint(run).path / "trainer.pt").unlink()
+    capsys.readouterr()
+    generate = ["generate", str(run), "--prompt", "The", "--max_new_tokens", "3", "--device", "cpu"]
+    assert cli(generate) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint {run / 'checkpoints' / 'step_00000002'} (step 2)" in out and "skipping" not in out
+    assert cli(["evaluate", str(run), "--max_batches", "1", "--device", "cpu"]) == 0
+    assert json.loads((run / "eval_step_00000002_pytorch_first1x8.json").read_text())["step"] == 2
+    # --resume needs the trainer state: it says so and resumes from the checkpoint before.
+    assert cli(train_args(corpus, run, "--max_steps", "3", "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "step_00000002: checkpoint" in out and "missing trainer.pt" in out and "at step 1" in out
+    assert find_checkpoint(run, resume=True).step == 3
+
+
+def test_resume_falls_back_past_a_checkpoint_whose_meta_json_has_the_wrong_shape(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "2", "--checkpoint_every", "1")) == 0
+    (find_checkpoint(run).path / "meta.json").write_text("[]")  # valid JSON, not a checkpoint's record
+    assert cli(train_args(corpus, run, "--max_steps", "3", "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "corrupt meta.json: not a JSON object" in out and "resumed from" in out and "at step 1" in out
+    assert find_checkpoint(run, resume=True).step == 3
+
+
+def test_resume_at_max_steps_keeps_the_checkpoint_and_the_exports_deploy_put_in_it(corpus, tmp_path, capsys):
+    # A requeued preemptible job always passes --resume: once the run is done it trains nothing, and must not
+    # save the same step again (which replaced the folder, deploy's exports and all, and rewrote meta.json).
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "2")) == 0
+    assert cli(["deploy", str(run), "--stages", "export", "--device", "cpu"]) == 0
+    ckpt = find_checkpoint(run).path
+    export = {p.name: p.read_bytes() for p in (ckpt / "export").iterdir()}
+    assert {"model.fp32.onnx", "deploy_report.fp32.json"} <= export.keys()
+    before = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} | {".": ckpt.stat().st_ino}
+    capsys.readouterr()
+    for max_steps in ("2", "1"):  # at --max_steps, or past it
+        assert cli(train_args(corpus, run, "--max_steps", max_steps, "--resume")) == 0
+        out = capsys.readouterr().out
+        assert "nothing to train: the run is at step 2" in out and f"checkpoint {ckpt} (kept as it was)" in out
+        assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} | {".": ckpt.stat().st_ino} == before
+        assert {p.name: p.read_bytes() for p in (ckpt / "export").iterdir()} == export
+    assert [c.name for c in list_checkpoints(run)] == [ckpt.name]
+    evals = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals == [2, 2, 2]  # the final evaluation still ran
+
+
+def _without_model_flags(args):
+    """``train_args`` without its --preset and model flags (TINY_MODEL)."""
+    start = args.index(TINY_MODEL[0])
+    return args[:start] + args[start + len(TINY_MODEL) :]
+
+
+def test_resume_on_other_token_files_warns_what_differs(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "1")) == 0
+    recorded = find_checkpoint(run).meta["data"]
+    assert recorded["train_identity"]["n_tokens"] == len(corpus.train) and recorded["train_identity"]["n_docs"] > 0
+    assert recorded["eval_identity"]["path"] == recorded["eval"] == str(corpus.eval.path.resolve())
+
+    def resume(data_dir, max_steps):
+        args = train_args(corpus, run, "--max_steps", str(max_steps), "--resume")
+        args[args.index("--data_dir") + 1] = str(data_dir)
+        capsys.readouterr()
+        assert cli(args) == 0
+        return [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+
+    moved = tmp_path / "moved"  # the same token files elsewhere: nothing to warn about
+    shutil.copytree(corpus.tokens, moved)
+    assert resume(moved, 2) == []
+    other = tmp_path / "other"  # other training tokens (the eval set's), the same eval set
+    other.mkdir()
+    shutil.copyfile(corpus.eval.path, other / "train.bin")
+    shutil.copyfile(corpus.eval.path, other / "eval.bin")
+    [warning] = resume(other, 3)
+    assert "resuming on other data than the checkpoint was trained with: train tokens" in warning
+    assert f"{moved / 'train.bin'} -> {other / 'train.bin'}" in warning
+    assert f"n_tokens {len(corpus.train)} -> {len(corpus.eval)}" in warning and "batches differ" in warning
+    edited = tmp_path / "edited"  # the same size and header, other tokens
+    shutil.copytree(other, edited)
+    with open(edited / "eval.bin", "r+b") as f:
+        tokens = np.memmap(f, dtype=corpus.eval.header.dtype, offset=256, shape=(len(corpus.eval),))
+        tokens[:100] = tokens[100:200]
+        tokens.flush()
+    [warning] = resume(edited, 4)
+    assert "eval tokens" in warning and "same size, other tokens" in warning and "not comparable" in warning
+
+
+def test_resume_with_another_preset_is_refused_and_without_one_uses_the_checkpoints(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "1")) == 0  # --preset small with a smaller model
+    bare = _without_model_flags(train_args(corpus, run, "--max_steps", "2", "--resume"))
+    capsys.readouterr()
+    assert cli([*bare, "--preset", "gpt2"]) == 2  # was silently ignored: the checkpoint's config won
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot resume") and "checkpoint's (trained with --preset small)" in err
+    assert find_checkpoint(run).step == 1
+    assert cli(bare) == 0  # no --preset, no model flags: the checkpoint's model
+    ckpt = find_checkpoint(run)
+    assert ckpt.step == 2 and ckpt.model_config.n_layers == 2 and ckpt.train_config["preset"] == "small"
+
+
+def test_resume_of_a_folder_without_checkpoint_and_without_model_flags_starts_a_new_run(corpus, tmp_path):
+    # What a requeued job that always passes --resume does on its first start (was: a ValueError traceback).
+    run = tmp_path / "run"
+    assert cli(_without_model_flags(train_args(corpus, run, "--max_steps", "1", "--resume"))) == 0
+    ckpt = find_checkpoint(run)
+    assert ckpt.step == 1 and ckpt.train_config["preset"] == "small" and ckpt.model_config.n_layers == 4
+
+
+def test_token_ids_outside_the_vocabulary_stop_training_with_a_clear_error(corpus, tmp_path, capsys):
+    data = tmp_path / "tokens"  # train.bin of another tokenizer's ids under an intact header
+    shutil.copytree(corpus.tokens, data)
+    tokens = np.memmap(data / "train.bin", dtype=corpus.train.header.dtype, mode="r+", offset=256,
+                       shape=(len(corpus.train),))  # fmt: skip
+    tokens[::50] = 40_000
+    tokens.flush()
+    args = train_args(corpus, tmp_path / "run", "--max_steps", "2")
+    args[args.index("--data_dir") + 1] = str(data)
+    assert cli(args) == 2  # was: IndexError: index out of range in self (on a GPU: a device-side assert)
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: token file {data / 'train.bin'} holds token id 40000 at token ")
+    assert "outside its vocabulary of 500" in err and err.count("\n") == 1
+
+
+def test_an_eval_set_too_short_to_evaluate_is_refused_before_training(corpus, tmp_path, capsys):
+    data = tmp_path / "tokens"
+    shutil.copytree(corpus.tokens, data)
+    write_token_file(data / "eval.bin", [TokenChunk(corpus.eval.tokens[:1])], corpus.vocab_size,
+                     corpus.eval.header.tokenizer_sha256)  # fmt: skip
+    args = train_args(corpus, tmp_path / "run", "--max_steps", "3", "--eval_every", "2", "--checkpoint_every", "3")
+    args[args.index("--data_dir") + 1] = str(data)
+    assert cli(args) == 2  # was: 2 steps trained, then this error at the first evaluation, nothing saved
+    assert "has 1 tokens; at least 2 are needed" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

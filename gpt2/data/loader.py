@@ -42,6 +42,22 @@ def _to_tensors(
     return pair[0].to(device, non_blocking=non_blocking), pair[1].to(device, non_blocking=non_blocking)
 
 
+def _check_ids(tokens: np.ndarray, token_file: TokenFile, offsets: np.ndarray | int) -> None:
+    """A clear error for an id outside the file's vocabulary (a corrupt payload, or another tokenizer's ids
+    under an intact header) before it reaches the embedding: an IndexError on the CPU, a device-side assert
+    on a GPU. ``offsets``: the file position of each element of ``tokens``, or of the first of contiguous
+    ``tokens``. One max per batch: cheap."""
+    vocab_size = token_file.header.vocab_size
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        first = int(np.flatnonzero(tokens.reshape(-1) >= vocab_size)[0])
+        position = offsets + first if isinstance(offsets, int) else int(offsets.reshape(-1)[first])
+        raise UserError(
+            f"token file {token_file.path} holds token id {int(tokens.reshape(-1)[first])} at token "
+            f"{position:,}, outside its vocabulary of {vocab_size}: it is corrupt or was "
+            "written with another tokenizer; re-run encode"
+        )
+
+
 class TrainBatches:
     """Random training windows, addressed by (step, micro_step) for this rank."""
 
@@ -67,7 +83,7 @@ class TrainBatches:
                 f"token file {token_file.path} has {n:,} tokens, fewer than one training window of "
                 f"seq_len + 1 = {seq_len + 1}; use more data or a shorter --seq_len"
             )
-        self.tokens = token_file.tokens
+        self.token_file, self.tokens = token_file, token_file.tokens
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world_size, self.accum_steps = rank, world_size, accum_steps
         # The offset range shrinks for files shorter than two windows, so that every epoch has >= 1 window;
@@ -110,7 +126,9 @@ class TrainBatches:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input, target)``, each ``(batch_size, seq_len)`` int64; target is input shifted by one token."""
         starts = self.sample_starts(step, micro_step)
-        windows = self.tokens[starts[:, None] + np.arange(self.seq_len + 1)]
+        positions = starts[:, None] + np.arange(self.seq_len + 1)
+        windows = self.tokens[positions]
+        _check_ids(windows, self.token_file, positions)
         return _to_tensors(windows[:, :-1], windows[:, 1:], device)
 
 
@@ -151,8 +169,9 @@ def eval_batches(
         start = b * batch_size * seq_len
         inputs = np.zeros(rows * seq_len, dtype=np.int64)
         targets = np.full(rows * seq_len, IGNORE_INDEX, dtype=np.int64)
-        x = tokens[start : start + rows * seq_len]
-        y = tokens[start + 1 : start + 1 + rows * seq_len]
+        chunk = tokens[start : start + 1 + rows * seq_len]
+        _check_ids(chunk, token_file, start)
+        x, y = chunk[: rows * seq_len], chunk[1:]
         inputs[: len(x)] = x
         targets[: len(y)] = y
         yield _to_tensors(inputs.reshape(rows, seq_len), targets.reshape(rows, seq_len), device)

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import torch
 
-from gpt2.checkpoint import CHECKPOINTS_DIR, Checkpoint
+from gpt2.checkpoint import CHECKPOINTS_DIR, EXPORT_DIR, Checkpoint
 from gpt2.dtypes import DTYPES
 from gpt2.errors import UserError
 
-EXPORT_DIR = "export"
 EXPORT_FORMAT = "1"
 PRECISIONS: dict[str, torch.dtype] = DTYPES  # a model exports in each of them
 # The keys of an export's identity that must equal the checkpoint's for the export to serve it.

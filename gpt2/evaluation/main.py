@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from gpt2.errors import UserError
 from gpt2.evaluation.metrics import evaluate_loss, unigram_baseline
 from gpt2.flags import add_flags, from_flags
 from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP, backend_precision, open_backend
-from gpt2.io import atomic_write
+from gpt2.io import atomic_write, check_output_path
 from gpt2.tokenizer import Tokenizer
 
 
@@ -35,7 +38,8 @@ class EvalConfig:
     output: str | None = field(
         default=None,
         metadata={"help": "JSON file for the results (default: RUN/eval_<checkpoint>_<backend>[_<precision>]"
-                          "[_seq<S>][_first<N>x<B>].json, or next to a checkpoint that is not in a run)"},
+                          "[_<eval tokens>-<hash>][_seq<S>][_first<N>x<B>].json, or next to a checkpoint that is "
+                          "not in a run)"},
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -71,11 +75,38 @@ def _training_seq_len(ckpt: Checkpoint) -> int:
     return ckpt.train_config.get("seq_len") or ckpt.model_config.max_seq_len
 
 
+def _recorded_eval_set(ckpt: Checkpoint) -> str:
+    return ckpt.meta.get("data", {}).get("eval", "")
+
+
+def eval_set_tag(ckpt: Checkpoint, token_file: TokenFile) -> str | None:
+    """None for the eval set the checkpoint records, else ``<file stem>-<hash>`` of what the token file is
+    (its path and header), which names its reports apart from those of the default eval set."""
+    recorded = _recorded_eval_set(ckpt)
+    if recorded:
+        try:
+            if os.path.samefile(token_file.path, recorded):
+                return None
+        except OSError:  # the recorded file is gone
+            pass
+    h = token_file.header
+    identity = f"{token_file.path.resolve()}|{h.n_tokens}|{h.n_docs}|{h.n_bytes}|{h.tokenizer_sha256}"
+    stem = re.sub(r"[^A-Za-z0-9.-]+", "-", token_file.path.stem)[:40]
+    return f"{stem}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
 def default_output(
-    ckpt: Checkpoint, backend: str, precision: str, seq_len: int, max_batches: int | None, batch_size: int
+    ckpt: Checkpoint,
+    backend: str,
+    precision: str,
+    seq_len: int,
+    max_batches: int | None,
+    batch_size: int,
+    eval_tag: str | None = None,
 ) -> Path:
     """``RUN/eval_<checkpoint>_<backend>.json`` (next to the checkpoint if it is not in a run's
-    ``checkpoints/``), with ``_<precision>`` unless fp32, ``_seq<S>`` when not at the training seq_len and
+    ``checkpoints/``), with ``_<precision>`` unless fp32, ``_<eval_tag>`` for another eval set than the
+    checkpoint's (see :func:`eval_set_tag`), ``_seq<S>`` when not at the training seq_len and
     ``_first<N>x<B>`` for the first ``N`` batches of ``B`` sequences, so that evaluations of different models
     or token sets do not overwrite each other."""
     in_run = ckpt.path.parent.name == CHECKPOINTS_DIR
@@ -83,6 +114,8 @@ def default_output(
     name = f"eval_{ckpt.path.name}_{backend}"
     if precision != "fp32":
         name += f"_{precision}"
+    if eval_tag:
+        name += f"_{eval_tag}"
     if seq_len != _training_seq_len(ckpt):
         name += f"_seq{seq_len}"
     if max_batches is not None:
@@ -92,9 +125,10 @@ def default_output(
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_flags(EvalConfig, args)
+    output = check_output_path(cfg.output) if cfg.output else None  # before minutes of evaluation
     ckpt = find_checkpoint(args.checkpoint)
     tokenizer = Tokenizer.load(ckpt.tokenizer_path)
-    token_file = TokenFile(cfg.eval_tokens or ckpt.meta.get("data", {}).get("eval", ""))
+    token_file = TokenFile(cfg.eval_tokens or _recorded_eval_set(ckpt))
     check_tokenizer_matches(token_file, tokenizer)
     train_file = _train_tokens(ckpt, tokenizer) if cfg.unigram_baseline else None
     seq_len = cfg.seq_len or _training_seq_len(ckpt)
@@ -132,8 +166,8 @@ def run(args: argparse.Namespace) -> int:
         f"{ckpt.path} (step {ckpt.step}, {cfg.backend}): loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
         f"bits per byte {result.bits_per_byte:.4f} over {result.tokens:,} tokens ({result.batches} batches)"
     )
-    output = Path(cfg.output) if cfg.output else default_output(
-        ckpt, cfg.backend, precision, seq_len, max_batches, cfg.batch_size
+    output = output or default_output(
+        ckpt, cfg.backend, precision, seq_len, max_batches, cfg.batch_size, eval_set_tag(ckpt, token_file)
     )
     with atomic_write(output) as f:
         json.dump(report, f, indent=2)

@@ -13,6 +13,7 @@ from gpt2.flags import add_flags, from_flags
 from gpt2.generation.generate import generate
 from gpt2.generation.sampling import SamplingConfig
 from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP, open_backend
+from gpt2.io import atomic_write, check_output_path
 from gpt2.tokenizer import Tokenizer
 
 
@@ -28,9 +29,9 @@ class GenerateConfig:
     output: str | None = field(default=None, metadata={"help": "also write the samples to this JSONL file"})
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
+        if not self.max_new_tokens >= 0:
             raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.num_samples < 1:
+        if not self.num_samples >= 1:
             raise UserError(f"num_samples must be >= 1, got {self.num_samples}")
 
 
@@ -47,17 +48,24 @@ def read_prompts(args: argparse.Namespace, cfg: GenerateConfig) -> list[str]:
         path = Path(cfg.prompt_file)
         if not path.is_file():
             raise UserError(f"prompt file {path} does not exist")
-        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"prompt file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        prompts += [line for line in text.splitlines() if line.strip()]
     return prompts or [""]
 
 
 def run(args: argparse.Namespace) -> int:
     cfg, sampling = from_flags(GenerateConfig, args), from_flags(SamplingConfig, args)
+    output = check_output_path(cfg.output) if cfg.output else None  # before the model loads and samples
+    prompts = read_prompts(args, cfg)
     ckpt = find_checkpoint(args.checkpoint)
+    print(f"checkpoint {ckpt.path} (step {ckpt.step})")  # a run folder: which of its checkpoints
     tokenizer = Tokenizer.load(ckpt.tokenizer_path)
     backend = open_backend(ckpt, cfg.backend, cfg.device, cfg.precision)
     records = []
-    for n, prompt in enumerate(read_prompts(args, cfg)):
+    for n, prompt in enumerate(prompts):
         # An empty prompt starts a fresh document, as GPT-2 does for unconditional samples.
         prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
         # One seed per prompt: with a shared one, every prompt would draw the same random numbers, and the
@@ -70,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
             text = tokenizer.decode(sample)
             print(f"=== prompt {prompt!r}, sample {i + 1}/{len(samples)} ===\n{prompt}{text}\n")
             records.append({"prompt": prompt, "sample": i, "text": text, "tokens": len(sample)})
-    if cfg.output:
-        with open(cfg.output, "w", encoding="utf-8") as f:
+    if output is not None:
+        with atomic_write(output, encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        print(f"wrote {output}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,9 +17,10 @@ class SamplingConfig:
     top_p: float = field(default=0.95, metadata={"help": "nucleus: smallest set of tokens with this mass (1: all)"})
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
+        # Written so that NaN fails too (every comparison with NaN is false): it would reach torch.multinomial.
+        if not 0 <= self.temperature < math.inf:
+            raise UserError(f"temperature must be a finite number >= 0 (0: greedy), got {self.temperature}")
+        if not self.top_k >= 0:
             raise UserError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")

@@ -8,6 +8,8 @@ from typing import Any
 
 from gpt2.errors import UserError
 
+DEFAULT_PRESET = "small"  # the model of a new run that names no --preset
+
 
 def _check(cfg: Any, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
     """A bad flag value is a one-line error here, not a traceback (or a silent oddity) steps later."""
@@ -45,7 +47,11 @@ class TrainConfig:
     out_dir: str = field(default="runs/gpt2", metadata={"help": "run folder: checkpoints, metrics.jsonl"})
     resume: bool = field(default=False, metadata={"help": "continue the run in out_dir from its newest checkpoint"})
     # Model.
-    preset: str = field(default="small", metadata={"help": "model shape (small, gpt2, gpt2-medium, ...)"})
+    preset: str | None = field(
+        default=None,
+        metadata={"help": f"model shape: small, gpt2, gpt2-medium, ... (default: {DEFAULT_PRESET}; when resuming, "
+                          "the checkpoint's: one given must describe its model)"},
+    )  # fmt: skip
     # Batches: one optimizer step sees batch_size * accum_steps * world_size sequences.
     seq_len: int = field(default=1024, metadata={"help": "tokens per training sequence"})
     batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch (per process)"})

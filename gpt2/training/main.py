@@ -8,7 +8,7 @@ import dataclasses
 from gpt2.flags import add_flags, from_flags
 from gpt2.model import ModelConfig, model_config_from_preset
 from gpt2.tokenizer import Tokenizer
-from gpt2.training.config import OptimConfig, TrainConfig
+from gpt2.training.config import DEFAULT_PRESET, OptimConfig, TrainConfig
 from gpt2.training.parallel import shutdown_distributed
 from gpt2.training.trainer import Trainer
 
@@ -25,13 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_config_from_args(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
     overrides = {name: getattr(args, name) for name in _MODEL_FIELDS}
-    return model_config_from_preset(args.preset, vocab_size=vocab_size, **overrides)
+    return model_config_from_preset(args.preset or DEFAULT_PRESET, vocab_size=vocab_size, **overrides)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg, optim_cfg = from_flags(TrainConfig, args), from_flags(OptimConfig, args)
     tokenizer = Tokenizer.load(cfg.tokenizer)
-    explicit = any(getattr(args, name) is not None for name in _MODEL_FIELDS)
+    # A --preset or model flag describes a model; when resuming, the checkpoint's must be that one.
+    explicit = args.preset is not None or any(getattr(args, name) is not None for name in _MODEL_FIELDS)
     model_cfg = None
     if not cfg.resume or explicit:
         model_cfg = model_config_from_args(args, tokenizer.vocab_size)

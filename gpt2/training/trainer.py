@@ -10,6 +10,8 @@ travel in the checkpoint, so a resumed run continues exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -41,9 +43,9 @@ from gpt2.errors import UserError
 from gpt2.evaluation import EvalResult, evaluate_loss
 from gpt2.inference import resolve_device
 from gpt2.io import atomic_write
-from gpt2.model import GPT, ModelConfig
+from gpt2.model import GPT, ModelConfig, model_config_from_preset
 from gpt2.tokenizer import Tokenizer
-from gpt2.training.config import OptimConfig, TrainConfig
+from gpt2.training.config import DEFAULT_PRESET, OptimConfig, TrainConfig
 from gpt2.training.mfu import compute_kind, peak_flops
 from gpt2.training.optim import build_optimizer, lr_at
 from gpt2.training.parallel import all_reduce_mean, apply_fsdp, barrier, init_distributed
@@ -60,8 +62,9 @@ class Trainer:
         model_cfg: ModelConfig | None = None,
         tokenizer: Tokenizer | None = None,
     ) -> None:
-        """``model_cfg`` describes a new model; when resuming, the checkpoint's config is used (and checked).
-        ``tokenizer`` is the one at ``cfg.tokenizer`` if the caller has loaded it already."""
+        """``model_cfg`` describes a new model (None: ``cfg.preset``'s); when resuming, the checkpoint's config
+        is used (and must equal ``model_cfg`` if given). ``tokenizer`` is the one at ``cfg.tokenizer`` if the
+        caller has loaded it already."""
         self.cfg, self.optim_cfg = cfg, optim_cfg
         self.env, self.device = init_distributed(resolve_device(cfg.device))
         self.precision = resolve_precision(cfg.amp_fp16, cfg.amp_bf16, cfg.bf16, cfg.allow_tf32, self.device)
@@ -71,6 +74,9 @@ class Trainer:
         self._load_data(tokenizer or Tokenizer.load(cfg.tokenizer))
 
         resume_from = self._checkpoint_to_resume()
+        if cfg.preset is None:  # recorded as what the model is: the checkpoint's preset, or the default
+            saved = resume_from.train_config.get("preset") if resume_from is not None else None
+            self.cfg = cfg = dataclasses.replace(cfg, preset=saved or DEFAULT_PRESET)
         barrier()  # every rank has looked at the run folder before rank 0 writes to it
         self._build_model(self._model_config(resume_from, model_cfg))
         self.batches = TrainBatches(
@@ -80,6 +86,7 @@ class Trainer:
 
         self.step = 0
         self.bad_steps = 0  # consecutive steps with a non-finite loss or gradient
+        self.resumed_from = resume_from
         if resume_from is not None:
             self._restore(resume_from)
         if self.env.is_main:
@@ -98,14 +105,20 @@ class Trainer:
         self.eval_tokens = TokenFile(data_dir / "eval.bin")
         for token_file in (self.train_tokens, self.eval_tokens):
             check_tokenizer_matches(token_file, tokenizer)
+        # An eval set too short for one target is an error now, not at the first evaluation (steps later).
+        count_eval_batches(self.eval_tokens, self.cfg.seq_len, self.cfg.batch_size)
+        self.data_identity = {"train": data_identity(self.train_tokens), "eval": data_identity(self.eval_tokens)}
         self.token_bytes = tokenizer.token_byte_lengths()  # for bits per byte
 
     def _model_config(self, resume_from: Checkpoint | None, requested: ModelConfig | None) -> ModelConfig:
-        """The checkpoint's config when resuming (``requested``, if given, must equal it), else ``requested``."""
+        """The checkpoint's config when resuming (``requested``, if given, must equal it), else ``requested``
+        (None: the --preset's)."""
         if resume_from is not None:
             model_cfg = self._check_resume_compatible(resume_from, requested)
-        elif requested is None:
-            raise ValueError("a new run needs a model config")
+        elif requested is None:  # a new run (or --resume of one without a checkpoint) named no model flags
+            model_cfg = model_config_from_preset(
+                self.cfg.preset or DEFAULT_PRESET, vocab_size=self.tokenizer.vocab_size
+            )
         else:
             model_cfg = requested
         if model_cfg.vocab_size != self.tokenizer.vocab_size:
@@ -147,7 +160,7 @@ class Trainer:
             if self.env.is_main:
                 print(f"--resume: {self.run_dir} has no checkpoint yet; starting from step 0")
             return None
-        return find_checkpoint(self.run_dir)
+        return find_checkpoint(self.run_dir, resume=True)
 
     def _check_resume_compatible(self, ckpt: Checkpoint, requested: ModelConfig | None) -> ModelConfig:
         if ckpt.tokenizer_sha256 != self.tokenizer.sha256:
@@ -155,17 +168,42 @@ class Trainer:
                 f"cannot resume {ckpt.path}: it was trained with tokenizer {ckpt.tokenizer_sha256[:12]}, "
                 f"but --tokenizer {self.cfg.tokenizer} is {self.tokenizer.sha256[:12]}"
             )
+        saved = ckpt.train_config
         if requested is not None and requested != ckpt.model_config:
+            preset = f" (trained with --preset {saved['preset']})" if saved.get("preset") else ""
             raise UserError(
-                f"cannot resume {ckpt.path}: the model config differs from the checkpoint's\n"
+                f"cannot resume {ckpt.path}: the model config differs from the checkpoint's{preset}; --preset and "
+                "the model flags must describe its model (leave them out to continue with it)\n"
                 f"  checkpoint: {ckpt.model_config}\n  requested:  {requested}"
             )
-        saved = ckpt.train_config
         order_fields = ("seq_len", "batch_size", "accum_steps", "seed")
         changed = [f for f in order_fields if f in saved and saved[f] != getattr(self.cfg, f)]
         if changed and self.env.is_main:
             print(f"warning: resuming with a different {', '.join(changed)}: the data order differs from the original")
+        if self.env.is_main:
+            for problem in self._data_changes(ckpt):
+                print(f"warning: resuming on other data than the checkpoint was trained with: {problem}")
         return ckpt.model_config
+
+    def _data_changes(self, ckpt: Checkpoint) -> list[str]:
+        """How the token files of this run differ from those the checkpoint records (none: the same data)."""
+        recorded = ckpt.meta.get("data", {})
+        problems = []
+        for split, token_file in (("train", self.train_tokens), ("eval", self.eval_tokens)):
+            now = data_identity(token_file)
+            then = recorded.get(f"{split}_identity")
+            if isinstance(then, dict):  # the same data may have moved: compare what it is, not where
+                differ = [k for k in now if k != "path" and then.get(k) != now[k]]
+                if differ:
+                    facts = ", ".join(f"{k} {then.get(k)} -> {now[k]}" for k in differ if k != "sample_sha256")
+                    problems.append(
+                        f"{split} tokens {then.get('path')} -> {now['path']} differ "
+                        f"({facts or 'same size, other tokens'}); the {split} "
+                        + ("batches differ from the original" if split == "train" else "losses are not comparable")
+                    )
+            elif recorded.get(split) and recorded[split] != now["path"]:  # a checkpoint of an older version
+                problems.append(f"{split} tokens {recorded[split]} -> {now['path']} (the checkpoint records no more)")
+        return problems
 
     def _restore(self, ckpt: Checkpoint) -> None:
         state = load_training_state(ckpt, self.model, self.optimizer, self.env)
@@ -249,6 +287,8 @@ class Trainer:
             bar.close()
             # Save before the final evaluation, which can take minutes: a stop during it then loses nothing.
             path = self._save_if_sound()
+            if self._nothing_trained() and self.env.is_main:
+                print(f"nothing to train: the run is at step {self.step} (--max_steps {cfg.max_steps})")
             last_eval = self.evaluate()
         if self.env.is_main:
             print(
@@ -323,8 +363,15 @@ class Trainer:
         return str(checkpoints[-1]) if checkpoints else "none yet"
 
     def _saved(self, path: Path | None) -> str:
-        """The checkpoint a stop leaves: the one just saved, or else the newest there is."""
-        return f"saved {path}" if path else f"newest checkpoint: {self._newest_checkpoint()}"
+        """The checkpoint a stop leaves: the one just saved (or loaded, if nothing was trained since), or else
+        the newest there is."""
+        if path is None:
+            return f"newest checkpoint: {self._newest_checkpoint()}"
+        return f"checkpoint {path} (kept as it was)" if self._nothing_trained() else f"saved {path}"
+
+    def _nothing_trained(self) -> bool:
+        """Whether the state is the one the run resumed from: no step since (a resume at --max_steps)."""
+        return self.resumed_from is not None and self.resumed_from.step == self.step
 
     def _save_if_sound(self) -> Path | None:
         """Save a checkpoint, unless the latest step had a non-finite loss: those weights may be damaged,
@@ -333,6 +380,9 @@ class Trainer:
             if self.env.is_main:
                 tqdm.write(f"step {self.step}: not saving a checkpoint after {self.bad_steps} non-finite step(s)")
             return None
+        if self._nothing_trained():
+            # Saving again would only rewrite that checkpoint, and its meta.json, for nothing.
+            return self.resumed_from.path  # type: ignore[union-attr]
         return self.save()
 
     def _log(self, window: _Window) -> dict[str, float]:
@@ -389,7 +439,12 @@ class Trainer:
             "optim_config": asdict(self.optim_cfg),
             "precision": self.precision.name,
             "tokens_seen": self.step * self.batches.global_batch * self.cfg.seq_len,
-            "data": {"train": str(self.train_tokens.path.resolve()), "eval": str(self.eval_tokens.path.resolve())},
+            "data": {
+                "train": str(self.train_tokens.path.resolve()),
+                "eval": str(self.eval_tokens.path.resolve()),
+                "train_identity": self.data_identity["train"],
+                "eval_identity": self.data_identity["eval"],
+            },
             "tokenizer_source": str(self.cfg.tokenizer),
         }
         try:
@@ -449,6 +504,22 @@ class _Window:
         elif math.isfinite(stats["loss"]):
             self.loss_sum += stats["loss"]
         self.last = stats
+
+
+def data_identity(token_file: TokenFile, sample_tokens: int = 1 << 19) -> dict[str, Any]:
+    """What a token file is, recorded in checkpoints so that a resume notices other data: its path, its header
+    facts and a hash of its first and last ``sample_tokens`` tokens (cheap: 2 MB of a file of any size)."""
+    h = token_file.header
+    sample = hashlib.sha256(token_file.tokens[:sample_tokens].tobytes())
+    sample.update(token_file.tokens[-sample_tokens:].tobytes())
+    return {
+        "path": str(token_file.path.resolve()),
+        "n_tokens": h.n_tokens,
+        "n_docs": h.n_docs,
+        "n_bytes": h.n_bytes,
+        "tokenizer_sha256": h.tokenizer_sha256,
+        "sample_sha256": sample.hexdigest(),
+    }
 
 
 def _peak_memory_gb(device: torch.device) -> float:
