@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +29,28 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path, name: str) -> Iterator[Path]:
+    """A new folder ``out_dir/<name>.tmp-PID`` to build outputs in that are moved into ``out_dir`` once complete.
+
+    It is removed on the way out, whatever happened, and so is ``out_dir`` if this created it and nothing was
+    moved in: a failed or interrupted run leaves ``out_dir`` as it found it.
+    """
+    created = not out_dir.exists()
+    staging = out_dir / f"{name}.tmp-{os.getpid()}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create {staging}: {e.strerror}") from None
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):  # rmdir fails on a folder that got the outputs: kept
+                out_dir.rmdir()
 
 
 def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:

@@ -24,10 +24,8 @@ never finished.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import os
-import shutil
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,7 +40,7 @@ from gpt2.data.text_shards import corpus_split, iter_documents, list_shards
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.interrupt import ignore_signals, raise_on_signals
-from gpt2.io import atomic_write, fsync_dir
+from gpt2.io import atomic_write, fsync_dir, staging_dir
 from gpt2.tokenizer import Tokenizer
 
 MAGIC = b"GPT2TOKS"
@@ -262,25 +260,13 @@ def encode_corpus(cfg: EncodeConfig, progress: bool = True) -> dict[str, TokenFi
             )
     # Both files are written in a staging folder and moved into place together, so that an interrupted or
     # failed run leaves the earlier pair as it was: never a new eval.bin beside an old train.bin.
-    created = not out_dir.exists()
-    staging = out_dir / f"encode.tmp-{os.getpid()}"
-    try:
-        staging.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"cannot create {staging}: {e.strerror}") from None
-    try:
-        with raise_on_signals(f"nothing written to {out_dir}"):
-            headers = {
-                split: encode_split(split_dirs[split], tokenizer, staging / f"{split}.bin", cfg.batch_docs, progress)
-                for split in splits
-            }
-            with ignore_signals():
-                _install(staging, out_dir, [f"{split}.bin" for split in splits])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:  # a failed run leaves no empty out_dir behind (rmdir fails on a finished one)
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
+    with staging_dir(out_dir, "encode") as staging, raise_on_signals(f"nothing written to {out_dir}"):
+        headers = {
+            split: encode_split(split_dirs[split], tokenizer, staging / f"{split}.bin", cfg.batch_docs, progress)
+            for split in splits
+        }
+        with ignore_signals():
+            _install(staging, out_dir, [f"{split}.bin" for split in splits])
     return headers
 
 

@@ -35,7 +35,6 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -55,7 +54,7 @@ from gpt2.data.text_shards import MANIFEST, SPLITS, ShardWriter
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.interrupt import ignore_signals, raise_on_signals
-from gpt2.io import atomic_write, fsync_dir
+from gpt2.io import atomic_write, fsync_dir, staging_dir
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -327,25 +326,13 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     out_dir = Path(cfg.out_dir)
     _check_output(out_dir, cfg.overwrite)
     dump = resolve_dump(cfg.dump, cfg.download_dir)
-    created = not out_dir.exists()
-    staging = out_dir / f"prepare.tmp-{os.getpid()}"
-    try:
-        staging.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"cannot create {staging}: {e.strerror}") from None
-    try:
-        with raise_on_signals(f"nothing written to {out_dir}"):
-            try:
-                manifest = _write_corpus(cfg, dump, staging, progress)
-            except DumpError as e:
-                raise DumpError(f"{e}; nothing written to {out_dir}") from None
-            with ignore_signals():
-                _install(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:  # a failed run leaves no empty out_dir behind (rmdir fails on a finished one)
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
+    with staging_dir(out_dir, "prepare") as staging, raise_on_signals(f"nothing written to {out_dir}"):
+        try:
+            manifest = _write_corpus(cfg, dump, staging, progress)
+        except DumpError as e:
+            raise DumpError(f"{e}; nothing written to {out_dir}") from None
+        with ignore_signals():
+            _install(staging, out_dir)
     return manifest
 
 
