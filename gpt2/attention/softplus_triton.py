@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 from collections.abc import Iterator
 
@@ -86,6 +87,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # SOFTPLUS_AUTOTUNE=0 keeps only each kernel's first config (the tests on a GPU set it: tuning every test
 # shape would compile hundreds of kernels).
 AUTOTUNE = os.environ.get("SOFTPLUS_AUTOTUNE", "1") != "0"
+# tl.fdiv(..., approx=True) (div.approx.f32) is new in recent Triton; older releases (3.5, torch 2.9's) get the
+# same PTX instruction through inline assembly, and the interpreter (which runs no PTX) a plain division.
+_APPROX_FDIV = tl.constexpr("approx" in inspect.signature(tl.fdiv).parameters)
+_PTX_DIV = tl.constexpr(not INTERPRET)
 
 
 def _configs(tiles: list[dict[str, int]], warps: list[int], stages: list[int], interpret: dict[str, int]):
@@ -181,11 +186,23 @@ def _softplus2(t, y, dtype: tl.constexpr):
 
 
 @triton.jit
+def _fast_div(x, y):
+    """x / y as div.approx.f32 (rcp.approx and a multiply): 2 ulp for |y| < 2^126."""
+    if _APPROX_FDIV:
+        return tl.fdiv(x, y, approx=True)
+    elif _PTX_DIV:
+        return tl.inline_asm_elementwise("div.approx.f32 $0, $1, $2;", "=r,r,r", [x, y], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return x / y
+
+
+@triton.jit
 def _sigmoid2_times(x, t, y):
     """x / (1 + 2^-t) = x * sigmoid(t ln2), given y = 2^-|t|."""
     # 1 + y is in [1, 2], so the approximate division (rcp.approx and a multiply, 2 ulp) is safe; plain
     # "/" compiles to div.full, whose range checks cost three more instructions and two predicates.
-    return tl.fdiv(tl.where(t >= 0.0, x, x * y), 1.0 + y, approx=True)
+    return _fast_div(tl.where(t >= 0.0, x, x * y), 1.0 + y)
 
 
 @triton.jit
@@ -464,7 +481,7 @@ def _bwd_dq_inner(
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         # sigma = 1 / (1 + 2^-t) directly, without the |t| split the dK/dV kernel shares with softplus:
         # 2^-t overflows to inf below t = -128, and x / inf = 0 is the right limit there.
-        ds = tl.fdiv(dp * ds_scale[:, None] - ds_shift[:, None], 1.0 + tl.exp2(-t), approx=True)
+        ds = _fast_div(dp * ds_scale[:, None] - ds_shift[:, None], 1.0 + tl.exp2(-t))
         if MASKED:
             visible = (offs_n[None, :] <= offs_m[:, None] + diag_offset) & (offs_n < KV_LEN)[None, :]
             ds = tl.where(visible, ds, 0.0)

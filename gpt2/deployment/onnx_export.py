@@ -86,6 +86,10 @@ def _softplus_attention(
     q = q.float() * scale
     if length_base is not None:
         q = q * length_scale(q_len, kv_len, length_base, q.device).unsqueeze(-1)
+    # Dense copies in and out: q arrives as a (B, T, H, D) permutation and the model reshapes the output's
+    # transpose, both views only when query_len == 1, and torch 2.9's export turns that question into a guard
+    # query_len != 1 (a constraint violation). The copies cost nothing in the ONNX graph.
+    q = q.clone(memory_format=torch.contiguous_format)
     scores = q @ k.float().transpose(-2, -1) + _additive_mask(q_len, kv_len, torch.float32, q.device)
     y = torch.exp(-scores.abs())
     u = 1 + y
@@ -93,7 +97,8 @@ def _softplus_attention(
     # back (to first order, the only one that matters: fp32-accurate down to denormals). Without it a score
     # under about -17 rounds to weight 0, and a row of such scores divides 0 by 0.
     weights = torch.relu(scores) + (torch.log(u) + (y - (u - 1)))
-    return ((weights @ v.float()) / weights.sum(dim=-1, keepdim=True)).to(dtype)
+    o = ((weights @ v.float()) / weights.sum(dim=-1, keepdim=True)).to(dtype)
+    return o.transpose(1, 2).clone(memory_format=torch.contiguous_format).transpose(1, 2)  # as (B, T, H, D)
 
 
 def export_attention(cfg: ModelConfig) -> AttentionFn:
