@@ -514,6 +514,11 @@ def test_missing_or_non_checkpoints_give_clear_errors(tmp_path, capsys):
             "\\(1, 1, 22\\), but cache length 22 is outside",  # greedy: prompt 16 + 8 steps - 2
         ),
         (["--validate_batch_size", "0"], "--validate_batch_size must be >= 1"),
+        (["--validate_batches", "0"], "--validate_batches must be >= 1"),
+        (["--greedy_steps", "-1"], "--greedy_steps must be >= 0"),
+        (["--iters", "0"], "--iters must be >= 1"),
+        (["--decode_steps", "0"], "--decode_steps must be >= 1"),
+        (["--warmup", "-1"], "--warmup must be >= 0"),
     ],
 )
 def test_bad_deploy_flags_give_clear_errors(flags, message, checkpoints, capsys):

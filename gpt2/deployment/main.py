@@ -375,10 +375,12 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (("seq_len", seq_len), ("validate_seq_len", cfg.validate_seq_len)):
         if value is not None and not 1 <= value <= max_seq_len:
             raise UserError(f"--{name} {value} is outside [1, {max_seq_len}] (the model's max_seq_len)")
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.validate_batch_size < 1:
-        raise UserError(f"--validate_batch_size must be >= 1, got {cfg.validate_batch_size}")
+    counts = (("batch_size", cfg.batch_size, 1), ("validate_batches", cfg.validate_batches, 1),
+              ("validate_batch_size", cfg.validate_batch_size, 1), ("greedy_steps", cfg.greedy_steps, 0),
+              ("warmup", bench.warmup, 0), ("iters", bench.iters, 1), ("decode_steps", bench.decode_steps, 1))
+    for name, value, least in counts:
+        if value < least:
+            raise UserError(f"--{name} must be >= {least}, got {value}")
     # The engine is validated right after its build: its profile must also cover the validation's calls.
     cover: set[tuple[int, int, int]] = set()
     if "tensorrt" in stages:
