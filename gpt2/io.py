@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -33,13 +35,15 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def staging_dir(out_dir: Path, name: str) -> Iterator[Path]:
-    """A new folder ``out_dir/<name>.tmp-PID`` to build outputs in that are moved into ``out_dir`` once complete.
+    """A new folder ``out_dir/<name>.tmp-HOST-PID`` to build outputs in that are moved into ``out_dir`` once complete.
 
     It is removed on the way out, whatever happened, and so is ``out_dir`` if this created it and nothing was
-    moved in: a failed or interrupted run leaves ``out_dir`` as it found it.
+    moved in: a failed or interrupted run leaves ``out_dir`` as it found it. Such folders that a killed run left
+    (SIGKILL, power loss: no clean-up ran) are removed first (see :func:`remove_stale_staging`).
     """
     created = not out_dir.exists()
-    staging = out_dir / f"{name}.tmp-{os.getpid()}"
+    remove_stale_staging(out_dir, name)
+    staging = out_dir / f"{_staging_prefix(name)}{os.getpid()}"
     try:
         staging.mkdir(parents=True)
     except OSError as e:
@@ -51,6 +55,41 @@ def staging_dir(out_dir: Path, name: str) -> Iterator[Path]:
         if created:
             with contextlib.suppress(OSError):  # rmdir fails on a folder that got the outputs: kept
                 out_dir.rmdir()
+
+
+def _staging_prefix(name: str) -> str:
+    # The host is in the name: a PID says whether its run is alive only on the host that ran it (out_dir may
+    # be on a file system that several machines share).
+    return f"{name}.tmp-{socket.gethostname()}-"
+
+
+def remove_stale_staging(out_dir: Path, name: str) -> None:
+    """Remove the staging folders in ``out_dir`` of ``name`` runs on this host whose process is gone.
+
+    Only folders named exactly like :func:`staging_dir`'s are candidates (never a folder of the user's), and
+    only those whose PID runs no process: a live one may be a concurrent run. A PID that a new process has
+    taken since is seen as alive, so its folder is kept: left over, never a live run's deleted.
+    """
+    if not out_dir.is_dir():
+        return
+    pattern = re.compile(re.escape(_staging_prefix(name)) + r"([1-9][0-9]*)")
+    for entry in sorted(out_dir.iterdir()):
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(match[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                print(f"removed {entry}: left by a run that was killed (process {match[1]} is gone)")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; a number no PID reaches: left alone
+        return True
+    return True
 
 
 def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:

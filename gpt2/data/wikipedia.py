@@ -319,7 +319,7 @@ def _install(staging: Path, out_dir: Path) -> None:
 def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     """Write the train/eval shards and ``manifest.json`` of ``cfg.out_dir``; return the manifest.
 
-    The corpus is built in ``out_dir/prepare.tmp-PID`` and moved into place only once complete: a run that
+    The corpus is built in ``out_dir/prepare.tmp-HOST-PID`` and moved into place only once complete: a run that
     fails or is interrupted (SIGINT, SIGTERM) leaves ``out_dir`` as it was, an earlier corpus included.
     """
     _check_config(cfg)
