@@ -331,10 +331,37 @@ def _load_weights(model: GPT, state: dict[str, torch.Tensor], ckpt: Checkpoint) 
         model.load_state_dict(state)
     except RuntimeError as e:  # missing/unexpected keys, size mismatches
         details = str(e).strip().splitlines()
-        raise CheckpointError(
-            f"checkpoint {ckpt.path}: its weights do not fit the model config its {META_FILE} records "
-            f"({ckpt.model_config}): {details[1].strip() if len(details) > 1 else details[0]}"
-        ) from None
+        raise _misfit(ckpt, details[1].strip() if len(details) > 1 else details[0]) from None
+
+
+def _misfit(ckpt: Checkpoint, detail: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {ckpt.path}: its weights do not fit the model config its {META_FILE} records "
+        f"({ckpt.model_config}): {detail}"
+    )
+
+
+def _dcp_model_metadata(ckpt: Checkpoint) -> dict[str, Any]:
+    """The storage metadata (global shape, dtype) of every model tensor in ``dcp/``, by state dict key."""
+    import torch.distributed.checkpoint as dcp
+
+    saved = dcp.FileSystemReader(str(ckpt.path / DCP_DIR)).read_metadata().state_dict_metadata
+    return {k.removeprefix("model."): v for k, v in saved.items() if k.startswith("model.")}
+
+
+def _check_dcp_fits(ckpt: Checkpoint, shapes: dict[str, torch.Size]) -> None:
+    """A ``CheckpointError`` unless ``dcp/`` holds exactly the model tensors of these (global) shapes: DCP
+    itself raises an exception of its own for a missing key or another shape, and loads the first layers of
+    a deeper model without a word."""
+    saved = {k: v.size for k, v in _dcp_model_metadata(ckpt).items()}
+    if missing := [k for k in shapes if k not in saved]:
+        raise _misfit(ckpt, f"{DCP_DIR}/ lacks {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+    if unexpected := [k for k in saved if k not in shapes]:
+        more = ", ..." if len(unexpected) > 3 else ""
+        raise _misfit(ckpt, f"{DCP_DIR}/ holds unexpected {', '.join(unexpected[:3])}{more}")
+    for key, shape in shapes.items():
+        if saved[key] != shape:
+            raise _misfit(ckpt, f"{key} is {tuple(saved[key])} in {DCP_DIR}/, {tuple(shape)} in the model")
 
 
 def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
@@ -348,9 +375,10 @@ def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
         # DCP loads into pre-allocated tensors; without a process group it reads every shard. They are
         # allocated in the dtypes saved (bf16 for a --bf16 run), so that the weights come back as they were.
-        saved = dcp.FileSystemReader(str(ckpt.path / DCP_DIR)).read_metadata().state_dict_metadata
-        state = {k: v.to(saved[f"model.{k}"].properties.dtype) if f"model.{k}" in saved else v
-                 for k, v in GPT(ckpt.model_config).state_dict().items()}  # fmt: skip
+        state = GPT(ckpt.model_config).state_dict()
+        _check_dcp_fits(ckpt, {k: v.shape for k, v in state.items()})
+        saved = _dcp_model_metadata(ckpt)
+        state = {k: v.to(saved[k].properties.dtype) for k, v in state.items()}
         dcp.load({"model": state}, checkpoint_id=ckpt.path / DCP_DIR)
         return state
     raise CheckpointError(f"checkpoint {ckpt.path} has neither {MODEL_FILE} nor {DCP_DIR}/")
@@ -378,6 +406,7 @@ def load_training_state(
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer)
+    _check_dcp_fits(ckpt, {k: v.shape for k, v in model_state.items()})  # DTensors: their global shapes
     dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=ckpt.path / DCP_DIR)
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
     return torch.load(ckpt.path / f"trainer_rank{env.rank}.pt", map_location="cpu", weights_only=False)

@@ -1,24 +1,30 @@
 """FSDP2 under torchrun (gloo, 2 CPU processes): same losses as one process, sharded checkpoints."""
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import train_args
+from test_training import _without_model_flags, train_args
 
-from gpt2.checkpoint import find_checkpoint, load_model, load_model_state
+from gpt2.checkpoint import CheckpointError, find_checkpoint, list_checkpoints, load_model, load_model_state
 from gpt2.cli import main as cli
 from gpt2.training.run_log import read_metrics
 
 
-def torchrun(args, nproc=2):
+def run_torchrun(args, nproc=2):
     # --standalone: a rendezvous on a free local port (a fixed port could clash with a parallel run).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     cmd += ["-m", "gpt2", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def torchrun(args, nproc=2):
+    proc = run_torchrun(args, nproc)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -73,3 +79,31 @@ def test_sharded_bf16_run_resumes_and_consolidates_in_bf16(corpus, tmp_path):
     assert cli(["consolidate", str(tmp_path / "run")]) == 0
     saved = load_file(find_checkpoint(tmp_path / "run").path / "model.safetensors")
     assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+
+
+def test_a_sharded_checkpoint_whose_weights_do_not_fit_its_config_is_a_checkpoint_error(corpus, tmp_path):
+    run = tmp_path / "run"
+    args = train_args(corpus, run, "--batch_size", "2", "--eval_batches", "1")
+    torchrun([*args, "--max_steps", "1"])
+    path = find_checkpoint(run).path
+    meta = json.loads((path / "meta.json").read_text())
+    config = meta["model_config"]
+
+    def record(**changes):  # a meta.json whose model config is not the one the weights were saved with
+        (path / "meta.json").write_text(json.dumps({**meta, "model_config": {**config, **changes}}))
+
+    for changes, problem in [
+        ({"n_layers": config["n_layers"] + 1}, "dcp/ lacks blocks.2.ln_1.weight"),
+        ({"dim": 2 * config["dim"]}, "tok_emb.weight is .* in dcp/, .* in the model"),
+        ({"n_layers": config["n_layers"] - 1}, "dcp/ holds unexpected blocks.1"),  # DCP loaded the first block
+    ]:
+        record(**changes)
+        with pytest.raises(CheckpointError, match=f"weights do not fit the model config its meta.json .*{problem}"):
+            load_model(path)
+
+    # Resuming it (on every rank, with the recorded config): the same one-line error, not DCP's exception, and
+    # not a run that goes on with the first block of the saved model.
+    proc = run_torchrun([*_without_model_flags(args), "--max_steps", "2", "--resume"])
+    assert proc.returncode != 0 and "CheckpointException" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: checkpoint {path}: its weights do not fit" in proc.stderr and "dcp/ holds unexpected" in proc.stderr
+    assert list_checkpoints(run) == [path]
