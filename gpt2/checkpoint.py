@@ -23,10 +23,11 @@ files they read (the weights and the tokenizer), so a checkpoint whose trainer
 state was deleted to save space still serves them; ``--resume`` verifies every file.
 
 ``deploy`` adds ``export/`` to a checkpoint folder after it was sealed (not part
-of the checkpoint's files). Saving the same step again (a run that resumed from
-an older checkpoint has come back to it) replaces the folder, but moves its
-``export/`` into the new one: every export records the identity of the weights it
-came from, and a backend refuses one that no longer matches them.
+of the checkpoint's files). Pruning (``keep_last``) skips a checkpoint that holds
+exports: deleting it is the user's call. Saving the same step again (a run that
+resumed from an older checkpoint has come back to it) replaces the folder, but
+moves its ``export/`` into the new one: every export records the identity of the
+weights it came from, and a backend refuses one that no longer matches them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from gpt2.errors import UserError
 from gpt2.io import atomic_path, atomic_write, fsync_dir, fsync_file
@@ -104,7 +106,8 @@ def save_checkpoint(
     keep_last: int | None = None,
     env: DistEnv | None = None,
 ) -> Path:
-    """Write ``RUN/checkpoints/step_<step>`` atomically; keep only the newest ``keep_last`` checkpoints.
+    """Write ``RUN/checkpoints/step_<step>`` atomically; keep only the newest ``keep_last`` checkpoints (and those
+    that hold deploy's exports).
 
     ``tokenizer`` is a tokenizer.json file or its contents: a trainer passes the bytes it loaded, so that
     the checkpoint holds the tokenizer its model was trained with even if the file has changed since.
@@ -145,8 +148,27 @@ def save_checkpoint(
         # Among this checkpoint and older ones: newer ones are left from a run that resumed from an older
         # checkpoint (they failed verification), and must not count as newest and push this one out.
         for old in [c for c in list_checkpoints(run_dir) if c.name <= final.name][:-keep_last]:
-            shutil.rmtree(old)
+            if _holds_exports(old):
+                _announce_kept(old)
+            else:
+                shutil.rmtree(old)
     return final
+
+
+_announced: set[Path] = set()  # checkpoints kept for their exports that this process has said so about
+
+
+def _holds_exports(path: Path) -> bool:
+    """Whether deploy wrote exports into this checkpoint: an ONNX model or TensorRT engine takes minutes to
+    rebuild, and may be what someone deployed. Pruning keeps such a checkpoint (an empty ``export/`` is none)."""
+    export = path / EXPORT_DIR
+    return export.is_dir() and any(export.iterdir())
+
+
+def _announce_kept(path: Path) -> None:
+    if path not in _announced:  # once, not at every save from then on
+        _announced.add(path)
+        tqdm.write(f"kept {path.name}: it holds deploy exports (delete it by hand when done)")
 
 
 def _install(tmp: Path, final: Path) -> None:

@@ -50,6 +50,21 @@ def test_keep_last_prunes_old_checkpoints(tmp_path, model, tokenizer_file):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
 
 
+def test_pruning_keeps_checkpoints_that_hold_deploy_exports(tmp_path, model, tokenizer_file, capsys):
+    deployed = save_checkpoint(tmp_path, 1, model, None, tokenizer_file, keep_last=2)
+    (deployed / "export").mkdir()
+    (deployed / "export" / "model.fp32.onnx").write_bytes(b"an export that took minutes to build")
+    empty = save_checkpoint(tmp_path, 2, model, None, tokenizer_file, keep_last=2)
+    (empty / "export").mkdir()  # a deploy that wrote nothing: no reason to keep it
+    for step in (3, 4, 5):
+        save_checkpoint(tmp_path, step, model, None, tokenizer_file, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001", "step_00000004", "step_00000005"]
+    assert (deployed / "export" / "model.fp32.onnx").read_bytes() == b"an export that took minutes to build"
+    assert find_checkpoint(deployed).step == 1  # still a whole checkpoint
+    # Said once, when it first left the newest two, not at every save after.
+    assert capsys.readouterr().out == "kept step_00000001: it holds deploy exports (delete it by hand when done)\n"
+
+
 def test_pruning_never_removes_the_checkpoint_just_saved(tmp_path, model, tokenizer_file):
     # A run resumed from step 10 because step 20 was corrupt: its next save (16) sorts before the corrupt 20,
     # which must not count as one of the newest and push the new checkpoint out.
