@@ -99,7 +99,7 @@ CASES = {
     "verbatim text is not tidied": (
         "Call <code>main()</code> and <math>f( , )</math>; then\n<math>\n|x| = 1\n</math>\n"
         "<pre>\n  ; comment\n    x  =  1\n\n  y()\n</pre>",
-        "Call main() and f( , ); then\n|x| = 1\n; comment\n  x  =  1\ny()",
+        "Call main() and f( , ); then |x| = 1\n; comment\n  x  =  1\ny()",
     ),
     "code keeps its indentation, less the block's, on lines of its own": (
         "Use:<syntaxhighlight lang=python>\n    def f(x):\n        if x:\n\n            return 1\n</syntaxhighlight>"
@@ -145,7 +145,14 @@ CASES = {
         "If a<b and c>d then stop, as 1 < 2 > 0.<span class=x>",
         "If a<b and c>d then stop, as 1 < 2 > 0.",
     ),
-    "a carriage return is a space": ("a\rb\r\nc", "a b\nc"),
+    "a carriage return is a space": ("a\rb\r\n\r\nc", "a b\nc"),
+    "the lines of a paragraph are one line, as MediaWiki shows them": (
+        # As in "Analysis of variance", whose paragraphs are wrapped: a blank line ends a paragraph, and so
+        # does a line that dropped markup leaves blank; a list item ends with its line.
+        "studies of [[process]]es that\nchange [[variance]]s\nrather.\n\nNext\none.\n[[File:x.jpg|thumb|cap]]\nB\n"
+        "{{Infobox|x=1}}\nC\n* item\nD\nE\n<blockquote>\nq1\n q2\n\nq3</blockquote>\n<poem>\nverse\n line</poem>",
+        "studies of processes that change variances rather.\nNext one.\nB\nC\nitem\nD E\nq1 q2\nq3\nverse\nline",
+    ),
     "blank lines and runs of spaces": ("A   b.\n\n\n\nC  \t d.", "A b.\nC d."),
     ".NET keeps its dot": ("[[.NET Framework]] is a framework .", ".NET Framework is a framework."),
 }
@@ -202,6 +209,16 @@ def test_real_sentences_keep_their_inline_templates():
     assert "denotes an open unrounded vowel, such as /a/, /ä/, or /ɑ/." in clean_wikitext(real_page("A"))
     text = clean_wikitext(real_page("Ampere"))
     assert "(roughly 6.241×1018 times the elementary charge)" in text
+
+
+def test_real_wrapped_paragraphs_are_one_line():
+    # The source wraps its paragraphs: "However, studies of processes that \nchange variances rather than ..."
+    lines = clean_wikitext(real_page("Analysis of variance")).splitlines()
+    sentence = (
+        "However, studies of processes that change variances rather than means (called dispersion effects) have "
+        "been successfully conducted using ANOVA. "
+    )
+    assert any(line.startswith(sentence) for line in lines)
 
 
 def test_formulas_in_numbered_template_parameters_are_kept():

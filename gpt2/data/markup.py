@@ -14,7 +14,8 @@ running prose:
   paragraph of the quoted text, as ``<blockquote>`` does;
 * kept as their visible text: wiki links (their label), labelled external links, bold/italic text, HTML
   formatting tags, list items (one per line), headings (a line with the title), decoded HTML entities
-  (``&nbsp;`` is a space);
+  (``&nbsp;`` is a space), paragraphs (one per line: as MediaWiki does, the lines of wikitext of a
+  paragraph are joined; a blank line ends it, and so does a line that dropped markup leaves blank);
 * kept verbatim, untouched by the tidying below: ``<math>`` (its LaTeX source, on one line: its runs of
   whitespace, newlines included, are one space, so that sentences around formulas stay whole), code
   (``<syntaxhighlight>`` and ``<pre>``, lines of their own, and the text of ``<code>``) with its lines and
@@ -38,7 +39,7 @@ from __future__ import annotations
 import html
 import re
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import mwparserfromhell
 from mwparserfromhell.nodes import (
@@ -75,12 +76,10 @@ CODE_TAGS = frozenset({"syntaxhighlight", "source", "pre"})
 VERBATIM_TAGS = FORMULA_TAGS | CODE_TAGS | {"nowiki"}
 # Tags whose content is wikitext, rendered, but then kept as it is: code, where "()" or "; x" are content.
 UNTIDIED_TAGS = frozenset({"code", "kbd", "samp", "tt"})
-# Tags that start a new line: <br>, <hr>, <p>, list items, and the ":" of a definition (";term : definition").
+# Tags that start a new line: <br>, <hr>, <p>, and HTML list items (wikitext's are _LIST_MARKUP).
 LINE_BREAK_TAGS = frozenset({"br", "hr", "p", "li", "dd"})
 # Blocks: a paragraph of their own, so that a quotation is not glued to the sentence that introduces it.
 BLOCK_TAGS = frozenset({"blockquote", "div", "center"})
-# Blocks in which a line that starts with a space is not preformatted (MediaWiki; <poem> indents it instead).
-NO_PRE_TAGS = frozenset({"blockquote", "poem"})
 
 # Interlanguage links such as [[de:Anarchismus]] or [[zh-min-nan:...]] (no leading colon).
 _INTERLANGUAGE = re.compile(r"^(?:[a-z]{2,3}|simple)(?:-[a-z0-9]+)*:")
@@ -114,11 +113,17 @@ _ALNUM = re.compile(r"\w")  # \w matches letters and digits of any script
 # Verbatim text travels between these two noncharacters (reserved by Unicode for internal use, removed from
 # the input) until the tidying of its line is done; there each span stands as one _HOLD while tidied.
 _OPEN, _CLOSE, _HOLD = "\ufdd0", "\ufdd1", "\ufdd2"
-# A line of wikitext that starts with a space is preformatted text (code, pseudocode, ASCII art): _PRE stands
-# for that space until _lines keeps the line's indentation and spacing.
-_PRE = "\ufdd3"
+# Lines, until _lines: "\n" is a line break that the rendering makes (<br>, a block, a line of code); a newline
+# of the wikitext is _SOFT, as MediaWiki joins the lines of a paragraph (a blank line ends it); "\n" + _PRE
+# starts a line that the wikitext starts with a space: preformatted text (code, pseudocode, ASCII art) that
+# keeps its indentation and spacing; "\n" + _ITEM starts a list item, which the wikitext's next newline ends.
+_PRE, _SOFT, _ITEM = "\ufdd3", "\ufdd4", "\ufdd5"
 _VERBATIM_SPAN = re.compile(f"{_OPEN}([^{_OPEN}{_CLOSE}]*){_CLOSE}")
-_INTERNAL = re.compile(f"[{_OPEN}{_CLOSE}{_HOLD}{_PRE}]")
+_INTERNAL = re.compile(f"[{_OPEN}{_CLOSE}{_HOLD}{_PRE}{_SOFT}{_ITEM}]")
+# Where the wikitext's lines stay lines, neither joined nor preformatted (a template's argument, verse, code).
+_AS_WRITTEN = str.maketrans({_SOFT: "\n", _PRE: " ", _ITEM: None})
+_STRAY_MARKS = str.maketrans({_OPEN: None, _CLOSE: None, _SOFT: " ", _PRE: " ", _ITEM: None})
+_LIST_MARKUP = frozenset("*#:;")  # list items: "* a", "# b", ": indented", "; term : definition"
 
 
 # -------------------------------------------------------------------------------- inline templates
@@ -127,7 +132,7 @@ MAX_POSITION = 50  # a numbered parameter beyond this is not an argument of an i
 
 def _inline(value: Wikicode) -> str:
     """Text within a sentence (a template's argument, a link's title): never preformatted, whatever its spaces."""
-    return _render(value).replace(_PRE, " ").strip()
+    return _render(value).translate(_AS_WRITTEN).strip()
 
 
 def _positional(template: Template) -> list[str]:
@@ -314,7 +319,7 @@ def _template(template: Template) -> str:
 # ----------------------------------------------------------------------------------- nodes -> text
 def _verbatim(text: str) -> str:
     """Mark text to be kept as it is by the tidying, each of its lines on its own (lines are split first)."""
-    text = _INTERNAL.sub("", text.replace(_PRE, " "))  # verbatim inside verbatim (<nowiki> in <code>): one span
+    text = _INTERNAL.sub("", text.translate(_AS_WRITTEN))  # verbatim inside verbatim (<nowiki> in <code>): one span
     return "\n".join(f"{_OPEN}{line}{_CLOSE}" for line in text.split("\n"))
 
 
@@ -337,7 +342,7 @@ def _wikilink(link: Wikilink) -> str:
         if namespace in DROPPED_LINK_NAMESPACES or _INTERLANGUAGE.match(title):
             return ""
     if link.text is not None:
-        text = _render(link.text).replace(_PRE, " ")
+        text = _render(link.text).translate(_AS_WRITTEN)
         if text.strip():
             return text
         # The "pipe trick" [[Paris (band)|]] shows "Paris".
@@ -358,9 +363,13 @@ def _tag(tag: Tag) -> str:
         return _verbatim("\n".join(line.strip() for line in text.split("\n")))  # <nowiki>
     if name in UNTIDIED_TAGS:
         return _code(_render(tag.contents)) if tag.contents else ""
+    if tag.wiki_markup in _LIST_MARKUP:  # "*", "#", ":", ";": the tag marks a list item, it holds nothing
+        return "\n" + _ITEM
     text = _render(tag.contents) if tag.contents else ""
-    if name in NO_PRE_TAGS:
-        text = text.replace(_PRE, " ")
+    if name == "poem":  # lines of verse, each a line (MediaWiki indents a leading space, never preformats)
+        text = text.translate(_AS_WRITTEN)
+    elif name == "blockquote":  # paragraphs; a leading space is no preformatting there (MediaWiki)
+        text = text.replace("\n" + _PRE, _SOFT + " ")
     if name in BLOCK_TAGS:
         return f"\n{text}\n"
     if name in LINE_BREAK_TAGS:
@@ -371,10 +380,11 @@ def _tag(tag: Tag) -> str:
 def _node(node: Node) -> str:
     if isinstance(node, Text):
         # Markup the parser leaves as text: bold/italic quotes (skip_style_tags), magic words, and the
-        # brackets and tags of templates, links and tags that are not closed; a space that starts a line
-        # (preformatted) is marked first, as it was written.
-        text = _BOLD_ITALIC.sub("", _MAGIC_WORD.sub("", node.value.replace("\n ", "\n" + _PRE)))
-        return _STRAY_TAG.sub("", _UNPARSED_BRACKETS.sub("", text))
+        # brackets and tags of templates, links and tags that are not closed. A line that starts with a
+        # space is found first, as it was written (_PRE stands for "\n " meanwhile).
+        text = _BOLD_ITALIC.sub("", _MAGIC_WORD.sub("", node.value.replace("\n ", _PRE)))
+        text = _STRAY_TAG.sub("", _UNPARSED_BRACKETS.sub("", text))
+        return text.replace("\n", _SOFT).replace(_PRE, "\n" + _PRE)
     if isinstance(node, Wikilink):
         return _wikilink(node)
     if isinstance(node, Template):
@@ -407,29 +417,49 @@ def _tidy(line: str) -> str:
 
 
 def _lines(text: str) -> list[str]:
-    """Tidied non-empty lines; table debris (``{|``, ``|-``, ``!``) left by unparsable tables is dropped.
-
-    Preformatted lines are kept as they are, but for the space that marks them and the indentation that
-    all the lines of their block share.
-    """
+    """Tidied non-empty lines: paragraphs, list items, and preformatted lines, kept as they are but for the
+    space that marks them and the indentation that all the lines of their block share."""
     lines: list[str] = []
-    block: list[str] = []  # consecutive preformatted lines
-    for raw in text.split("\n"):
-        if raw.startswith(_PRE):
-            block.append(_INTERNAL.sub("", raw).rstrip())
+    block: list[str] = []  # preformatted lines, until a line of text ends their block
+    for preformatted, raw in _source_lines(text):
+        if preformatted:
+            block.append(raw)
             continue
-        if block and not raw.strip():  # a blank line within a block: its indentation is shared across it
-            continue
-        if block:
-            lines.extend(_preformatted(block))
-            block = []
         line, spans = _tidy_around_verbatim(raw)
-        if line.startswith(("{|", "|", "!")):
-            continue
         line = _put_back(line, spans)
         if line.strip() and (_ALNUM.search(line) or any(span.strip() for span in spans)):
+            lines += _preformatted(block)
+            block = []
             lines.append(line)
     return lines + _preformatted(block)
+
+
+def _source_lines(text: str) -> Iterator[tuple[bool, str]]:
+    """(preformatted, line) for each preformatted line, list item and paragraph, in order."""
+    for line in text.split("\n"):
+        first, *rest = line.split(_SOFT)  # the first is preformatted, a list item, or begins a paragraph
+        if first.startswith(_PRE):
+            yield True, _INTERNAL.sub("", first).rstrip()
+        elif first.startswith(_ITEM):
+            yield False, first
+        else:
+            rest.insert(0, first)
+        yield from ((False, paragraph) for paragraph in _paragraphs(rest))
+
+
+def _paragraphs(lines: list[str]) -> Iterator[str]:
+    """The wikitext's lines joined into paragraphs: a blank line ends one, and so does a line that dropped
+    markup left blank (a table, an image, an infobox) and table debris (``{|``, ``|-``, ``!``) left by an
+    unparsable table, dropped."""
+    paragraph: list[str] = []
+    for line in lines:
+        if line.strip() and not line.lstrip().startswith(("{|", "|", "!")):
+            paragraph.append(line)
+        elif paragraph:
+            yield " ".join(paragraph)
+            paragraph = []
+    if paragraph:
+        yield " ".join(paragraph)
 
 
 def _preformatted(block: list[str]) -> list[str]:
@@ -440,8 +470,7 @@ def _preformatted(block: list[str]) -> list[str]:
 def _tidy_around_verbatim(raw: str) -> tuple[str, list[str]]:
     """The line tidied with each verbatim span held as one ``_HOLD``, and the spans, in order."""
     spans = _VERBATIM_SPAN.findall(raw)
-    held = _VERBATIM_SPAN.sub(_HOLD, raw).replace(_OPEN, "").replace(_CLOSE, "").replace(_PRE, " ")
-    return _tidy(held), spans
+    return _tidy(_VERBATIM_SPAN.sub(_HOLD, raw).translate(_STRAY_MARKS)), spans
 
 
 def _put_back(line: str, spans: list[str]) -> str:
