@@ -84,7 +84,7 @@ CASES = {
     ),
     "line breaks": ("line one<br />line two", "line one\nline two"),
     "math and code keep their source": (
-        "where <math>x^{{2}} < y</math> is, as in <syntaxhighlight lang=c>a[[i]] = {{0}};</syntaxhighlight>",
+        "where <math>x^{{2}} < y</math> is, as in <syntaxhighlight lang=c inline>a[[i]] = {{0}};</syntaxhighlight>",
         "where x^{{2}} < y is, as in a[[i]] = {{0}};",
     ),
     "numbered parameters are positional ones": (
@@ -99,13 +99,60 @@ CASES = {
     "verbatim text is not tidied": (
         "Call <code>main()</code> and <math>f( , )</math>; then\n<math>\n|x| = 1\n</math>\n"
         "<pre>\n  ; comment\n    x  =  1\n\n  y()\n</pre>",
-        "Call main() and f( , ); then\n|x| = 1\n; comment\nx  =  1\ny()",
+        "Call main() and f( , ); then |x| = 1\n; comment\n  x  =  1\ny()",
+    ),
+    "code keeps its indentation, less the block's, on lines of its own": (
+        "Use:<syntaxhighlight lang=python>\n    def f(x):\n        if x:\n\n            return 1\n</syntaxhighlight>"
+        "or <code>a\n    b</code>",
+        "Use:\ndef f(x):\n    if x:\n        return 1\nor a\n    b",
+    ),
+    "lines starting with a space are preformatted": (
+        # As in "Algorithm": a leading space marks the line, the rest of its indentation is the code's.
+        "'''INPUT''':\n {{vanchor|1|el1}} [Put ''l'' in L]:\n   INPUT L, S\n '''if''' x() then\n     GOTO [[#7|7]]",
+        "INPUT:\n1 [Put l in L]:\n  INPUT L, S\nif x() then\n    GOTO 7",
+    ),
+    "a preformatted block loses the indentation its lines share, even across a blank line": (
+        "   def f():\n\n       return  (1)\nText  after.",
+        "def f():\n    return  (1)\nText after.",
+    ),
+    "formulas are one line, without the spaces that start or end them": (
+        "is <math>1 + {n} /\n{m}</math> (where n is) and <math> t_j</math>, that is",
+        "is 1 + {n} / {m} (where n is) and t_j, that is",
+    ),
+    "a block quotation is a paragraph of its own, not preformatted": (
+        'Hesiod explains:<blockquote>\n "For there are  three"</blockquote> The Iliad',
+        'Hesiod explains:\n"For there are three"\nThe Iliad',
+    ),
+    "sounds, numbers, dashes, ships and symbols in sentences": (
+        "such as {{IPA|/a/}}, or {{IPA|/ɑ/}}{{IPA|de|ˈʃpiːl}}; roughly {{val|6.241|e=18}} times, {{val|0.99985|u=A}}, "
+        "{{val|1.00794|(7)}}, {{val|1.00794|0.00007}}; 5.98{{e|24}}&nbsp;kg; computers{{mdashb}}following; "
+        "alongside {{HMS|Ajax|22|6}} and {{USS|Hornet|CV-12|6}}; {{Carbon}}<sub>''n''</sub>{{Hydrogen}}<sub>4</sub>; "
+        "A{{Music|flat}}; on {{bibleref|Mark|3:25|9}}, ({{formatnum: 3003}} m), Dari: {{nq|افغانستان}}, "
+        "Arabic ({{rtl-lang|ar|الكيمياء}}).",
+        "such as /a/, or /ɑ/; roughly 6.241×1018 times, 0.99985 A, 1.00794(7), 1.00794±0.00007; 5.98×1024 kg; "
+        "computers—following; alongside HMS Ajax and USS Hornet; CnH4; A♭; on Mark 3:25, (3003 m), "
+        "Dari: افغانستان, Arabic (الكيمياء).",
+    ),
+    "fractions are words of their own": (
+        "(1{{sfrac|1|4}} days), + ({{sfrac|3''n'' + 1|2}}) O2, {{frac|2}} and {{frac|1|1|2}}.",
+        "(1 1/4 days), + ((3n + 1)/2) O2, 1/2 and 1 1/2.",
+    ),
+    "no punctuation left before a full stop by a removed template": (
+        "Run Time: 52&nbsp;minutes, {{OCLC|61658553}}. The principles,... subject",
+        "Run Time: 52 minutes. The principles,... subject",
     ),
     "a lone < or > is text, not a tag": (
         "If a<b and c>d then stop, as 1 < 2 > 0.<span class=x>",
         "If a<b and c>d then stop, as 1 < 2 > 0.",
     ),
-    "a carriage return is a space": ("a\rb\r\nc", "a b\nc"),
+    "a carriage return is a space": ("a\rb\r\n\r\nc", "a b\nc"),
+    "the lines of a paragraph are one line, as MediaWiki shows them": (
+        # As in "Analysis of variance", whose paragraphs are wrapped: a blank line ends a paragraph, and so
+        # does a line that dropped markup leaves blank; a list item ends with its line.
+        "studies of [[process]]es that\nchange [[variance]]s\nrather.\n\nNext\none.\n[[File:x.jpg|thumb|cap]]\nB\n"
+        "{{Infobox|x=1}}\nC\n* item\nD\nE\n<blockquote>\nq1\n q2\n\nq3</blockquote>\n<poem>\nverse\n line</poem>",
+        "studies of processes that change variances rather.\nNext one.\nB\nC\nitem\nD E\nq1 q2\nq3\nverse\nline",
+    ),
     "blank lines and runs of spaces": ("A   b.\n\n\n\nC  \t d.", "A b.\nC d."),
     ".NET keeps its dot": ("[[.NET Framework]] is a framework .", ".NET Framework is a framework."),
 }
@@ -143,6 +190,35 @@ def test_a_real_article_reads_like_encyclopedia_text():
     assert "References" not in lines and "External links" not in lines and "See also" not in lines
     assert all(line.strip() == line and line for line in lines)  # no blank or padded lines
     assert 40_000 < len(text) < len(wikitext) / 2
+
+
+def test_real_pseudocode_keeps_its_indentation():
+    lines = clean_wikitext(real_page("Algorithm")).splitlines()
+    # The source: " {{vanchor|1|el1}} [Into two locations ...]:" then "   INPUT L, S" (preformatted lines).
+    i = lines.index("1 [Into two locations L and S put the numbers l and s that represent the two lengths]:")
+    assert lines[i + 1 : i + 4] == [
+        "  INPUT L, S",
+        "2 [Initialize R: make the remaining length r equal to the starting/initial/input length l]:",
+        "  R ← L",
+    ]
+    i = lines.index("for each item in L, do")
+    assert lines[i + 1 : i + 4] == ["  if item > largest, then", "    largest ← item", "return largest"]
+
+
+def test_real_sentences_keep_their_inline_templates():
+    assert "denotes an open unrounded vowel, such as /a/, /ä/, or /ɑ/." in clean_wikitext(real_page("A"))
+    text = clean_wikitext(real_page("Ampere"))
+    assert "(roughly 6.241×1018 times the elementary charge)" in text
+
+
+def test_real_wrapped_paragraphs_are_one_line():
+    # The source wraps its paragraphs: "However, studies of processes that \nchange variances rather than ..."
+    lines = clean_wikitext(real_page("Analysis of variance")).splitlines()
+    sentence = (
+        "However, studies of processes that change variances rather than means (called dispersion effects) have "
+        "been successfully conducted using ANOVA. "
+    )
+    assert any(line.startswith(sentence) for line in lines)
 
 
 def test_formulas_in_numbered_template_parameters_are_kept():

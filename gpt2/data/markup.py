@@ -8,24 +8,29 @@ running prose:
   bare URLs and unlabelled external links;
 * a few inline templates whose output is part of a sentence are rendered instead, so that dropping them
   does not break the sentence: ``{{convert|5|km}}`` -> "5 km", ``{{lang|fr|liberté}}`` -> "liberté",
-  ``{{nowrap|...}}``, ``{{as of|2010}}``, ``{{frac|1|2}}``, ``{{nbsp}}``, ``{{flag|France}}`` -> "France"...
-  (``INLINE_TEMPLATES``); their parameters may be numbered (``{{math|1=E = mc^2}}``); ``{{quote}}`` and
-  ``{{blockquote}}`` become a paragraph of the quoted text;
+  ``{{nowrap|...}}``, ``{{as of|2010}}``, ``{{frac|1|2}}``, ``{{nbsp}}``, ``{{flag|France}}`` -> "France",
+  ``{{IPA|/a/}}`` -> "/a/", ``{{val|6.24|e=18}}``, ``{{USS|Hornet}}``... (``INLINE_TEMPLATES``); their
+  parameters may be numbered (``{{math|1=E = mc^2}}``); ``{{quote}}`` and ``{{blockquote}}`` become a
+  paragraph of the quoted text, as ``<blockquote>`` does;
 * kept as their visible text: wiki links (their label), labelled external links, bold/italic text, HTML
   formatting tags, list items (one per line), headings (a line with the title), decoded HTML entities
-  (``&nbsp;`` is a space);
-* kept verbatim: ``<math>`` (its LaTeX source, so that sentences around formulas stay whole), code
-  (``<syntaxhighlight>``, ``<pre>``, and the text of ``<code>``) and ``<nowiki>``: character for
-  character, untouched by the tidying below (only their blank lines and the whitespace that begins or
-  ends a line go); elsewhere the ``{{``, ``[[`` and HTML or extension ``<tag>`` of templates, links
-  and tags that the page's author left unclosed are removed (a lone ``<`` or ``>``, as in
-  "a<b and c>d", is text);
+  (``&nbsp;`` is a space), paragraphs (one per line: as MediaWiki does, the lines of wikitext of a
+  paragraph are joined; a blank line ends it, and so does a line that dropped markup leaves blank);
+* kept verbatim, untouched by the tidying below: ``<math>`` (its LaTeX source, on one line: its runs of
+  whitespace, newlines included, are one space, so that sentences around formulas stay whole), code
+  (``<syntaxhighlight>`` and ``<pre>``, lines of their own, and the text of ``<code>``) with its lines and
+  their indentation, less the indentation that all the lines of the block share, and ``<nowiki>``; only
+  blank lines and the whitespace that ends a line go. Preformatted lines (wikitext lines that start with
+  a space: pseudocode, ASCII art) are rendered, then kept with their spacing, less that first space and the
+  indentation that all the lines of their block share. Elsewhere the ``{{``, ``[[`` and HTML or extension
+  ``<tag>`` of templates, links and tags that the page's author left unclosed are removed (a lone ``<``
+  or ``>``, as in "a<b and c>d", is text);
 * dropped with everything under them: back-matter sections that are lists of links or sources rather
   than prose (``DROPPED_SECTIONS``: "See also", "References", "External links", "Further reading",
   "Notes", "Bibliography", ...); a heading whose section ends up empty is dropped too.
 
-Finally each line is tidied (runs of spaces, spaces before punctuation, "( )" and "(; " left by removed
-templates) and lines with no letter or digit (and no verbatim text) are dropped, so the result never
+Finally each line is tidied (runs of spaces, spaces before punctuation, "( )", "(; " and ",." left by
+removed templates) and lines with no letter or digit (and no verbatim text) are dropped, so the result never
 contains a blank line. A carriage return is a space (only ``\n`` separates lines).
 """
 
@@ -33,7 +38,8 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Iterator
 
 import mwparserfromhell
 from mwparserfromhell.nodes import (
@@ -63,12 +69,17 @@ DROPPED_TAGS = frozenset({
     "ref", "references", "table", "gallery", "imagemap", "timeline", "graph", "score", "mapframe",
     "maplink", "templatedata", "templatestyles", "includeonly", "inputbox", "categorytree", "hiero",
 })  # fmt: skip
-# Tags whose content is not wikitext (formulas, code): kept character for character.
-VERBATIM_TAGS = frozenset({"math", "chem", "ce", "syntaxhighlight", "source", "pre", "nowiki"})
+# Tags whose content is not wikitext, kept as it is. A formula's whitespace, newlines included, is one space
+# (as for TeX), so that an inline formula does not split its sentence; code keeps its lines and indentation.
+FORMULA_TAGS = frozenset({"math", "chem", "ce"})
+CODE_TAGS = frozenset({"syntaxhighlight", "source", "pre"})
+VERBATIM_TAGS = FORMULA_TAGS | CODE_TAGS | {"nowiki"}
 # Tags whose content is wikitext, rendered, but then kept as it is: code, where "()" or "; x" are content.
 UNTIDIED_TAGS = frozenset({"code", "kbd", "samp", "tt"})
-# Tags that start a new line: <br>, <hr>, <p>, list items, and the ":" of a definition (";term : definition").
+# Tags that start a new line: <br>, <hr>, <p>, and HTML list items (wikitext's are _LIST_MARKUP).
 LINE_BREAK_TAGS = frozenset({"br", "hr", "p", "li", "dd"})
+# Blocks: a paragraph of their own, so that a quotation is not glued to the sentence that introduces it.
+BLOCK_TAGS = frozenset({"blockquote", "div", "center"})
 
 # Interlanguage links such as [[de:Anarchismus]] or [[zh-min-nan:...]] (no leading colon).
 _INTERLANGUAGE = re.compile(r"^(?:[a-z]{2,3}|simple)(?:-[a-z0-9]+)*:")
@@ -91,6 +102,8 @@ _STRAY_TAG = re.compile(
 )
 _SPACES = re.compile(r"[ \t\u00a0\u200b]+")
 _SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:!?])(?= |$)")
+# What a removed template leaves before a full stop: "Run time: 52 minutes, {{OCLC|61658553}}." ("..." is kept).
+_PUNCT_BEFORE_STOP = re.compile(r"[,;:]+(?=\.(?: |$))")
 # What removed pronunciation templates and refs leave in parentheses: "( ; , )", "(, also", "born 1900; )".
 _EMPTY_PARENS = re.compile(r"\(\s*(?:[,;:]\s*)*\)")
 _PAREN_LEAD = re.compile(r"\(\s*(?:[,;:]\s*)*")
@@ -100,12 +113,26 @@ _ALNUM = re.compile(r"\w")  # \w matches letters and digits of any script
 # Verbatim text travels between these two noncharacters (reserved by Unicode for internal use, removed from
 # the input) until the tidying of its line is done; there each span stands as one _HOLD while tidied.
 _OPEN, _CLOSE, _HOLD = "\ufdd0", "\ufdd1", "\ufdd2"
+# Lines, until _lines: "\n" is a line break that the rendering makes (<br>, a block, a line of code); a newline
+# of the wikitext is _SOFT, as MediaWiki joins the lines of a paragraph (a blank line ends it); "\n" + _PRE
+# starts a line that the wikitext starts with a space: preformatted text (code, pseudocode, ASCII art) that
+# keeps its indentation and spacing; "\n" + _ITEM starts a list item, which the wikitext's next newline ends.
+_PRE, _SOFT, _ITEM = "\ufdd3", "\ufdd4", "\ufdd5"
 _VERBATIM_SPAN = re.compile(f"{_OPEN}([^{_OPEN}{_CLOSE}]*){_CLOSE}")
-_INTERNAL = re.compile(f"[{_OPEN}{_CLOSE}{_HOLD}]")
+_INTERNAL = re.compile(f"[{_OPEN}{_CLOSE}{_HOLD}{_PRE}{_SOFT}{_ITEM}]")
+# Where the wikitext's lines stay lines, neither joined nor preformatted (a template's argument, verse, code).
+_AS_WRITTEN = str.maketrans({_SOFT: "\n", _PRE: " ", _ITEM: None})
+_STRAY_MARKS = str.maketrans({_OPEN: None, _CLOSE: None, _SOFT: " ", _PRE: " ", _ITEM: None})
+_LIST_MARKUP = frozenset("*#:;")  # list items: "* a", "# b", ": indented", "; term : definition"
 
 
 # -------------------------------------------------------------------------------- inline templates
 MAX_POSITION = 50  # a numbered parameter beyond this is not an argument of an inline template
+
+
+def _inline(value: Wikicode) -> str:
+    """Text within a sentence (a template's argument, a link's title): never preformatted, whatever its spaces."""
+    return _render(value).translate(_AS_WRITTEN).strip()
 
 
 def _positional(template: Template) -> list[str]:
@@ -117,7 +144,7 @@ def _positional(template: Template) -> list[str]:
     for param in template.params:  # an unnamed parameter's name is its position
         name = str(param.name).strip()
         if name.isascii() and name.isdigit() and 1 <= int(name) <= MAX_POSITION:
-            args[int(name)] = _render(param.value).strip()
+            args[int(name)] = _inline(param.value)
     return [args.get(i, "") for i in range(1, max(args, default=0) + 1)]
 
 
@@ -151,10 +178,14 @@ def _convert(template: Template) -> str:
 
 
 def _frac(template: Template) -> str:
-    args = _positional(template)
+    """``{{frac|1|2}}`` -> "1/2", ``{{frac|2}}`` -> "1/2", ``{{frac|1|1|2}}`` -> "1 1/2", ``{{sfrac|3n + 1|2}}``
+    -> "(3n + 1)/2"; a word of its own, so that "1{{frac|1|4}}" reads "1 1/4", not "11/4"."""
+    args = [f"({arg})" if " " in arg else arg for arg in _positional(template)]
+    if len(args) == 1:
+        return f" 1/{args[0]}"
     if len(args) == 3:
-        return f"{args[0]} {args[1]}/{args[2]}"
-    return "/".join(args)
+        return f" {args[0]} {args[1]}/{args[2]}"
+    return " " + "/".join(args)
 
 
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -167,7 +198,7 @@ def _as_of(template: Template) -> str:
     if month.isdigit() and 1 <= int(month) <= 12:
         month = _MONTHS[int(month) - 1]
     date = f"{month} {day}, {year}" if month and day else f"{month} {year}".strip()
-    lower = template.has("lc") and _render(template.get("lc").value).strip().lower() in ("y", "yes", "true")
+    lower = template.has("lc") and _inline(template.get("lc").value).lower() in ("y", "yes", "true")
     return f"{'as' if lower else 'As'} of {date}"
 
 
@@ -177,10 +208,33 @@ def _named_or_first(*names: str) -> Callable[[Template], str]:
     def render(template: Template) -> str:
         for name in names:
             if template.has(name):
-                return _render(template.get(name).value).strip()
+                return _inline(template.get(name).value)
         return _first(template)
 
     return render
+
+
+def _val(template: Template) -> str:
+    """``{{val|6.241|e=18|u=C}}`` -> "6.241×1018 C": number, uncertainty, exponent (a superscript, rendered as
+    ``<sup>`` is: its digits) and unit."""
+    args = _positional(template)
+    out = args[0] if args else ""
+    if len(args) > 1 and args[1]:  # {{val|1.00794|(7)}}, {{val|1.00794|0.00007}}
+        out += args[1] if args[1].startswith("(") else f"±{args[1]}"
+    for name, form in (("e", "×10{}"), ("u", " {}"), ("ul", " {}")):
+        if template.has(name) and (value := _inline(template.get(name).value)):
+            out += form.format(value)
+    return out
+
+
+def _ipa(template: Template) -> str:
+    """``{{IPA|/a/}}`` (a sound named in a sentence) -> "/a/"; with a language code before the transcription it is
+    a pronunciation of the title, dropped like ``{{IPA-fr}}`` and ``{{IPAc-en}}``."""
+    args = _positional(template)
+    return args[0] if len(args) == 1 else ""
+
+
+_MUSIC_SIGNS = {"flat": "♭", "sharp": "♯", "natural": "♮"}
 
 
 def _block_quote(template: Template) -> str:
@@ -228,6 +282,27 @@ INLINE_TEMPLATES: dict[str, Callable[[Template], str]] = {
     "flag": _first,  # {{flag|France}}: a flag icon, then the country's name
     "flagcountry": _named_or_first("name"),
     "flagicon": lambda t: "",  # an icon only
+    "ipa": _ipa,
+    "ipaslink": _first,
+    "val": _val,
+    "e": lambda t: f"×10{_first(t)}",  # {{e|24}}: "×10<sup>24</sup>"
+    "mdashb": lambda t: "—",
+    "thinsp": lambda t: " ",
+    "spaces": lambda t: " ",
+    "' \"": lambda t: "'\"",
+    "sfrac": _frac,
+    "nq": _first,  # Nastaliq script
+    "nastaliq": _first,
+    "rtl-lang": _last,
+    "hms": lambda t: f"HMS {_first(t)}",  # ship names: {{HMS|Ajax|22|6}}, {{USS|Hornet|CV-12|6}}
+    "uss": lambda t: f"USS {_first(t)}",
+    "carbon": lambda t: "C",  # element symbols in formulas: {{Carbon}}<sub>n</sub>{{Hydrogen}}<sub>2n+2</sub>
+    "hydrogen": lambda t: "H",
+    "oxygen": lambda t: "O",
+    "nitrogen": lambda t: "N",
+    "music": lambda t: _MUSIC_SIGNS.get(_first(t).lower(), ""),
+    "bibleref": lambda t: " ".join(_positional(t)[:2]),  # {{bibleref|Mark|3:25|9}} -> "Mark 3:25"
+    "bibleverse": lambda t: " ".join(_positional(t)[:2]),
 }
 
 
@@ -236,25 +311,38 @@ def _template(template: Template) -> str:
     render = INLINE_TEMPLATES.get(name)
     if render is None and name.startswith("lang-"):  # {{lang-fr|liberté}}
         render = _last
+    if render is None and name.startswith("formatnum:"):  # {{formatnum:3003}}, a parser function
+        return _inline(template.name).partition(":")[2].strip()
     return render(template) if render else ""
 
 
 # ----------------------------------------------------------------------------------- nodes -> text
 def _verbatim(text: str) -> str:
     """Mark text to be kept as it is by the tidying, each of its lines on its own (lines are split first)."""
-    text = _INTERNAL.sub("", text)  # verbatim inside verbatim (<nowiki> in <code>): one span
+    text = _INTERNAL.sub("", text.translate(_AS_WRITTEN))  # verbatim inside verbatim (<nowiki> in <code>): one span
     return "\n".join(f"{_OPEN}{line}{_CLOSE}" for line in text.split("\n"))
 
 
+def _code(text: str) -> str:
+    """Code, verbatim: the indentation that all its lines share goes (the block's, not the code's), and the
+    spaces that end a line; the rest of each line's indentation is kept."""
+    return _verbatim("\n".join(line.rstrip() for line in textwrap.dedent(text).split("\n")))
+
+
+def _formula(text: str) -> str:
+    """A formula, verbatim, on one line: its runs of whitespace are one space, as they are to TeX."""
+    return _verbatim(" ".join(text.split()))
+
+
 def _wikilink(link: Wikilink) -> str:
-    title = _render(link.title).strip()  # a title may hold entities: [[OS&nbsp;X]]
+    title = _inline(link.title)  # a title may hold entities: [[OS&nbsp;X]]
     visible = title.startswith(":")  # [[:Category:X]] is a link to the category page, shown as text
     if not visible:
         namespace = title.partition(":")[0].strip().lower() if ":" in title else ""
         if namespace in DROPPED_LINK_NAMESPACES or _INTERLANGUAGE.match(title):
             return ""
     if link.text is not None:
-        text = _render(link.text)
+        text = _render(link.text).translate(_AS_WRITTEN)
         if text.strip():
             return text
         # The "pipe trick" [[Paris (band)|]] shows "Paris".
@@ -267,20 +355,36 @@ def _tag(tag: Tag) -> str:
     if name in DROPPED_TAGS:
         return ""
     if name in VERBATIM_TAGS:
-        return _verbatim(html.unescape(str(tag.contents))) if tag.contents else ""
+        text = html.unescape(str(tag.contents)) if tag.contents else ""
+        if name in CODE_TAGS:  # a block of its own, unless <syntaxhighlight inline>
+            return _code(text) if tag.has("inline") else f"\n{_code(text)}\n"
+        if name in FORMULA_TAGS:
+            return _formula(text)
+        return _verbatim("\n".join(line.strip() for line in text.split("\n")))  # <nowiki>
     if name in UNTIDIED_TAGS:
-        return _verbatim(_render(tag.contents)) if tag.contents else ""
+        return _code(_render(tag.contents)) if tag.contents else ""
+    if tag.wiki_markup in _LIST_MARKUP:  # "*", "#", ":", ";": the tag marks a list item, it holds nothing
+        return "\n" + _ITEM
+    text = _render(tag.contents) if tag.contents else ""
+    if name == "poem":  # lines of verse, each a line (MediaWiki indents a leading space, never preformats)
+        text = text.translate(_AS_WRITTEN)
+    elif name == "blockquote":  # paragraphs; a leading space is no preformatting there (MediaWiki)
+        text = text.replace("\n" + _PRE, _SOFT + " ")
+    if name in BLOCK_TAGS:
+        return f"\n{text}\n"
     if name in LINE_BREAK_TAGS:
-        return "\n" + (_render(tag.contents) if tag.contents else "")
-    return _render(tag.contents) if tag.contents else ""
+        return "\n" + text
+    return text
 
 
 def _node(node: Node) -> str:
     if isinstance(node, Text):
         # Markup the parser leaves as text: bold/italic quotes (skip_style_tags), magic words, and the
-        # brackets and tags of templates, links and tags that are not closed.
-        text = _BOLD_ITALIC.sub("", _MAGIC_WORD.sub("", node.value))
-        return _STRAY_TAG.sub("", _UNPARSED_BRACKETS.sub("", text))
+        # brackets and tags of templates, links and tags that are not closed. A line that starts with a
+        # space is found first, as it was written (_PRE stands for "\n " meanwhile).
+        text = _BOLD_ITALIC.sub("", _MAGIC_WORD.sub("", node.value.replace("\n ", _PRE)))
+        text = _STRAY_TAG.sub("", _UNPARSED_BRACKETS.sub("", text))
+        return text.replace("\n", _SOFT).replace(_PRE, "\n" + _PRE)
     if isinstance(node, Wikilink):
         return _wikilink(node)
     if isinstance(node, Template):
@@ -308,33 +412,72 @@ def _tidy(line: str) -> str:
     line = _PAREN_LEAD.sub("(", line)
     line = _PAREN_TAIL.sub(")", line)
     line = _SPACES.sub(" ", line)
-    line = _SPACE_BEFORE_PUNCT.sub(r"\1", line)
+    line = _PUNCT_BEFORE_STOP.sub("", _SPACE_BEFORE_PUNCT.sub(r"\1", line))
     return _LINE_LEAD.sub("", line).strip()
 
 
 def _lines(text: str) -> list[str]:
-    """Tidied non-empty lines; table debris (``{|``, ``|-``, ``!``) left by unparsable tables is dropped."""
-    lines = []
-    for raw in text.split("\n"):
-        line, spans = _tidy_around_verbatim(raw)
-        if line.startswith(("{|", "|", "!")):
+    """Tidied non-empty lines: paragraphs, list items, and preformatted lines, kept as they are but for the
+    space that marks them and the indentation that all the lines of their block share."""
+    lines: list[str] = []
+    block: list[str] = []  # preformatted lines, until a line of text ends their block
+    for preformatted, raw in _source_lines(text):
+        if preformatted:
+            block.append(raw)
             continue
+        line, spans = _tidy_around_verbatim(raw)
         line = _put_back(line, spans)
         if line.strip() and (_ALNUM.search(line) or any(span.strip() for span in spans)):
+            lines += _preformatted(block)
+            block = []
             lines.append(line)
-    return lines
+    return lines + _preformatted(block)
+
+
+def _source_lines(text: str) -> Iterator[tuple[bool, str]]:
+    """(preformatted, line) for each preformatted line, list item and paragraph, in order."""
+    for line in text.split("\n"):
+        first, *rest = line.split(_SOFT)  # the first is preformatted, a list item, or begins a paragraph
+        if first.startswith(_PRE):
+            yield True, _INTERNAL.sub("", first).rstrip()
+        elif first.startswith(_ITEM):
+            yield False, first
+        else:
+            rest.insert(0, first)
+        yield from ((False, paragraph) for paragraph in _paragraphs(rest))
+
+
+def _paragraphs(lines: list[str]) -> Iterator[str]:
+    """The wikitext's lines joined into paragraphs: a blank line ends one, and so does a line that dropped
+    markup left blank (a table, an image, an infobox) and table debris (``{|``, ``|-``, ``!``) left by an
+    unparsable table, dropped."""
+    paragraph: list[str] = []
+    for line in lines:
+        if line.strip() and not line.lstrip().startswith(("{|", "|", "!")):
+            paragraph.append(line)
+        elif paragraph:
+            yield " ".join(paragraph)
+            paragraph = []
+    if paragraph:
+        yield " ".join(paragraph)
+
+
+def _preformatted(block: list[str]) -> list[str]:
+    """A block of preformatted lines without its shared indentation and its blank lines."""
+    return [line for line in textwrap.dedent("\n".join(block)).split("\n") if line]
 
 
 def _tidy_around_verbatim(raw: str) -> tuple[str, list[str]]:
     """The line tidied with each verbatim span held as one ``_HOLD``, and the spans, in order."""
     spans = _VERBATIM_SPAN.findall(raw)
-    return _tidy(_VERBATIM_SPAN.sub(_HOLD, raw).replace(_OPEN, "").replace(_CLOSE, "")), spans
+    return _tidy(_VERBATIM_SPAN.sub(_HOLD, raw).translate(_STRAY_MARKS)), spans
 
 
 def _put_back(line: str, spans: list[str]) -> str:
-    """The verbatim spans in place of their ``_HOLD``s; the line's leading and trailing whitespace goes."""
+    """The verbatim spans in place of their ``_HOLD``s; the line's trailing whitespace goes, and its leading
+    whitespace too unless it is code's indentation (the tidying strips all else)."""
     parts = line.split(_HOLD)  # the tidying removes no _HOLD: it only touches spaces and punctuation
-    return "".join(part + span for part, span in zip(parts, [*spans, ""], strict=True)).strip()
+    return "".join(part + span for part, span in zip(parts, [*spans, ""], strict=True)).rstrip()
 
 
 def _keep_headings(sections: list[tuple[int, str, list[str]]]) -> list[str]:
@@ -355,7 +498,8 @@ def _keep_headings(sections: list[tuple[int, str, list[str]]]) -> list[str]:
 def clean_wikitext(wikitext: str) -> str:
     """Plain text of an article's wikitext: paragraphs, list items and headings a line each, no blank line."""
     wikitext = _INTERNAL.sub("", wikitext).replace("\r", " ")  # only "\n" may split a document's lines
-    code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
+    # After a newline, as every other line is: a first line that starts with a space is preformatted too.
+    code = mwparserfromhell.parse("\n" + wikitext, skip_style_tags=True)
     sections: list[tuple[int, str, list[str]]] = []  # (level, title, lines); the lead has level 0, no title
     level, title, parts = 0, "", []
     # In a dropped section of this level: skip everything until a heading at this level or above.
@@ -365,7 +509,7 @@ def clean_wikitext(wikitext: str) -> str:
             if dropping_below is None:
                 sections.append((level, title, _lines("".join(parts))))
             level, parts = node.level, []
-            title = _put_back(*_tidy_around_verbatim(_render(node.title).replace("\n", " ")))
+            title = _put_back(*_tidy_around_verbatim(_render(node.title).replace("\n", " "))).strip()
             if dropping_below is not None and level > dropping_below:
                 continue
             dropping_below = level if title.lower() in DROPPED_SECTIONS else None
