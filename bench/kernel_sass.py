@@ -51,11 +51,11 @@ FP32_OPS = {"FADD", "FMUL", "FFMA", "FMNMX", "FSETP", "FSEL", "FCHK"}
 # name: (kernel, pointer arguments in the data dtype, fp32 pointer arguments, float scalars, constants)
 KERNELS = {
     "fwd": (K._fwd_kernel, "Q K V O", "LAM L", "qk_scale", {}),
-    "dkdv": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "LAM P_SCALE DS_SCALE DS_SHIFT DQ_ACC", "qk_scale",
+    "dkdv": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "FACTORS DQ_ACC", "",
              {"ATOMIC_DQ": False}),
-    "dkdv_atomic": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "LAM P_SCALE DS_SCALE DS_SHIFT DQ_ACC", "qk_scale",
+    "dkdv_atomic": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "FACTORS DQ_ACC", "",
                     {"ATOMIC_DQ": True}),  # dkdv that also adds dQ atomically (SOFTPLUS_ATOMIC_DQ=1): no dq
-    "dq": (K._bwd_dq_kernel, "Q K V DO DQ", "LAM DS_SCALE DS_SHIFT", "qk_scale", {}),
+    "dq": (K._bwd_dq_kernel, "Q K V DO DQ", "FACTORS", "", {}),
     "decode": (K._decode_partial_kernel, "Q K V", "LAM ACC LSUM", "qk_scale", {"BLOCK_M": K.DECODE_MAX_Q_LEN}),
 }
 

@@ -37,10 +37,11 @@ Backward (``D_i = dO_i . o_i``, ``sigma`` the logistic function)::
 With ``c_i = lam_i scale / l_i`` the kernels form the gradient of the dot
 product, ``dL/d(q_i . k_j) = sigma_ij (c_i dO_i . v_j - c_i D_i)``, one FMA
 and the sigmoid per score: a small preprocessing kernel computes ``D`` and the
-row factors ``ln2 / l_i`` (for w / l), ``c_i`` and ``c_i D_i`` once, so the
-loops never divide per row. ``sigma = 1/(1+y)`` for ``t >= 0`` and
-``y/(1+y)`` otherwise: the dK/dV kernel reuses the ``2^-|t|`` it needs for
-``w`` (dV) and adds one reciprocal (``rcp.approx``: ``1 + y`` lies in
+row factors ``lam_i scale log2(e)`` (for t), ``ln2 / l_i`` (for w / l), ``c_i``
+and ``c_i D_i`` once, one 16-byte record per row, so the loops never divide per
+row and fetch a row's factors with one load. ``sigma = 1/(1+y)`` for
+``t >= 0`` and ``y/(1+y)`` otherwise: the dK/dV kernel reuses the ``2^-|t|`` it
+needs for ``w`` (dV) and adds one reciprocal (``rcp.approx``: ``1 + y`` lies in
 ``[1, 2]``); dQ takes ``1/(1 + 2^-t)`` directly. dK/dV come from one kernel
 that walks the query blocks for a key block, and by default dQ from a second
 that walks the key blocks for a query block: it recomputes the scores (two more
@@ -242,7 +243,9 @@ def _fwd_inner(
         k = _load_rows(k_base, offs_n, stride_kn, offs_d, kv_end, MASKED)
         v = _load_rows(v_base, offs_n, stride_vn, offs_d, kv_end, MASKED)
         t = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * row_scale[:, None]
-        w = _softplus2(t, tl.exp2(-tl.abs(t)), v.dtype)
+        # "* -1.0", not a unary minus: Triton 3.5 compiles -x as 0 - x, which (the sign of zero) does not fold
+        # into ex2's operand and costs an add per score; x * -1.0 is exactly -x and folds in every version.
+        w = _softplus2(t, tl.exp2(tl.abs(t) * -1.0), v.dtype)
         if MASKED:
             visible = (offs_n[None, :] <= offs_m[:, None] + diag_offset) & (offs_n < kv_end)[None, :]
             w = tl.where(visible, w, 0.0)
@@ -359,12 +362,13 @@ def _decode_combine_kernel(
 
 @triton.jit
 def _bwd_preprocess_kernel(
-    O, DO, L, LAM, P_SCALE, DS_SCALE, DS_SHIFT, scale, stride_ob, stride_oh, stride_om,
+    O, DO, L, LAM, FACTORS, scale, qk_scale, stride_ob, stride_oh, stride_om,
     stride_dob, stride_doh, stride_dom, H, Q_LEN,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """The per-row factors of the backward, so that its loops divide by nothing per row or score:
-    P_SCALE = ln2 / l_i (w / l from w2), DS_SCALE = c_i = lam_i * scale / l_i, DS_SHIFT = c_i * D_i."""
+    """The per-row factors of the backward, so that its loops divide by nothing per row or score: FACTORS
+    ((B, H, Lq, 4) fp32) holds for each row t_scale = lam_i * qk_scale (t from q . k), p_scale = ln2 / l_i
+    (w / l from w2), ds_scale = c_i = lam_i * scale / l_i and ds_shift = c_i * D_i (see _row_factors)."""
     pid_bh = tl.program_id(0)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -374,17 +378,36 @@ def _bwd_preprocess_kernel(
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
     inv_l = 1.0 / tl.load(L + rows, mask=row_ok, other=1.0)
-    c = tl.load(LAM + offs_m, mask=row_ok, other=0.0) * scale * inv_l
-    tl.store(P_SCALE + rows, inv_l * _LN2, mask=row_ok)
-    tl.store(DS_SCALE + rows, c, mask=row_ok)
-    tl.store(DS_SHIFT + rows, c * delta, mask=row_ok)
+    lam = tl.load(LAM + offs_m, mask=row_ok, other=0.0)
+    c = lam * scale * inv_l
+    factors = FACTORS + rows * 4
+    tl.store(factors, lam * qk_scale, mask=row_ok)
+    tl.store(factors + 1, inv_l * _LN2, mask=row_ok)
+    tl.store(factors + 2, c, mask=row_ok)
+    tl.store(factors + 3, c * delta, mask=row_ok)
+
+
+@triton.jit
+def _row_factors(factors_base, offs_m, row_ok, BLOCK_M: tl.constexpr):
+    """(t_scale, p_scale, ds_scale, ds_shift) of rows offs_m (zeros where not row_ok), from the rows'
+    four-float records at factors_base (written by _bwd_preprocess_kernel)."""
+    # One 2-D load and splits in registers, not four 1-D loads: Triton 3.5 deems a load of fewer elements
+    # than the block has threads (32 rows, 128 threads) cheap to redo in the layout its users want, a slice
+    # of the score tile's, and its pipeliner then issues one masked 4-byte cp.async per element and thread
+    # (8 per vector for a 32-row tile on 4 warps, each with its own address and predicate): 1.75 more
+    # instructions per score in the dK/dV loop. Triton 3.9 loads the vectors whole either way.
+    f = tl.load(factors_base + offs_m[:, None] * 4 + tl.arange(0, 4)[None, :], mask=row_ok[:, None], other=0.0)
+    even, odd = tl.split(tl.reshape(f, [BLOCK_M, 2, 2]))  # columns (0, 2) and (1, 3)
+    t_scale, ds_scale = tl.split(even)
+    p_scale, ds_shift = tl.split(odd)
+    return t_scale, p_scale, ds_scale, ds_shift
 
 
 @triton.jit
 def _bwd_dkdv_inner(
-    dk, dv, k, v, q_base, do_base, dq_base, lam_base, p_scale_base, ds_scale_base, ds_shift_base, stride_qm,
-    stride_dom, offs_n, offs_d, qk_scale, lo, hi, diag_offset, Q_LEN, HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    dk, dv, k, v, q_base, do_base, dq_base, factors_base, stride_qm, stride_dom, offs_n, offs_d, lo, hi,
+    diag_offset, Q_LEN, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Add query rows [lo, hi) to dK, dV of one key tile (and, with ATOMIC_DQ, this key tile's share to the
     fp32 dQ rows at dq_base). Score tiles are held transposed: (keys, queries)."""
@@ -394,13 +417,10 @@ def _bwd_dkdv_inner(
         # Rows past Q_LEN read q = dO = 0 and zero factors: they add exactly zero.
         q = _load_rows(q_base, offs_m, stride_qm, offs_d, Q_LEN, True)
         do = _load_rows(do_base, offs_m, stride_dom, offs_d, Q_LEN, True)
-        t_scale = tl.load(lam_base + offs_m, mask=row_ok, other=0.0) * qk_scale
-        p_scale = tl.load(p_scale_base + offs_m, mask=row_ok, other=0.0)
-        ds_scale = tl.load(ds_scale_base + offs_m, mask=row_ok, other=0.0)
-        ds_shift = tl.load(ds_shift_base + offs_m, mask=row_ok, other=0.0)
+        t_scale, p_scale, ds_scale, ds_shift = _row_factors(factors_base, offs_m, row_ok, BLOCK_M)
 
         t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * t_scale[None, :]
-        y = tl.exp2(-tl.abs(t))
+        y = tl.exp2(tl.abs(t) * -1.0)  # 2^-|t| ("* -1.0": see _fwd_inner)
         p = _softplus2(t, y, v.dtype) * p_scale[None, :]  # w_ij / l_i
         dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         # dL / d(q_i . k_j) = sigma * c_i * (dO_i . v_j - D_i)
@@ -425,7 +445,7 @@ def _bwd_dkdv_inner(
                  reset_to_zero=["DQ_ACC"])
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LAM, P_SCALE, DS_SCALE, DS_SHIFT, DK, DV, DQ_ACC, qk_scale,
+    Q, K, V, DO, FACTORS, DK, DV, DQ_ACC,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
@@ -455,12 +475,12 @@ def _bwd_dkdv_kernel(
     do_base = _head(DO, pid_bh, H, stride_dob, stride_doh)
     rows = pid_bh.to(tl.int64) * Q_LEN
     dq_base = DQ_ACC + rows * HEAD_DIM
-    factors = (P_SCALE + rows, DS_SCALE + rows, DS_SHIFT + rows)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, LAM, *factors, stride_qm, stride_dom,
-                             offs_n, offs_d, qk_scale, lo, mid, diag_offset, Q_LEN, HEAD_DIM, BLOCK_M, True,
+    factors_base = FACTORS + rows * 4
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, factors_base, stride_qm, stride_dom,
+                             offs_n, offs_d, lo, mid, diag_offset, Q_LEN, HEAD_DIM, BLOCK_M, True,
                              ATOMIC_DQ, DOT_PRECISION)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, LAM, *factors, stride_qm, stride_dom,
-                             offs_n, offs_d, qk_scale, mid, Q_LEN, diag_offset, Q_LEN, HEAD_DIM, BLOCK_M, False,
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, factors_base, stride_qm, stride_dom,
+                             offs_n, offs_d, mid, Q_LEN, diag_offset, Q_LEN, HEAD_DIM, BLOCK_M, False,
                              ATOMIC_DQ, DOT_PRECISION)
 
     _store_rows(_head(DK, pid_bh, H, stride_dkb, stride_dkh), offs_n, stride_dkn, offs_d, KV_LEN, dk)
@@ -481,7 +501,7 @@ def _bwd_dq_inner(
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         # sigma = 1 / (1 + 2^-t) directly, without the |t| split the dK/dV kernel shares with softplus:
         # 2^-t overflows to inf below t = -128, and x / inf = 0 is the right limit there.
-        ds = _fast_div(dp * ds_scale[:, None] - ds_shift[:, None], 1.0 + tl.exp2(-t))
+        ds = _fast_div(dp * ds_scale[:, None] - ds_shift[:, None], 1.0 + tl.exp2(t * -1.0))
         if MASKED:
             visible = (offs_n[None, :] <= offs_m[:, None] + diag_offset) & (offs_n < KV_LEN)[None, :]
             ds = tl.where(visible, ds, 0.0)
@@ -492,7 +512,7 @@ def _bwd_dq_inner(
 @triton.autotune(configs=_DQ_CONFIGS, key=_LEN_KEYS, prune_configs_by=_PRUNE_M, cache_results=True)
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, DO, LAM, DS_SCALE, DS_SHIFT, DQ, qk_scale,
+    Q, K, V, DO, FACTORS, DQ,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm,
     H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY,
@@ -505,10 +525,8 @@ def _bwd_dq_kernel(
     row_ok = offs_m < Q_LEN
     q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
     do = _load_rows(_head(DO, pid_bh, H, stride_dob, stride_doh), offs_m, stride_dom, offs_d, Q_LEN, True)
-    t_scale = tl.load(LAM + offs_m, mask=row_ok, other=0.0) * qk_scale
-    rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
-    ds_scale = tl.load(DS_SCALE + rows, mask=row_ok, other=0.0)
-    ds_shift = tl.load(DS_SHIFT + rows, mask=row_ok, other=0.0)
+    factors_base = FACTORS + pid_bh.to(tl.int64) * Q_LEN * 4
+    t_scale, _, ds_scale, ds_shift = _row_factors(factors_base, offs_m, row_ok, BLOCK_M)
     k_base = _head(K, pid_bh, H, stride_kb, stride_kh)
     v_base = _head(V, pid_bh, H, stride_vb, stride_vh)
 
@@ -733,7 +751,7 @@ def backward(
     dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
     if q.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    p_scale, ds_scale, ds_shift = _new_buffer((3, B, H, q_len), q, torch.float32)
+    factors = _new_buffer((B, H, q_len, 4), q, torch.float32)
     atomic = _atomic_dq if atomic_dq is None else atomic_dq
     dq_acc = torch.zeros((B, H, q_len, D), dtype=torch.float32, device=q.device) if atomic else dq
     preprocess_rows = 32 if INTERPRET else 64
@@ -741,11 +759,11 @@ def backward(
     constants = dict(HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), **_FMA)
     with _on_device(q):
         _bwd_preprocess_kernel[(B * H, triton.cdiv(q_len, preprocess_rows))](
-            o, do, l, lam, p_scale, ds_scale, ds_shift, scale, *o.stride()[:3], *do.stride()[:3], H, q_len,
+            o, do, l, lam, factors, scale, scale * LOG2E, *o.stride()[:3], *do.stride()[:3], H, q_len,
             HEAD_DIM=D, BLOCK_M=preprocess_rows, **_FMA,
         )
         _bwd_dkdv_kernel[lambda meta: (B * H, triton.cdiv(kv_len, meta["BLOCK_N"]))](
-            q, k, v, do, lam, p_scale, ds_scale, ds_shift, dk, dv, dq_acc, scale * LOG2E,
+            q, k, v, do, factors, dk, dv, dq_acc,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3], *lengths, ATOMIC_DQ=atomic, **constants,
         )
@@ -753,7 +771,7 @@ def backward(
             dq.copy_(dq_acc)
         else:
             _bwd_dq_kernel[lambda meta: (B * H, triton.cdiv(q_len, meta["BLOCK_M"]))](
-                q, k, v, do, lam, ds_scale, ds_shift, dq, scale * LOG2E,
+                q, k, v, do, factors, dq,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
                 *lengths, **constants,
             )
