@@ -1,8 +1,6 @@
 """Same as `python -m gpt2 train`."""
 
-import sys
-
-from gpt2.cli import run_command
+from gpt2.cli import exit_process, run_command
 
 if __name__ == "__main__":
-    sys.exit(run_command("train"))
+    exit_process(run_command("train"))

@@ -1,5 +1,3 @@
-import sys
+from gpt2.cli import exit_process, main
 
-from gpt2.cli import main
-
-sys.exit(main())
+exit_process(main())

@@ -8,10 +8,13 @@ command that runs, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import importlib
+import os
 import signal
 import sys
+from typing import NoReturn
 
 from gpt2.errors import UserError
 from gpt2.interrupt import Interrupted
@@ -78,3 +81,22 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(name: str) -> int:
     """Entry point of the thin top-level scripts (``train.py`` == ``python -m gpt2 train``)."""
     return main([name, *sys.argv[1:]])
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with exit status ``code``: the entry points' ``sys.exit``.
+
+    A process that joined a process group (a torchrun worker) ends with ``os._exit`` instead, once the exit
+    handlers have run and the output is flushed, skipping the interpreter's teardown. torch keeps references to
+    the group past ``destroy_process_group``, so gloo's worker threads live on, and one may still be releasing
+    the tensors of its last collectives, which takes the GIL. During the teardown, taking the GIL ends that thread
+    inside a C++ destructor: "terminate called without an active exception", SIGABRT, after a run that succeeded
+    (seen on a loaded machine).
+    """
+    parallel = sys.modules.get("gpt2.training.parallel")  # not imported: no process group
+    if parallel is not None and parallel.joined_process_group:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

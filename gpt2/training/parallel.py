@@ -21,6 +21,10 @@ from gpt2.model import GPT
 # (batch, seq, vocab) tensor per step.
 warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
+# Whether this process has joined a process group: the backend's threads then outlive destroy_process_group, and
+# the process ends through ``gpt2.cli.exit_process`` (which says why).
+joined_process_group = False
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -42,6 +46,7 @@ def init_distributed(device: torch.device) -> tuple[DistEnv, torch.device]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistEnv(), device
+    global joined_process_group
     env = DistEnv(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
@@ -50,13 +55,15 @@ def init_distributed(device: torch.device) -> tuple[DistEnv, torch.device]:
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
         )
+    joined_process_group = True
     return env, device
 
 
 def shutdown_distributed() -> None:
     if dist.is_initialized():
-        # Every rank reaches this point before any tears the group down: a rank destroying its gloo group
-        # while another still finishes its last collective aborts that one ("terminate called ...").
+        # Every rank reaches this point before any tears the group down and exits. (The "terminate called without
+        # an active exception" this barrier was once meant to prevent comes from gloo's threads meeting the
+        # interpreter's teardown: see gpt2.cli.exit_process.)
         dist.barrier()
         dist.destroy_process_group()
 
