@@ -132,6 +132,8 @@ def save_checkpoint(
                 torch.save({**(trainer_state or {}), **extra}, tmp / TRAINER_FILE)
         barrier()
         if env.is_main:
+            if env.distributed:
+                _check_every_rank_wrote(tmp, env.world_size)
             if isinstance(tokenizer, bytes):
                 (tmp / TOKENIZER_FILE).write_bytes(tokenizer)
             else:
@@ -208,6 +210,17 @@ def _save_sharded(
     state = {"model": model_state, **({"optimizer": optim_state} if optimizer is not None else {})}
     dcp.save(state, checkpoint_id=tmp / DCP_DIR)
     torch.save(trainer_state or {}, tmp / f"trainer_rank{env.rank}.pt")
+
+
+def _check_every_rank_wrote(tmp: Path, world_size: int) -> None:
+    """A ``CheckpointError`` unless every rank's trainer state is in ``tmp``: a rank that wrote elsewhere (its
+    own disk, not one the ranks share) or failed alone would otherwise leave a checkpoint that cannot resume."""
+    missing = [name for name in (f"trainer_rank{r}.pt" for r in range(world_size)) if not (tmp / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{tmp} lacks {', '.join(missing)} after every rank saved: is the run folder on a file system that "
+            "all the nodes share?"
+        )
 
 
 def _seal(tmp: Path, step: int, model_cfg: ModelConfig, meta: dict[str, Any]) -> None:

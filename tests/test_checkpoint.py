@@ -8,6 +8,7 @@ import torch
 
 from gpt2.checkpoint import (
     CheckpointError,
+    _check_every_rank_wrote,
     consolidate,
     find_checkpoint,
     list_checkpoints,
@@ -217,3 +218,14 @@ def test_inference_verifies_the_files_it_reads_and_resume_every_file(tmp_path, m
     (newest / "tokenizer.json").write_text("{}")  # what inference reads is still verified
     assert find_checkpoint(tmp_path).step == 1
     assert "corrupt: tokenizer.json" in capsys.readouterr().out
+
+
+def test_a_sharded_checkpoint_is_sealed_only_with_every_ranks_trainer_state(tmp_path):
+    # What rank 0 finds when a rank wrote its state to a disk of its own node, or failed alone.
+    (tmp_path / "trainer_rank0.pt").write_bytes(b"state")
+    (tmp_path / "trainer_rank2.pt").write_bytes(b"state")
+    with pytest.raises(CheckpointError, match=r"lacks trainer_rank1\.pt, trainer_rank3\.pt .* all the nodes share"):
+        _check_every_rank_wrote(tmp_path, world_size=4)
+    (tmp_path / "trainer_rank1.pt").write_bytes(b"state")
+    (tmp_path / "trainer_rank3.pt").write_bytes(b"state")
+    _check_every_rank_wrote(tmp_path, world_size=4)

@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         model_cfg = model_config_from_args(args, tokenizer.vocab_size)
     try:
         Trainer(cfg, optim_cfg, model_cfg, tokenizer).fit()
-    finally:
-        shutdown_distributed()  # flushes NCCL and releases the process group (a no-op without torchrun)
+    except BaseException:
+        # No barrier: a rank that failed alone would meet the others' next collective instead (the barrier of
+        # a checkpoint save, say) and let them go on as if it had done its part.
+        shutdown_distributed(wait_for_all=False)
+        raise
+    shutdown_distributed()  # flushes NCCL and releases the process group (a no-op without torchrun)
     return 0

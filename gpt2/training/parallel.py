@@ -59,12 +59,13 @@ def init_distributed(device: torch.device) -> tuple[DistEnv, torch.device]:
     return env, device
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait_for_all: bool = True) -> None:
+    """Release the process group; with ``wait_for_all``, once every rank has come this far (a run that ended
+    well). (The "terminate called without an active exception" that a barrier here was once meant to prevent
+    comes from gloo's threads meeting the interpreter's teardown: see gpt2.cli.exit_process.)"""
     if dist.is_initialized():
-        # Every rank reaches this point before any tears the group down and exits. (The "terminate called without
-        # an active exception" this barrier was once meant to prevent comes from gloo's threads meeting the
-        # interpreter's teardown: see gpt2.cli.exit_process.)
-        dist.barrier()
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 
