@@ -204,11 +204,17 @@ def _save_sharded(
     tmp: Path, model: GPT, optimizer: torch.optim.Optimizer | None, trainer_state: dict | None, env: DistEnv
 ) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer if optimizer is not None else [])
     state = {"model": model_state, **({"optimizer": optim_state} if optimizer is not None else {})}
-    dcp.save(state, checkpoint_id=tmp / DCP_DIR)
+    try:
+        dcp.save(state, checkpoint_id=tmp / DCP_DIR)
+    except CheckpointException as e:
+        # DCP raises every rank's failures gathered into one CheckpointException, a BaseException that callers
+        # catching a full disk's OSError would miss: raise the first rank's failure instead, on every rank alike.
+        raise e.failures[min(e.failures)][0] from e
     torch.save(trainer_state or {}, tmp / f"trainer_rank{env.rank}.pt")
 
 

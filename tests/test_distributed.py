@@ -2,6 +2,8 @@
 
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 
@@ -10,17 +12,24 @@ import torch
 from safetensors.torch import load_file
 from test_training import _without_model_flags, train_args
 
-from gpt2.checkpoint import CheckpointError, find_checkpoint, list_checkpoints, load_model, load_model_state
+from gpt2.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    list_checkpoints,
+    load_model,
+    load_model_state,
+    read_checkpoint,
+)
 from gpt2.cli import main as cli
 from gpt2.training.run_log import read_metrics
 
 
-def run_torchrun(args, nproc=2):
+def run_torchrun(args, nproc=2, preexec_fn=None):
     # --standalone: a rendezvous on a free local port (a fixed port could clash with a parallel run).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     cmd += ["-m", "gpt2", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, preexec_fn=preexec_fn)
 
 
 def torchrun(args, nproc=2):
@@ -107,3 +116,25 @@ def test_a_sharded_checkpoint_whose_weights_do_not_fit_its_config_is_a_checkpoin
     assert proc.returncode != 0 and "CheckpointException" not in proc.stderr, proc.stderr[-3000:]
     assert f"error: checkpoint {path}: its weights do not fit" in proc.stderr and "dcp/ holds unexpected" in proc.stderr
     assert list_checkpoints(run) == [path]
+
+
+def test_a_full_disk_during_a_sharded_save_is_a_clear_error_on_every_rank(corpus, tmp_path):
+    run = tmp_path / "run"
+    args = train_args(corpus, run, "--batch_size", "2", "--eval_batches", "1")
+    torchrun([*args, "--max_steps", "2"])
+    first = find_checkpoint(run).path
+    shards = [p.stat().st_size for p in (first / "dcp").glob("*.distcp")]
+    limit = min(shards) // 2  # the shards of step 4 fail; the small files (logs, metadata, trainer state) fit
+    assert len(shards) == 2 and (first / "dcp" / ".metadata").stat().st_size < limit
+
+    def fill_the_disk():  # inherited by torchrun's ranks: a file past `limit` bytes fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    proc = run_torchrun([*args, "--max_steps", "4", "--resume"], preexec_fn=fill_the_disk)
+    # One line per rank; the only traceback is the launcher's own report of its failed ranks (ChildFailedError).
+    assert proc.returncode != 0 and proc.stderr.count("error: could not write the checkpoint of step 4") == 2
+    assert proc.stderr.count("Traceback") <= 1 and "CheckpointException" not in proc.stderr, proc.stderr[-3000:]
+    assert list_checkpoints(run) == [first] and not list((run / "checkpoints").glob("*.tmp"))
+    assert find_checkpoint(run).step == 2  # verified against its hashes
+    read_checkpoint(first, resume=True)  # every file (the trainer states too)
