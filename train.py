@@ -3,4 +3,4 @@
 from gpt2.cli import exit_process, run_command
 
 if __name__ == "__main__":
-    exit_process(run_command("train"))
+    exit_process(lambda: run_command("train"))

@@ -1,3 +1,3 @@
 from gpt2.cli import exit_process, main
 
-exit_process(main())
+exit_process(main)

@@ -14,6 +14,8 @@ import importlib
 import os
 import signal
 import sys
+import traceback
+from collections.abc import Callable
 from typing import NoReturn
 
 from gpt2.errors import UserError
@@ -83,20 +85,32 @@ def run_command(name: str) -> int:
     return main([name, *sys.argv[1:]])
 
 
-def exit_process(code: int) -> NoReturn:
-    """End the process with exit status ``code``: the entry points' ``sys.exit``.
+def exit_process(entry_point: Callable[[], int]) -> NoReturn:
+    """Run ``entry_point`` and end the process with the exit status it returns: the entry points' ``sys.exit``.
 
     A process that joined a process group (a torchrun worker) ends with ``os._exit`` instead, once the exit
-    handlers have run and the output is flushed, skipping the interpreter's teardown. torch keeps references to
+    handlers have run and the output is flushed, skipping the interpreter's teardown; an exception that escapes
+    ``entry_point`` there is printed as the interpreter would, and the status is 1. torch keeps references to
     the group past ``destroy_process_group``, so gloo's worker threads live on, and one may still be releasing
     the tensors of its last collectives, which takes the GIL. During the teardown, taking the GIL ends that thread
-    inside a C++ destructor: "terminate called without an active exception", SIGABRT, after a run that succeeded
-    (seen on a loaded machine).
+    inside a C++ destructor: "terminate called without an active exception", SIGABRT (after a run that succeeded,
+    seen on a loaded machine, or in place of a failed run's status 1).
     """
-    parallel = sys.modules.get("gpt2.training.parallel")  # not imported: no process group
-    if parallel is not None and parallel.joined_process_group:
+    try:
+        code = entry_point()
+    except Exception:
+        if not _joined_process_group():
+            raise
+        traceback.print_exc()
+        code = 1
+    if _joined_process_group():
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _joined_process_group() -> bool:
+    parallel = sys.modules.get("gpt2.training.parallel")  # not imported: no process group
+    return parallel is not None and parallel.joined_process_group

@@ -75,10 +75,14 @@ def remove_stale_staging(out_dir: Path, name: str) -> None:
     pattern = re.compile(re.escape(_staging_prefix(name)) + r"([1-9][0-9]*)")
     for entry in sorted(out_dir.iterdir()):
         match = pattern.fullmatch(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(match[1])):
+        if not match or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = int(match[1])
+        # A folder named with this process's PID is a killed run's that had it (PIDs repeat in containers).
+        if pid == os.getpid() or not _pid_alive(pid):
             shutil.rmtree(entry, ignore_errors=True)
             if not entry.exists():
-                print(f"removed {entry}: left by a run that was killed (process {match[1]} is gone)")
+                print(f"removed {entry}: left by a run that was killed (process {pid} is gone)")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gpt2.cli import main as cli
 
 REPO = Path(__file__).parents[1]
@@ -34,3 +36,24 @@ def test_ctrl_c_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(gpt2.evaluation.main, "run", lambda args: signal.raise_signal(signal.SIGINT))
     assert cli(["evaluate", "runs/x"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted by SIGINT"
+
+
+@pytest.mark.parametrize(
+    ("entry_point", "status", "stderr"),
+    [("lambda: 3", 3, ""), ("lambda: 1 / 0", 1, "ZeroDivisionError: division by zero")],
+)
+def test_a_torchrun_worker_exits_with_its_status_after_the_exit_handlers(entry_point, status, stderr):
+    # A process that joined a process group ends with os._exit (gloo's threads must not meet the interpreter's
+    # teardown): its exit handlers still run, buffered output is flushed, and an exception is printed, status 1.
+    code = (
+        "import atexit, gpt2.training.parallel as parallel\n"
+        "from gpt2.cli import exit_process\n"
+        "parallel.joined_process_group = True\n"
+        "atexit.register(print, 'exit handler ran')\n"
+        "print('buffered', end='')\n"
+        f"exit_process({entry_point})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == status
+    assert done.stdout == "bufferedexit handler ran\n"
+    assert stderr in done.stderr and ("Traceback" in done.stderr) == bool(stderr)

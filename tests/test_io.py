@@ -54,3 +54,15 @@ def test_staging_folders_of_killed_runs_are_removed_and_those_of_live_processes_
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_staging_folder_named_with_this_process_pid_is_a_killed_runs(tmp_path, capsys):
+    # In a container PIDs repeat: a run killed earlier may have had the PID this one has now.
+    out = tmp_path / "corpus"
+    leftover = out / f"encode.tmp-{socket.gethostname()}-{os.getpid()}"
+    (leftover / "train.bin").parent.mkdir(parents=True)
+    (leftover / "train.bin").write_bytes(b"half written")
+    with staging_dir(out, "encode") as staging:
+        assert staging == leftover and not any(staging.iterdir())
+    removed = f"removed {leftover}: left by a run that was killed (process {os.getpid()} is gone)\n"
+    assert capsys.readouterr().out == removed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 
 from gpt2.flags import add_flags, from_flags
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         # No barrier: a rank that failed alone would meet the others' next collective instead (the barrier of
         # a checkpoint save, say) and let them go on as if it had done its part.
-        shutdown_distributed(wait_for_all=False)
+        with contextlib.suppress(Exception):  # the error that stopped the run is the one to report
+            shutdown_distributed(wait_for_all=False)
         raise
     shutdown_distributed()  # flushes NCCL and releases the process group (a no-op without torchrun)
     return 0
