@@ -102,9 +102,14 @@ CASES = {
         "Call main() and f( , ); then |x| = 1\n; comment\n  x  =  1\ny()",
     ),
     "code keeps its indentation, less the block's, on lines of its own": (
-        "Use:<syntaxhighlight lang=python>\n    def f(x):\n        if x:\n\n            return 1\n</syntaxhighlight>"
-        "or <code>a\n    b</code>",
-        "Use:\ndef f(x):\n    if x:\n        return 1\nor a\n    b",
+        "Use:<syntaxhighlight lang=python>\n    def f(x):\n        if x:\n\n            return 1\n</syntaxhighlight>or",
+        "Use:\ndef f(x):\n    if x:\n        return 1\nor",
+    ),
+    "inline code and nowiki are one line, within their sentence": (
+        # MediaWiki shows them inline: a newline in them is whitespace, so the next line is the same paragraph.
+        "Call <code>f(x)\n</code>\nnext line here. Say <nowiki>a\n</nowiki>\ntext here.\n\n"
+        "Run <tt>\n  ls -l\n  pwd\n</tt> now\nok. Use <syntaxhighlight lang=c inline>g(y)\n</syntaxhighlight>\nthen.",
+        "Call f(x) next line here. Say a text here.\nRun ls -l pwd now ok. Use g(y) then.",
     ),
     "lines starting with a space are preformatted": (
         # As in "Algorithm": a leading space marks the line, the rest of its indentation is the code's.
@@ -152,6 +157,11 @@ CASES = {
         "studies of [[process]]es that\nchange [[variance]]s\nrather.\n\nNext\none.\n[[File:x.jpg|thumb|cap]]\nB\n"
         "{{Infobox|x=1}}\nC\n* item\nD\nE\n<blockquote>\nq1\n q2\n\nq3</blockquote>\n<poem>\nverse\n line</poem>",
         "studies of processes that change variances rather.\nNext one.\nB\nC\nitem\nD E\nq1 q2\nq3\nverse\nline",
+    ),
+    "an empty formula or nowiki leaves no space": ("A.\n\n<math> </math>\nnext line. <nowiki/> x", "A.\nnext line. x"),
+    "a list item ends with its wikitext line, even after a line break in it": (
+        "* item a<br>second part\nNew paragraph here.\n* quoted {{quote|Q text}} tail\nNew para.",
+        "item a\nsecond part\nNew paragraph here.\nquoted\nQ text\ntail\nNew para.",
     ),
     "blank lines and runs of spaces": ("A   b.\n\n\n\nC  \t d.", "A b.\nC d."),
     ".NET keeps its dot": ("[[.NET Framework]] is a framework .", ".NET Framework is a framework."),

@@ -17,14 +17,15 @@ running prose:
   (``&nbsp;`` is a space), paragraphs (one per line: as MediaWiki does, the lines of wikitext of a
   paragraph are joined; a blank line ends it, and so does a line that dropped markup leaves blank);
 * kept verbatim, untouched by the tidying below: ``<math>`` (its LaTeX source, on one line: its runs of
-  whitespace, newlines included, are one space, so that sentences around formulas stay whole), code
-  (``<syntaxhighlight>`` and ``<pre>``, lines of their own, and the text of ``<code>``) with its lines and
-  their indentation, less the indentation that all the lines of the block share, and ``<nowiki>``; only
-  blank lines and the whitespace that ends a line go. Preformatted lines (wikitext lines that start with
-  a space: pseudocode, ASCII art) are rendered, then kept with their spacing, less that first space and the
-  indentation that all the lines of their block share. Elsewhere the ``{{``, ``[[`` and HTML or extension
-  ``<tag>`` of templates, links and tags that the page's author left unclosed are removed (a lone ``<``
-  or ``>``, as in "a<b and c>d", is text);
+  whitespace, newlines included, are one space, so that sentences around formulas stay whole), inline code
+  and text (``<code>``, ``<tt>``, ``<kbd>``, ``<samp>``, ``<syntaxhighlight inline>``, ``<nowiki>``: on one
+  line in the same way, as MediaWiki shows them within the sentence), and code blocks (``<syntaxhighlight>``
+  and ``<pre>``, lines of their own) with their lines and their indentation, less the indentation that all
+  the lines of the block share; only blank lines and the whitespace that ends a line go. Preformatted lines
+  (wikitext lines that start with a space: pseudocode, ASCII art) are rendered, then kept with their spacing,
+  less that first space and the indentation that all the lines of their block share. Elsewhere the ``{{``,
+  ``[[`` and HTML or extension ``<tag>`` of templates, links and tags that the page's author left unclosed
+  are removed (a lone ``<`` or ``>``, as in "a<b and c>d", is text);
 * dropped with everything under them: back-matter sections that are lists of links or sources rather
   than prose (``DROPPED_SECTIONS``: "See also", "References", "External links", "Further reading",
   "Notes", "Bibliography", ...); a heading whose section ends up empty is dropped too.
@@ -70,11 +71,13 @@ DROPPED_TAGS = frozenset({
     "maplink", "templatedata", "templatestyles", "includeonly", "inputbox", "categorytree", "hiero",
 })  # fmt: skip
 # Tags whose content is not wikitext, kept as it is. A formula's whitespace, newlines included, is one space
-# (as for TeX), so that an inline formula does not split its sentence; code keeps its lines and indentation.
+# (as for TeX), so that an inline formula does not split its sentence; a code block keeps its lines and
+# indentation; <nowiki> is inline text, one line as a formula is (a newline in it is whitespace in HTML).
 FORMULA_TAGS = frozenset({"math", "chem", "ce"})
 CODE_TAGS = frozenset({"syntaxhighlight", "source", "pre"})
 VERBATIM_TAGS = FORMULA_TAGS | CODE_TAGS | {"nowiki"}
 # Tags whose content is wikitext, rendered, but then kept as it is: code, where "()" or "; x" are content.
+# They are inline (MediaWiki shows them within the sentence), so they are one line as a formula is.
 UNTIDIED_TAGS = frozenset({"code", "kbd", "samp", "tt"})
 # Tags that start a new line: <br>, <hr>, <p>, and HTML list items (wikitext's are _LIST_MARKUP).
 LINE_BREAK_TAGS = frozenset({"br", "hr", "p", "li", "dd"})
@@ -356,13 +359,12 @@ def _tag(tag: Tag) -> str:
         return ""
     if name in VERBATIM_TAGS:
         text = html.unescape(str(tag.contents)) if tag.contents else ""
-        if name in CODE_TAGS:  # a block of its own, unless <syntaxhighlight inline>
-            return _code(text) if tag.has("inline") else f"\n{_code(text)}\n"
-        if name in FORMULA_TAGS:
-            return _formula(text)
-        return _verbatim("\n".join(line.strip() for line in text.split("\n")))  # <nowiki>
-    if name in UNTIDIED_TAGS:
-        return _code(_render(tag.contents)) if tag.contents else ""
+        if name in CODE_TAGS and not tag.has("inline"):  # a block of its own
+            return f"\n{_code(text)}\n"
+        # A formula, <nowiki>, <syntaxhighlight inline> (whose newlines the extension makes spaces): one line.
+        return _formula(text)
+    if name in UNTIDIED_TAGS:  # the rendered text's line marks are whitespace here: one line
+        return _formula(_render(tag.contents).translate(_AS_WRITTEN)) if tag.contents else ""
     if tag.wiki_markup in _LIST_MARKUP:  # "*", "#", ":", ";": the tag marks a list item, it holds nothing
         return "\n" + _ITEM
     text = _render(tag.contents) if tag.contents else ""
@@ -436,14 +438,20 @@ def _lines(text: str) -> list[str]:
 
 def _source_lines(text: str) -> Iterator[tuple[bool, str]]:
     """(preformatted, line) for each preformatted line, list item and paragraph, in order."""
+    # A list item ends with its wikitext line (its first _SOFT), even where a <br> or a block ("\n") split it:
+    # what follows the break is still the item, not a paragraph that the next wikitext line would join.
+    in_item = False
     for line in text.split("\n"):
         first, *rest = line.split(_SOFT)  # the first is preformatted, a list item, or begins a paragraph
-        if first.startswith(_PRE):
+        preformatted = first.startswith(_PRE)  # a new wikitext line, which ends any item
+        in_item = not preformatted and (in_item or first.startswith(_ITEM))
+        if preformatted:
             yield True, _INTERNAL.sub("", first).rstrip()
-        elif first.startswith(_ITEM):
+        elif in_item:
             yield False, first
         else:
             rest.insert(0, first)
+        in_item = in_item and not rest
         yield from ((False, paragraph) for paragraph in _paragraphs(rest))
 
 
@@ -469,6 +477,8 @@ def _preformatted(block: list[str]) -> list[str]:
 
 def _tidy_around_verbatim(raw: str) -> tuple[str, list[str]]:
     """The line tidied with each verbatim span held as one ``_HOLD``, and the spans, in order."""
+    # An empty span (<nowiki/>, <math> </math>) is nothing: held, it would keep a space at the line's start.
+    raw = raw.replace(_OPEN + _CLOSE, "")
     spans = _VERBATIM_SPAN.findall(raw)
     return _tidy(_VERBATIM_SPAN.sub(_HOLD, raw).translate(_STRAY_MARKS)), spans
 
