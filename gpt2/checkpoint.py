@@ -390,11 +390,12 @@ def _dcp_model_metadata(ckpt: Checkpoint) -> dict[str, Any]:
     return {k.removeprefix("model."): v for k, v in saved.items() if k.startswith("model.")}
 
 
-def _check_dcp_fits(ckpt: Checkpoint, shapes: dict[str, torch.Size]) -> None:
-    """A ``CheckpointError`` unless ``dcp/`` holds exactly the model tensors of these (global) shapes: DCP
-    itself raises an exception of its own for a missing key or another shape, and loads the first layers of
-    a deeper model without a word."""
-    saved = {k: v.size for k, v in _dcp_model_metadata(ckpt).items()}
+def _check_dcp_fits(ckpt: Checkpoint, shapes: dict[str, torch.Size]) -> dict[str, Any]:
+    """The model tensors' metadata of ``dcp/`` (see :func:`_dcp_model_metadata`); a ``CheckpointError`` unless
+    they are exactly these (global) shapes: DCP itself raises an exception of its own for a missing key or
+    another shape, and loads the first layers of a deeper model without a word."""
+    metadata = _dcp_model_metadata(ckpt)
+    saved = {k: v.size for k, v in metadata.items()}
     if missing := [k for k in shapes if k not in saved]:
         raise _misfit(ckpt, f"{DCP_DIR}/ lacks {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
     if unexpected := [k for k in saved if k not in shapes]:
@@ -403,6 +404,7 @@ def _check_dcp_fits(ckpt: Checkpoint, shapes: dict[str, torch.Size]) -> None:
     for key, shape in shapes.items():
         if saved[key] != shape:
             raise _misfit(ckpt, f"{key} is {tuple(saved[key])} in {DCP_DIR}/, {tuple(shape)} in the model")
+    return metadata
 
 
 def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
@@ -417,8 +419,7 @@ def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
         # DCP loads into pre-allocated tensors; without a process group it reads every shard. They are
         # allocated in the dtypes saved (bf16 for a --bf16 run), so that the weights come back as they were.
         state = GPT(ckpt.model_config).state_dict()
-        _check_dcp_fits(ckpt, {k: v.shape for k, v in state.items()})
-        saved = _dcp_model_metadata(ckpt)
+        saved = _check_dcp_fits(ckpt, {k: v.shape for k, v in state.items()})
         state = {k: v.to(saved[k].properties.dtype) for k, v in state.items()}
         dcp.load({"model": state}, checkpoint_id=ckpt.path / DCP_DIR)
         return state
