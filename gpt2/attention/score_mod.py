@@ -1,0 +1,81 @@
+r"""What position encodings and the length scale do to the attention scores, for every attention kind.
+
+With ``i`` the absolute position of a query (queries are the last ``Lq`` of ``Lk`` positions, so
+``i = row + Lk - Lq``) and ``j`` that of a key::
+
+    s_ij = scale * q_i . k_j  -  m_h * (i - j)          ALiBi: m_h > 0 per head (else m_h = 0)
+    z_ij = lam_i * s_ij                                  lam_i = log(n_i) / log(b), n_i = i + 1 visible keys
+                                                         (lam_i = 1 without a length base b)
+
+and the attention kind turns the row ``z_i`` into weights: softmax, or softplus then l1-normalised.
+The ALiBi bias is the true distance ``-(i - j)``: softmax implementations often add ``m_h * j``
+instead, which only softmax's shift invariance makes equal; softplus is not shift-invariant.
+RoPE acts on q and k before they get here (:mod:`gpt2.model.positions`), so it needs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gpt2.errors import UserError
+
+
+def alibi_slopes(n_heads: int) -> list[float]:
+    """The ALiBi paper's head slopes: ``2^(-8h/H)``, h = 1..H, for a power-of-two H; otherwise those of the
+    closest lower power of two p, then every other slope of 2p's for the remaining heads."""
+    if n_heads < 1:
+        raise UserError(f"ALiBi needs at least one head, got {n_heads}")
+
+    def geometric(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (h + 1) for h in range(n)]
+
+    p = 2 ** int(math.log2(n_heads))
+    if p == n_heads:
+        return geometric(n_heads)
+    return geometric(p) + geometric(2 * p)[0::2][: n_heads - p]
+
+
+def length_scale(
+    q_len: int,
+    kv_len: int,
+    length_base: float | None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Per-query factor ``lam`` (shape ``(q_len,)``): ``log(n_i) / log(length_base)``, or ones when None."""
+    if length_base is None:
+        return torch.ones(q_len, device=device, dtype=dtype)
+    if not length_base > 1:
+        raise UserError(f"length_base must be > 1 (or None for no length scaling), got {length_base}")
+    n_keys = torch.arange(kv_len - q_len + 1, kv_len + 1, device=device, dtype=dtype)
+    return torch.log(n_keys) / math.log(length_base)
+
+
+def alibi_bias(
+    q_len: int,
+    kv_len: int,
+    slopes: torch.Tensor,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``-m_h * (i - j)``, shape ``(H, q_len, kv_len)``; positive above the diagonal, where the mask applies."""
+    rows = torch.arange(kv_len - q_len, kv_len, device=device, dtype=dtype)
+    cols = torch.arange(kv_len, device=device, dtype=dtype)
+    distance = rows[:, None] - cols[None, :]
+    return -slopes.to(device=device, dtype=dtype)[:, None, None] * distance
+
+
+def modified_scores(
+    scores: torch.Tensor, length_base: float | None = None, alibi_slopes: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``z = lam_i * (scores + alibi)`` for ``scores (B, H, Lq, Lk) = scale * q . k`` (the causal mask is not
+    applied): the definition every attention kind's reference follows."""
+    q_len, kv_len = scores.shape[-2:]
+    if alibi_slopes is not None:
+        scores = scores + alibi_bias(q_len, kv_len, alibi_slopes, scores.device, scores.dtype)
+    if length_base is not None:
+        scores = scores * length_scale(q_len, kv_len, length_base, scores.device, scores.dtype).unsqueeze(-1)
+    return scores
