@@ -116,7 +116,7 @@ def test_export_passes_checker_and_shape_inference_with_named_dynamic_dims(kind,
 
 def test_length_aware_softplus_exports_and_matches(corpus, tmp_path):
     torch.manual_seed(1)
-    model = GPT(tiny_config("softplus", softplus_length_base=64.0)).eval()
+    model = GPT(tiny_config("softplus", length_base=64.0)).eval()
     ckpt = save_checkpoint(tmp_path, 1, model, None, corpus.tokenizer)
     export_checkpoint(ckpt, "fp32")
     backend = load_backend("onnxruntime", ckpt)

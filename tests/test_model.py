@@ -169,9 +169,11 @@ def test_hf_import_rejects_mismatched_shapes():
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"n_heads": 0}, "--n_heads must be >= 1"), ({"pad_vocab_multiple": 0}, "--pad_vocab_multiple must be >= 1"),
     ({"head_dim": 0}, "--head_dim must be >= 1"), ({"dropout": 1.5}, "--dropout must be in"),
-    ({"attention": "linear"}, "unknown --attention"),
-    ({"attention": "softplus", "softplus_length_base": 1.0}, "--softplus_length_base must be > 1"),
-    ({"attention": "softmax", "softplus_length_base": 64.0}, "applies to softplus attention"),
+    ({"attention": "linear"}, "unknown attention 'linear'"), ({"position": "sinusoidal"}, "unknown --position"),
+    ({"attention": "softplus", "length_base": 1.0}, "--length_base must be > 1"),
+    ({"attention": "softmax", "length_base": 0.5}, "--length_base must be > 1"),
+    ({"position": "rope", "head_dim": 15}, "head_dim must be even"),
+    ({"position": "rope", "rope_base": 1.0}, "--rope_base must be > 1"),
 ])  # fmt: skip
 def test_bad_model_configs_are_one_line_errors(overrides, message):
     with pytest.raises(UserError, match=message):

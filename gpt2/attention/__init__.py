@@ -1,35 +1,59 @@
-"""Pluggable attention, selected by name.
+"""Pluggable attention: one registry of kinds, selected by name.
 
-Every kind is a function ``attn(q, k, v, scale=None) -> out`` on
-``q (B, H, Lq, D)``, ``k, v (B, H, Lk, D)``, causal, with the queries being the
-last ``Lq`` of the ``Lk`` positions (so the same call serves training and
-KV-cache decoding).
+Every kind is a function ``attn(q, k, v, scale=None, length_base=None, alibi_slopes=None) -> out`` on
+``q (B, H, Lq, D)``, ``k, v (B, H, Lk, D)``, causal, with the queries being the last ``Lq`` of the ``Lk``
+positions (so the same call serves training and KV-cache decoding). ``length_base`` and ``alibi_slopes``
+modify the scores as :mod:`gpt2.attention.score_mod` defines. :data:`ATTENTION` is the only list of kinds:
+the model, the flags, the ONNX exporter and the docs read it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from gpt2.attention.softmax import softmax_attention, softmax_naive_attention
-from gpt2.attention.softplus import softplus_attention
+from gpt2.attention.softmax import softmax_attention, softmax_attention_export, softmax_naive_attention
+from gpt2.attention.softplus import softplus_attention, softplus_attention_export
+from gpt2.errors import UserError
 
 AttentionFn = Callable[..., torch.Tensor]
 
-ATTENTION: dict[str, AttentionFn] = {
-    "softmax": softmax_attention,
-    "softmax_naive": softmax_naive_attention,
-    "softplus": softplus_attention,
-}
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    name: str
+    forward: AttentionFn  # training and inference: the fastest implementation for the tensors' device
+    export: AttentionFn  # the same math in plain PyTorch ops, for the ONNX exporter
+    summary: str
+    options: frozenset[str] = frozenset({"length_base", "alibi"})  # score modifications it implements
 
 
-def get_attention(name: str) -> AttentionFn:
-    """Return the attention function registered under ``name``."""
+ATTENTION: dict[str, AttentionSpec] = {
+    spec.name: spec
+    for spec in (
+        AttentionSpec("softmax", softmax_attention, softmax_attention_export,
+                      "softmax; PyTorch SDPA (FlashAttention on GPU), flex_attention for ALiBi on GPU"),
+        AttentionSpec("softmax_naive", softmax_naive_attention, softmax_naive_attention,
+                      "softmax that materialises the L x L scores (the memory baseline)"),
+        AttentionSpec("softplus", softplus_attention, softplus_attention_export,
+                      "l1-normalised softplus; fused Triton kernels on GPU, linear memory in L"),
+    )
+}  # fmt: skip
+
+
+def get_attention_spec(name: str) -> AttentionSpec:
+    """The registered kind ``name``; a one-line error naming the kinds for any other."""
     try:
         return ATTENTION[name]
     except KeyError:
-        raise ValueError(f"unknown attention {name!r}; choose one of {sorted(ATTENTION)}") from None
+        raise UserError(f"unknown attention {name!r}; choose one of {', '.join(ATTENTION)}") from None
 
 
-__all__ = ["ATTENTION", "AttentionFn", "get_attention"]
+def get_attention(name: str) -> AttentionFn:
+    """The forward function of the kind registered under ``name``."""
+    return get_attention_spec(name).forward
+
+
+__all__ = ["ATTENTION", "AttentionFn", "AttentionSpec", "get_attention", "get_attention_spec"]

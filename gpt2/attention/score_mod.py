@@ -22,20 +22,18 @@ import torch
 from gpt2.errors import UserError
 
 
-def alibi_slopes(n_heads: int) -> list[float]:
-    """The ALiBi paper's head slopes: ``2^(-8h/H)``, h = 1..H, for a power-of-two H; otherwise those of the
-    closest lower power of two p, then every other slope of 2p's for the remaining heads."""
+def alibi_slopes(n_heads: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The ALiBi paper's head slopes, float32 ``(n_heads,)``: ``2^(-8h/H)``, h = 1..H, for a power-of-two H;
+    otherwise those of the closest lower power of two p, then every other slope of 2p's for the other heads.
+    Built from tensor ops on ``device`` (no host copy in the forward pass, a constant when exported)."""
     if n_heads < 1:
         raise UserError(f"ALiBi needs at least one head, got {n_heads}")
-
-    def geometric(n: int) -> list[float]:
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (h + 1) for h in range(n)]
-
     p = 2 ** int(math.log2(n_heads))
+    slopes = torch.exp2(torch.arange(1, p + 1, device=device, dtype=torch.float32) * (-8.0 / p))
     if p == n_heads:
-        return geometric(n_heads)
-    return geometric(p) + geometric(2 * p)[0::2][: n_heads - p]
+        return slopes
+    odd = torch.arange(1, 2 * (n_heads - p), 2, device=device, dtype=torch.float32)  # 2p's slopes 1, 3, 5, ...
+    return torch.cat((slopes, torch.exp2(odd * (-4.0 / p))))
 
 
 def length_scale(

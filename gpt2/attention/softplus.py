@@ -20,7 +20,7 @@ materialises the score matrix, used on CPU and as the oracle the fused Triton
 kernel (:mod:`gpt2.attention.softplus_triton`) is tested against.
 :func:`softplus_attention` runs the kernel on CUDA tensors. The ONNX export
 spells the same math in ops ONNX runtimes run fast
-(:func:`gpt2.deployment.onnx_export._softplus_attention`).
+(:func:`softplus_attention_export`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from gpt2.attention.mask import causal_mask
 from gpt2.attention.score_mod import length_scale, modified_scores
+from gpt2.attention.softmax import additive_mask
 
 try:
     from gpt2.attention import softplus_op
@@ -107,3 +108,39 @@ def kernel_handles(device_type: str, dtype: torch.dtype, head_dim: int) -> bool:
     if softplus_op is None or device_type != "cuda":
         return False
     return dtype in softplus_op.kernels.DTYPES and head_dim <= max(softplus_op.kernels.HEAD_DIMS)
+
+
+def softplus_attention_export(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    length_base: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The reference in ops ONNX runtimes run fast (what the ONNX export traces).
+
+    ONNX Runtime's ``Softplus`` kernel is scalar code, about 6 ns per score on a CPU core: a third of the
+    small preset's prefill. Here ``softplus(s) = max(s, 0) + log1p(exp(-|s|))`` is spelled in vectorised
+    elementwise ops; masked scores get -inf added (softplus(-inf) = 0: an Add, not a Where over the
+    weights), and the scale and length factor multiply q, not the score matrix.
+    """
+    q_len, kv_len, dtype = q.shape[-2], k.shape[-2], q.dtype
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    # The scale (and the length factor of each query) goes on q, Lq x D numbers, not on the Lq x Lk scores.
+    lam = length_scale(q_len, kv_len, length_base, q.device)
+    q = q.float() * (lam.unsqueeze(-1) * scale)
+    # Dense copies in and out: q arrives as a (B, T, H, D) permutation and the model reshapes the output's
+    # transpose, both views only when query_len == 1, and torch 2.9's export turns that question into a guard
+    # query_len != 1 (a constraint violation). The copies cost nothing in the ONNX graph.
+    q = q.clone(memory_format=torch.contiguous_format)
+    mask = additive_mask(q_len, kv_len, torch.float32, q.device, length_base, alibi_slopes)
+    scores = q @ k.float().transpose(-2, -1) + mask
+    y = torch.exp(-scores.abs())
+    u = 1 + y
+    # log1p(y) without a Log1p op: log(u) is off by the rounding error of u = 1 + y, which y - (u - 1) puts
+    # back (to first order, the only one that matters: fp32-accurate down to denormals). Without it a score
+    # under about -17 rounds to weight 0, and a row of such scores divides 0 by 0.
+    weights = torch.relu(scores) + (torch.log(u) + (y - (u - 1)))
+    o = ((weights @ v.float()) / weights.sum(dim=-1, keepdim=True)).to(dtype)
+    return o.transpose(1, 2).clone(memory_format=torch.contiguous_format).transpose(1, 2)  # as (B, T, H, D)

@@ -20,10 +20,8 @@ reference's math in vectorisable elementwise ops (``Relu``, ``Abs``, ``Exp``, ``
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
-import math
 import shutil
 import tempfile
 import warnings
@@ -36,10 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2.attention import AttentionFn
-from gpt2.attention.mask import causal_mask
-from gpt2.attention.softmax import softmax_naive_attention
-from gpt2.attention.softplus import length_scale
+from gpt2.attention import AttentionFn, get_attention_spec
 from gpt2.checkpoint import Checkpoint, as_checkpoint, load_model
 from gpt2.deployment.artifacts import check_precision, checkpoint_identity, onnx_path
 from gpt2.deployment.graph_io import INPUT_NAMES, OUTPUT_NAMES
@@ -52,64 +47,9 @@ from gpt2.model import GPT, ModelConfig
 DEFAULT_OPSET = 18
 
 
-def _additive_mask(q_len: int, kv_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """0 where a query may attend a key, -inf elsewhere (bottom-right aligned, see gpt2.attention.mask)."""
-    visible = causal_mask(q_len, kv_len, device)
-    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, float("-inf"))
-
-
-def _masked_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
-) -> torch.Tensor:
-    # Always the explicit bottom-right mask: the eager path's `q_len == kv_len` branch would be specialised.
-    # Additive (0 / -inf) rather than boolean: a boolean mask exports as Where + IsNaN passes over every
-    # score matrix, which more than doubled ONNX Runtime's prefill time. No row is fully masked (every
-    # query sees at least its own key), so -inf never makes a NaN.
-    bias = _additive_mask(q.shape[-2], k.shape[-2], q.dtype, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-
-
-def _softplus_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, length_base: float | None = None
-) -> torch.Tensor:
-    """The reference softplus attention (:mod:`gpt2.attention.softplus`) in ops ONNX runtimes run fast.
-
-    ONNX Runtime's ``Softplus`` kernel is scalar code, about 6 ns per score on a CPU core: a third of the
-    small preset's prefill. Here ``softplus(s) = max(s, 0) + log1p(exp(-|s|))`` is spelled in vectorised
-    elementwise ops; masked scores get -inf added (softplus(-inf) = 0: an Add, not a Where over the
-    weights), and the scale multiplies q, not the score matrix. ONNX Runtime's prefill of the small preset
-    (batch 32 x 256 tokens, 2 cores) went from ~480 ms with ``Softplus`` to ~300 ms.
-    """
-    q_len, kv_len, dtype = q.shape[-2], k.shape[-2], q.dtype
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    # The scale (and the length factor of each query) goes on q, Lq x D numbers, not on the Lq x Lk scores.
-    q = q.float() * scale
-    if length_base is not None:
-        q = q * length_scale(q_len, kv_len, length_base, q.device).unsqueeze(-1)
-    # Dense copies in and out: q arrives as a (B, T, H, D) permutation and the model reshapes the output's
-    # transpose, both views only when query_len == 1, and torch 2.9's export turns that question into a guard
-    # query_len != 1 (a constraint violation). The copies cost nothing in the ONNX graph.
-    q = q.clone(memory_format=torch.contiguous_format)
-    scores = q @ k.float().transpose(-2, -1) + _additive_mask(q_len, kv_len, torch.float32, q.device)
-    y = torch.exp(-scores.abs())
-    u = 1 + y
-    # log1p(y) without a Log1p op: log(u) is off by the rounding error of u = 1 + y, which y - (u - 1) puts
-    # back (to first order, the only one that matters: fp32-accurate down to denormals). Without it a score
-    # under about -17 rounds to weight 0, and a row of such scores divides 0 by 0.
-    weights = torch.relu(scores) + (torch.log(u) + (y - (u - 1)))
-    o = ((weights @ v.float()) / weights.sum(dim=-1, keepdim=True)).to(dtype)
-    return o.transpose(1, 2).clone(memory_format=torch.contiguous_format).transpose(1, 2)  # as (B, T, H, D)
-
-
 def export_attention(cfg: ModelConfig) -> AttentionFn:
-    """The attention to trace for ``cfg``: plain PyTorch ops only, whatever device the model is on."""
-    if cfg.attention == "softmax":
-        return _masked_sdpa
-    if cfg.attention == "softmax_naive":
-        return softmax_naive_attention
-    if cfg.attention == "softplus":
-        return functools.partial(_softplus_attention, length_base=cfg.softplus_length_base)
-    raise ValueError(f"no exportable implementation of attention {cfg.attention!r}")
+    """The attention to trace for ``cfg``: its kind's plain-PyTorch form (see :mod:`gpt2.attention`)."""
+    return get_attention_spec(cfg.attention).export
 
 
 class _ConcatCache:
@@ -146,6 +86,7 @@ class ExportableGPT(nn.Module):
         self.cfg = cfg
         self.embedding = nn.Parameter(model.tok_emb.weight.detach()[: cfg.vocab_size].clone())
         self.pos_emb, self.blocks, self.ln_f = model.pos_emb, model.blocks, model.ln_f
+        self.relative_positions = model.relative_positions  # a method, not a submodule: no padded weights
         attend = export_attention(cfg)
         for block in self.blocks:
             block.attn.attend = attend
@@ -155,9 +96,12 @@ class ExportableGPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cache = _ConcatCache(past_keys, past_values)
         positions = torch.arange(cache.pos, cache.pos + input_ids.shape[1], device=input_ids.device)
-        x = F.embedding(input_ids, self.embedding) + self.pos_emb(positions)
+        x = F.embedding(input_ids, self.embedding)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        relative = self.relative_positions(positions)
         for block in self.blocks:
-            x = block(x, cache)
+            x = block(x, cache, relative)
         logits = F.linear(self.ln_f(x), self.embedding).float()
         return logits, torch.stack(cache.keys), torch.stack(cache.values)
 

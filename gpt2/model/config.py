@@ -7,10 +7,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gpt2.attention import ATTENTION, get_attention_spec
 from gpt2.errors import UserError
 
-AttentionKind = Literal["softmax", "softmax_naive", "softplus"]  # each one registered in gpt2.attention
-ATTENTION_KINDS: tuple[str, ...] = typing.get_args(AttentionKind)
+ATTENTION_KINDS: tuple[str, ...] = tuple(ATTENTION)  # the registry in gpt2.attention is the one list
+Position = Literal["learned", "none", "alibi", "rope"]
+POSITIONS: tuple[str, ...] = typing.get_args(Position)
 
 
 @dataclass
@@ -22,14 +24,24 @@ class ModelConfig:
     head_dim: int | None = field(
         default=None, metadata={"help": "width of one head; n_heads*head_dim may differ from dim (None: dim/n_heads)"}
     )
-    max_seq_len: int = field(default=1024, metadata={"help": "longest sequence (learned positions)"})
+    max_seq_len: int = field(
+        default=1024,
+        metadata={"help": "longest training sequence; with learned positions also the longest the model reads"},
+    )
     dropout: float = field(default=0.0, metadata={"help": "dropout on embeddings and residual branches"})
     bias: bool = field(default=True, metadata={"help": "biases in Linear and LayerNorm layers (GPT-2 has them)"})
-    attention: AttentionKind = field(default="softmax", metadata={"help": "attention kind"})
-    softplus_length_base: float | None = field(
+    attention: str = field(default="softmax", metadata={"help": "attention kind", "choices": ATTENTION_KINDS})
+    position: Position = field(
+        default="learned",
+        metadata={"help": "position encoding: learned (GPT-2's table), none, alibi or rope; all but learned read "
+                          "sequences longer than max_seq_len"},
+    )  # fmt: skip
+    rope_base: float = field(default=10000.0, metadata={"help": "rope only: base of the rotation frequencies"})
+    length_base: float | None = field(
         default=None,
-        metadata={"help": "softplus only: scale scores by log(n_keys)/log(base) (length-aware); None: off"},
-    )
+        metadata={"help": "scale the scores of a query that sees n keys by log(n)/log(base) (softmax: "
+                          "Scalable-Softmax; softplus: length-aware softplus); None: off"},
+    )  # fmt: skip
     pad_vocab_multiple: int = field(
         default=64, metadata={"help": "pad the embedding rows to a multiple of this (faster matmuls)"}
     )
@@ -46,14 +58,26 @@ class ModelConfig:
             raise UserError(f"--head_dim must be >= 1, got {self.head_dim}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.attention not in ATTENTION_KINDS:
-            raise UserError(f"unknown --attention {self.attention!r}; choose one of {ATTENTION_KINDS}")
-        if self.softplus_length_base is not None:
-            # Checked here, not at the first forward pass, when the run folder would already exist.
-            if self.attention != "softplus":
-                raise UserError(f"--softplus_length_base applies to softplus attention, not {self.attention}")
-            if not self.softplus_length_base > 1:
-                raise UserError(f"--softplus_length_base must be > 1 (or None: off), got {self.softplus_length_base}")
+        # Checked here, not at the first forward pass, when the run folder would already exist.
+        spec = get_attention_spec(self.attention)
+        if self.position not in POSITIONS:
+            raise UserError(f"unknown --position {self.position!r}; choose one of {POSITIONS}")
+        for option, used in (("length_base", self.length_base is not None), ("alibi", self.position == "alibi")):
+            if used and option not in spec.options:
+                raise UserError(f"{self.attention} attention does not take {option}")
+        if self.length_base is not None and not self.length_base > 1:
+            raise UserError(f"--length_base must be > 1 (or None: off), got {self.length_base}")
+        if self.position == "rope":
+            if self.head_dim % 2:
+                raise UserError(f"--position rope rotates pairs of dimensions: head_dim must be even, got "
+                                f"{self.head_dim}")
+            if not self.rope_base > 1:
+                raise UserError(f"--rope_base must be > 1, got {self.rope_base}")
+
+    @property
+    def extrapolates(self) -> bool:
+        """Whether the model reads sequences longer than ``max_seq_len`` (every position kind but learned)."""
+        return self.position != "learned"
 
     @property
     def padded_vocab_size(self) -> int:
@@ -65,6 +89,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        if "softplus_length_base" in d:  # checkpoints from before the length scale applied to every kind
+            d["length_base"] = d.pop("softplus_length_base")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -1,22 +1,32 @@
-"""GPT-2: learned positions, pre-LayerNorm blocks, GELU MLP, tied embedding and LM head.
+"""GPT-2: pre-LayerNorm blocks, GELU MLP, tied embedding and LM head; a choice of attention and positions.
 
-The attention kind (softmax, softmax_naive, softplus) is chosen by name in the
-config; everything else is the GPT-2 architecture. With ``cache`` given, the
-forward pass continues a sequence from ``cache.pos`` (prefill or decode).
+The attention kind (softmax, softmax_naive, softplus; see :mod:`gpt2.attention`) and the position
+encoding (GPT-2's learned table, none, ALiBi or RoPE) are chosen by name in the config, and so is
+the length scale of the scores; everything else is the GPT-2 architecture. With ``cache`` given,
+the forward pass continues a sequence from ``cache.pos`` (prefill or decode).
 """
 
 from __future__ import annotations
 
-import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2.attention import get_attention
+from gpt2.attention.score_mod import alibi_slopes
 from gpt2.model.config import ModelConfig
 from gpt2.model.kv_cache import KVCache
+from gpt2.model.positions import Rotary, apply_rotary
+
+
+class RelativePositions(NamedTuple):
+    """What the blocks need of a relative position encoding for one forward pass (None: not in use)."""
+
+    rotary: tuple[torch.Tensor, torch.Tensor] | None  # RoPE's cos, sin of the new tokens' positions
+    alibi_slopes: torch.Tensor | None  # ALiBi's slope per head
 
 
 class CausalSelfAttention(nn.Module):
@@ -28,18 +38,23 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * inner, bias=cfg.bias)
         self.proj = nn.Linear(inner, cfg.dim, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
-        attend = get_attention(cfg.attention)
-        if cfg.attention == "softplus" and cfg.softplus_length_base is not None:
-            attend = functools.partial(attend, length_base=cfg.softplus_length_base)
-        self.attend = attend
+        self.attend = get_attention(cfg.attention)
+        self.length_base = cfg.length_base
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, positions: RelativePositions | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         # (B, T, 3*H*D) -> three (B, H, T, D) views; the kernels take strided inputs.
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        slopes = None
+        if positions is not None:
+            if positions.rotary is not None:  # keys enter the cache rotated by their own positions
+                q, k = apply_rotary(q, *positions.rotary), apply_rotary(k, *positions.rotary)
+            slopes = positions.alibi_slopes
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        y = self.attend(q, k, v)
+        y = self.attend(q, k, v, length_base=self.length_base, alibi_slopes=slopes)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.dropout(self.proj(y))
 
@@ -63,8 +78,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.dim, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, positions: RelativePositions | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, positions)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -73,7 +90,9 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.padded_vocab_size, cfg.dim)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim)
+        # Learned absolute positions are a table of max_seq_len rows; the other encodings have no parameters.
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.position == "learned" else None
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base) if cfg.position == "rope" else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.dim, bias=cfg.bias)
@@ -102,16 +121,32 @@ class GPT(nn.Module):
         """Logits ``(B, T, vocab_size)`` for ``tokens (B, T)``, continuing from ``cache`` if given."""
         T = tokens.shape[1]
         start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-        positions = torch.arange(start, start + T, device=tokens.device)
-        x = self.dropout(self.tok_emb(tokens) + self.pos_emb(positions))
+        if self.pos_emb is not None and start + T > self.cfg.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len} (learned positions)"
+            )
+        x, relative = self.embed(tokens, start)
         for block in self.blocks:
-            x = block(x, cache)
+            x = block(x, cache, relative)
         if cache is not None:
             cache.advance(T)
         logits = self.lm_head(self.ln_f(x))
         return logits[..., : self.cfg.vocab_size]  # padded rows never reach the loss or sampling
+
+    def embed(self, tokens: torch.Tensor, start: int | torch.SymInt) -> tuple[torch.Tensor, RelativePositions]:
+        """Token (and learned position) embeddings of ``tokens`` at positions ``start...``, and what the blocks
+        need of a relative position encoding."""
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        x = self.tok_emb(tokens)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        return self.dropout(x), self.relative_positions(positions)
+
+    def relative_positions(self, positions: torch.Tensor) -> RelativePositions:
+        """RoPE's tables for ``positions`` and ALiBi's slopes, where the config uses them."""
+        rotary = self.rotary(positions) if self.rotary is not None else None
+        slopes = alibi_slopes(self.cfg.n_heads, positions.device) if self.cfg.position == "alibi" else None
+        return RelativePositions(rotary, slopes)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache sized for this model (``max_len`` defaults to ``max_seq_len``)."""
@@ -130,7 +165,7 @@ class GPT(nn.Module):
         """Parameter count; by default without the (tied) token and position embeddings."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+            n -= self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
         return n
 
     def flops_per_token(self, seq_len: int) -> float:

@@ -75,6 +75,11 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
 
 
 def _check_interoperable(cfg: ModelConfig) -> None:
+    if cfg.attention != "softmax" or cfg.position != "learned" or cfg.length_base is not None:
+        raise ValueError(
+            f"HF GPT-2 is softmax attention with learned positions and no length scale; this model has "
+            f"{cfg.attention} attention, {cfg.position} positions, length_base {cfg.length_base}"
+        )
     if cfg.n_heads * cfg.head_dim != cfg.dim:
         raise ValueError("HF GPT-2 needs n_heads * head_dim == dim")
     if not cfg.bias:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 
+from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.model import ModelConfig, model_config_from_preset
 from gpt2.tokenizer import Tokenizer
@@ -22,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Model flags default to unset, so that the preset's values apply unless overridden.
     add_flags(parser, ModelConfig, "model (overrides the preset; must match the checkpoint when resuming)",
               unset_means="the --preset's")
+    # The length scale once applied to softplus only, under this name; launchers written for it keep working.
+    parser.add_argument("--softplus_length_base", type=float, default=None, help=argparse.SUPPRESS)
 
 
 def model_config_from_args(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
@@ -30,6 +33,11 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: int) -> ModelCo
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.softplus_length_base is not None:
+        if args.length_base is not None:
+            raise UserError("--softplus_length_base is the old name of --length_base: give one of them")
+        print("note: --softplus_length_base is now --length_base (it applies to every attention kind)")
+        args.length_base = args.softplus_length_base
     cfg, optim_cfg = from_flags(TrainConfig, args), from_flags(OptimConfig, args)
     tokenizer = Tokenizer.load(cfg.tokenizer)
     # A --preset or model flag describes a model; when resuming, the checkpoint's must be that one.
