@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("gpt2.evaluation.main", "loss, perplexity and bits per byte of a checkpoint"),
     "generate": ("gpt2.generation.main", "sample text from a checkpoint with a KV cache"),
     "deploy": ("gpt2.deployment.main", "export to ONNX, validate, build a TensorRT engine, benchmark"),
+    "study": ("gpt2.study.main", "softmax vs softplus: train and evaluate a grid of variants over seeds, report"),
     "plot": ("gpt2.training.plot", "loss curves of several runs in one PNG"),
     "consolidate": ("gpt2.training.consolidate", "turn a sharded (FSDP) checkpoint into one safetensors file"),
 }

@@ -64,6 +64,11 @@ def add_flags(
             group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=argparse.SUPPRESS)
             continue
         choices = f.metadata.get("choices")
+        if typing.get_origin(tp) is list:  # a list field is one flag taking one or more values
+            kwargs["nargs"] = "+"
+            (tp,) = typing.get_args(tp)
+            if tp is bool:
+                tp = _parse_bool
         if typing.get_origin(tp) is typing.Literal:
             choices = typing.get_args(tp)
             tp = type(choices[0])

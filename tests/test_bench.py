@@ -45,9 +45,12 @@ def test_training_benchmark_measures_every_attention(tmp_path, capsys):
     train.main([
         "--preset", "small", "--vocab_size", "512", "--seq_len", "64", "--batch_size", "2", "--precision", "fp32",
         "--no-compile", "--warmup", "1", "--steps", "1", "--device", "cpu", "--out_dir", str(tmp_path),
+        "--position", "learned", "alibi", "rope", "--length_base", "64",
     ])  # fmt: skip
     rows = json.loads((tmp_path / "train.json").read_text())["rows"]
-    assert [r["attention"] for r in rows] == list(ATTENTION_KINDS)
+    assert [(r["attention"], r["position"]) for r in rows] == [
+        (a, p) for a in ATTENTION_KINDS for p in ("learned", "alibi", "rope")
+    ]
     assert all("error" not in r and r["tokens_per_s"] > 0 for r in rows)
     assert "tokens/s" in capsys.readouterr().out
 

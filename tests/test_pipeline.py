@@ -272,7 +272,7 @@ sys.exit(1)
      ("encode_wikipedia.sh", "--out_dir", "data/tokens"), ("train_gpt2.sh", "--out_dir", "runs/gpt2-softplus"),
      ("multitrain_gpt2.sh", "--out_dir", "runs/gpt2-softplus-fsdp"), ("eval_gpt2.sh", None, "runs/gpt2-softplus"),
      ("generate_gpt2.sh", None, "runs/gpt2-softplus"), ("deploy_gpt2.sh", None, "runs/gpt2-softplus"),
-     ("quickstart.sh", "--out_dir", None)],
+     ("study_attention.sh", "--out_dir", "runs/study-data/wiki"), ("quickstart.sh", "--out_dir", None)],
 )  # fmt: skip
 def test_every_launcher_runs_from_the_callers_folder_with_the_repos_defaults(fake_python, tmp_path, launcher,
                                                                              variable, default):  # fmt: skip
