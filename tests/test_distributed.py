@@ -57,6 +57,11 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tmp_path
                               for run in ("fsdp", "single"))  # fmt: skip
     assert fsdp_eval["batches"] == single_eval["batches"] == 3 and fsdp_eval["tokens"] == single_eval["tokens"]
     assert abs(fsdp_eval["loss"] - single_eval["loss"]) <= 1e-5 * single_eval["loss"]
+    # The per-position sums are reduced over ranks too: the same buckets of the same tokens.
+    assert [(b["first"], b["last"]) for b in single_eval["position_loss"]] == [(1, 32)]
+    for a, b in zip(fsdp_eval["position_loss"], single_eval["position_loss"], strict=True):
+        assert (a["first"], a["last"], a["tokens"]) == (b["first"], b["last"], b["tokens"])
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * b["loss"]
 
     # The sharded checkpoint loads in a single process (no process group) and gives the same model.
     ckpt = find_checkpoint(tmp_path / "fsdp")

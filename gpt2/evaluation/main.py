@@ -1,4 +1,5 @@
-"""``python -m gpt2 evaluate CHECKPOINT``: loss, perplexity and bits per byte on the eval set."""
+"""``python -m gpt2 evaluate CHECKPOINT``: loss, perplexity and bits per byte on the eval set, and the loss by
+position in the window (the work is :func:`gpt2.evaluation.run.evaluate_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gpt2.checkpoint import CHECKPOINTS_DIR, Checkpoint, find_checkpoint
-from gpt2.data.loader import count_eval_batches, eval_batches
-from gpt2.data.tokens import TokenFile, check_tokenizer_matches
-from gpt2.errors import UserError
-from gpt2.evaluation.metrics import evaluate_loss, unigram_baseline
+from gpt2.data.tokens import TokenFile
+from gpt2.evaluation.attention_sink import SINK_THRESHOLD
+from gpt2.evaluation.run import check_eval_sizes, evaluate_checkpoint, recorded_eval_set, training_seq_len
 from gpt2.flags import add_flags, from_flags
-from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP, backend_precision, open_backend
+from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP
 from gpt2.io import atomic_write, check_output_path
-from gpt2.tokenizer import Tokenizer
 
 
 @dataclass
@@ -27,7 +27,11 @@ class EvalConfig:
         default=None, metadata={"help": "token file to evaluate on (default: the eval.bin the model was trained with)"}
     )
     max_batches: int = field(default=0, metadata={"help": "evaluate the first N batches (0: the whole eval set once)"})
-    seq_len: int | None = field(default=None, metadata={"help": "tokens per sequence (default: training seq_len)"})
+    seq_len: int | None = field(
+        default=None,
+        metadata={"help": "tokens per sequence (default: training seq_len; above it only for models without "
+                          "learned positions)"},
+    )  # fmt: skip
     batch_size: int = field(default=8, metadata={"help": "sequences per batch"})
     backend: str = field(default="pytorch", metadata={"help": "what runs the model", "choices": BACKENDS})
     precision: str = field(default="auto", metadata={"help": PRECISION_HELP, "choices": BACKEND_PRECISIONS})
@@ -35,6 +39,11 @@ class EvalConfig:
     unigram_baseline: bool = field(
         default=False, metadata={"help": "also report the loss of a unigram model fit on the training tokens"}
     )
+    sink_share: bool = field(
+        default=False,
+        metadata={"help": "also report the attention-sink share: the fraction of (layer, head) pairs whose mean "
+                          f"attention on the window's first token exceeds {SINK_THRESHOLD} (pytorch backend)"},
+    )  # fmt: skip
     output: str | None = field(
         default=None,
         metadata={"help": "JSON file for the results (default: RUN/eval_<checkpoint>_<backend>[_<precision>]"
@@ -43,12 +52,7 @@ class EvalConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
-        if self.max_batches < 0:
-            raise UserError(f"--max_batches must be >= 0 (0: the whole eval set), got {self.max_batches}")
-        if self.seq_len is not None and self.seq_len < 1:
-            raise UserError(f"--seq_len must be at least 1 (or None: the training seq_len), got {self.seq_len}")
+        check_eval_sizes(self.seq_len, self.batch_size, self.max_batches)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,33 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, EvalConfig, "evaluation")
 
 
-def _check_seq_len(seq_len: int, max_seq_len: int, what: str) -> None:
-    if seq_len > max_seq_len:
-        raise UserError(f"--seq_len {seq_len} exceeds the max_seq_len {max_seq_len} of {what}")
-
-
-def _train_tokens(ckpt: Checkpoint, tokenizer: Tokenizer) -> TokenFile:
-    """The token file the model was trained on, checked against its tokenizer (for the unigram baseline)."""
-    path = ckpt.meta.get("data", {}).get("train")
-    if not path:
-        raise UserError(f"checkpoint {ckpt.path} records no training token file; --unigram_baseline needs one")
-    train_file = TokenFile(path)
-    check_tokenizer_matches(train_file, tokenizer)
-    return train_file
-
-
-def _training_seq_len(ckpt: Checkpoint) -> int:
-    return ckpt.train_config.get("seq_len") or ckpt.model_config.max_seq_len
-
-
-def _recorded_eval_set(ckpt: Checkpoint) -> str:
-    return ckpt.meta.get("data", {}).get("eval", "")
-
-
 def eval_set_tag(ckpt: Checkpoint, token_file: TokenFile) -> str | None:
     """None for the eval set the checkpoint records, else ``<file stem>-<hash>`` of what the token file is
     (its path and header), which names its reports apart from those of the default eval set."""
-    recorded = _recorded_eval_set(ckpt)
+    recorded = recorded_eval_set(ckpt)
     if recorded:
         try:
             if os.path.samefile(token_file.path, recorded):
@@ -116,58 +97,52 @@ def default_output(
         name += f"_{precision}"
     if eval_tag:
         name += f"_{eval_tag}"
-    if seq_len != _training_seq_len(ckpt):
+    if seq_len != training_seq_len(ckpt):
         name += f"_seq{seq_len}"
     if max_batches is not None:
         name += f"_first{max_batches}x{batch_size}"
     return folder / f"{name}.json"
 
 
+def position_summary(report: dict[str, Any]) -> str:
+    """``loss by position: 1-64 5.12 | 65-128 4.98 | ...``"""
+    buckets = " | ".join(f"{b['first']}-{b['last']} {b['loss']:.4f}" for b in report["position_loss"])
+    return f"loss by position: {buckets}"
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = from_flags(EvalConfig, args)
     output = check_output_path(cfg.output) if cfg.output else None  # before minutes of evaluation
     ckpt = find_checkpoint(args.checkpoint)
-    tokenizer = Tokenizer.load(ckpt.tokenizer_path)
-    token_file = TokenFile(cfg.eval_tokens or _recorded_eval_set(ckpt))
-    check_tokenizer_matches(token_file, tokenizer)
-    train_file = _train_tokens(ckpt, tokenizer) if cfg.unigram_baseline else None
-    seq_len = cfg.seq_len or _training_seq_len(ckpt)
-    _check_seq_len(seq_len, ckpt.model_config.max_seq_len, f"checkpoint {ckpt.path}")
-    precision = backend_precision(ckpt, cfg.backend, cfg.precision)
-    backend = open_backend(ckpt, cfg.backend, cfg.device, precision)
-    _check_seq_len(seq_len, backend.max_seq_len, f"the {cfg.backend} model")  # an export may take fewer
-    total = count_eval_batches(token_file, seq_len, cfg.batch_size)
-    max_batches = cfg.max_batches if 0 < cfg.max_batches < total else None  # N >= all of them: the whole set
-    result = evaluate_loss(
-        backend.forward,
-        eval_batches(token_file, seq_len, cfg.batch_size, max_batches),
-        tokenizer.token_byte_lengths(),
-        device=backend.device,
+    report = evaluate_checkpoint(
+        ckpt,
+        cfg.seq_len,
+        cfg.batch_size,
+        cfg.max_batches or None,
+        cfg.eval_tokens,
+        cfg.device,
         progress=True,
-        total=max_batches or total,
+        backend=cfg.backend,
+        precision=cfg.precision,
+        unigram_baseline=cfg.unigram_baseline,
+        sink_share=cfg.sink_share,
     )
-    report = {
-        "checkpoint": str(ckpt.path),
-        "step": ckpt.step,
-        "eval_tokens": str(token_file.path),
-        "seq_len": seq_len,
-        "backend": cfg.backend,
-        "precision": precision,
-        "whole_eval_set": max_batches is None,
-        **result.to_dict(),
-    }
-    if train_file is not None:
-        # eval_batches predicts tokens[1:] in order from the start: the scored targets are the first
-        # result.tokens of them, also with --max_batches.
-        targets = token_file.tokens[1 : 1 + result.tokens]
-        report["unigram_baseline_loss"] = unigram_baseline(train_file.tokens, targets, tokenizer.vocab_size)
+    if "unigram_baseline_loss" in report:
         print(f"unigram baseline: loss {report['unigram_baseline_loss']:.4f} (the model must beat this)")
     print(
-        f"{ckpt.path} (step {ckpt.step}, {cfg.backend}): loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
-        f"bits per byte {result.bits_per_byte:.4f} over {result.tokens:,} tokens ({result.batches} batches)"
+        f"{ckpt.path} (step {ckpt.step}, {cfg.backend}): loss {report['loss']:.4f}, perplexity "
+        f"{report['perplexity']:.2f}, bits per byte {report['bits_per_byte']:.4f} over {report['tokens']:,} tokens "
+        f"({report['batches']} batches of seq_len {report['seq_len']})"
     )
+    print(position_summary(report))
+    if "attention_sink_share" in report:
+        sinks = report["attention_sink"]
+        print(f"attention sinks: {report['attention_sink_share']:.1%} of (layer, head) pairs put more than "
+              f"{sinks['threshold']} of their attention on the first token ({sinks['batches']} batches)")  # fmt: skip
+    max_batches = None if report["whole_eval_set"] else cfg.max_batches
+    eval_tag = eval_set_tag(ckpt, TokenFile(report["eval_tokens"]))
     output = output or default_output(
-        ckpt, cfg.backend, precision, seq_len, max_batches, cfg.batch_size, eval_set_tag(ckpt, token_file)
+        ckpt, cfg.backend, report["precision"], report["seq_len"], max_batches, cfg.batch_size, eval_tag
     )
     with atomic_write(output) as f:
         json.dump(report, f, indent=2)

@@ -1,9 +1,13 @@
-"""Loss, perplexity and bits per byte over eval batches.
+"""Loss, perplexity and bits per byte over eval batches, and the loss by position in the window.
 
 Bits per byte divides the summed loss (in bits) by the number of UTF-8 bytes
 the predicted tokens stand for, so it compares models with different
 tokenizers. ``<|endoftext|>`` stands for no bytes, but predicting it still
 costs loss: the end of a document is information too.
+
+The loss by position (1-based: position ``t`` is predicted from ``t`` tokens of context) is reported in
+buckets 1-64, 65-128, 129-256, ...: how much a model gains from a longer context, and, evaluated past its
+training length, whether it still gains or breaks down.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +25,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gpt2.data.loader import IGNORE_INDEX
+
+FIRST_BUCKET = 64  # positions 1-64, then 65-128, 129-256...: each bucket twice as long as the one before
+
+
+@dataclass
+class PositionLoss:
+    """The mean loss of the targets at positions ``first..last`` (1-based: the first target of a window, predicted
+    from one token of context, is at position 1)."""
+
+    first: int
+    last: int
+    loss: float  # nats per predicted token
+    tokens: int
 
 
 @dataclass
@@ -31,9 +49,35 @@ class EvalResult:
     bytes: int  # UTF-8 bytes those tokens stand for
     batches: int
     seconds: float
+    position_loss: list[PositionLoss] = field(default_factory=list)  # by position in the window, see buckets
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def position_buckets(length: int, first_size: int = FIRST_BUCKET) -> list[tuple[int, int]]:
+    """``(first, last)`` 1-based position ranges 1-64, 65-128, 129-256, ..., the last one cut at ``length``."""
+    buckets, first, last = [], 1, first_size
+    while first <= length:
+        buckets.append((first, min(last, length)))
+        first, last = last + 1, 2 * last
+    return buckets
+
+
+def bucket_position_loss(nll: np.ndarray, tokens: np.ndarray) -> list[PositionLoss]:
+    """Per-position sums (index 0: position 1) in :func:`position_buckets`, up to the last scored position."""
+    scored = np.flatnonzero(tokens)
+    length = int(scored[-1]) + 1 if len(scored) else 0
+    result = []
+    for first, last in position_buckets(length):
+        n = int(tokens[first - 1 : last].sum())
+        if n:  # eval_batches fills windows from their start; other batches may leave a bucket unscored
+            result.append(PositionLoss(first, last, float(nll[first - 1 : last].sum() / n), n))
+    return result
+
+
+def _grow(t: torch.Tensor, length: int) -> torch.Tensor:
+    return F.pad(t, (0, length - len(t))) if length > len(t) else t
 
 
 @torch.no_grad()
@@ -48,12 +92,13 @@ def evaluate_loss(
 ) -> EvalResult:
     """Sum the loss of ``logits_fn`` over ``batches`` of ``(input, target)``; targets of -100 are ignored.
 
-    With ``all_reduce`` (under torch.distributed) each rank passes its share of the batches and the sums
-    are combined over ranks.
+    The loss is also summed per position in the window (float64 vectors as long as the longest batch), which
+    :func:`bucket_position_loss` reports by length of context. With ``all_reduce`` (under torch.distributed)
+    each rank passes its share of the batches and the sums are combined over ranks.
     """
     byte_table = torch.as_tensor(token_bytes, dtype=torch.float64, device=device)
-    nll = torch.zeros((), dtype=torch.float64, device=device)
-    n_tokens = torch.zeros((), dtype=torch.float64, device=device)
+    position_nll = torch.zeros(0, dtype=torch.float64, device=device)
+    position_tokens = torch.zeros(0, dtype=torch.float64, device=device)
     n_bytes = torch.zeros((), dtype=torch.float64, device=device)
     n_batches = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
@@ -61,18 +106,28 @@ def evaluate_loss(
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         logits = logits_fn(inputs)
         flat_targets = targets.reshape(-1)
-        nll += F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        valid = flat_targets != IGNORE_INDEX
-        n_tokens += valid.sum()
-        n_bytes += byte_table[flat_targets[valid]].sum()
+        # Ignored targets cost 0: summing over the batch rows gives each position's loss sum directly.
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="none"
+        ).view(targets.shape)
+        valid = targets != IGNORE_INDEX
+        length = targets.shape[1]
+        position_nll, position_tokens = _grow(position_nll, length), _grow(position_tokens, length)
+        position_nll[:length] += nll.sum(0, dtype=torch.float64)
+        position_tokens[:length] += valid.sum(0, dtype=torch.float64)
+        n_bytes += byte_table[targets[valid]].sum()
         n_batches += valid.any()  # a batch with no target (a rank's padding under FSDP) is not one
-    sums = torch.stack([nll, n_tokens, n_bytes, n_batches])
     if all_reduce:
+        # The ranks' vectors must be equally long to be summed: pad each to the longest.
+        length = torch.tensor(len(position_nll), device=device)
+        torch.distributed.all_reduce(length, op=torch.distributed.ReduceOp.MAX)
+        position_nll, position_tokens = (_grow(t, int(length)) for t in (position_nll, position_tokens))
+        sums = torch.cat([position_nll, position_tokens, torch.stack([n_bytes, n_batches])])
         torch.distributed.all_reduce(sums)
-    total_nll, tokens, nbytes, n_batches = sums.tolist()
-    tokens, nbytes, n_batches = int(tokens), int(nbytes), int(n_batches)
+        position_nll, position_tokens, (n_bytes, n_batches) = sums.split([len(position_nll)] * 2 + [2])
+    position_nll_np, position_tokens_np = position_nll.cpu().numpy(), position_tokens.cpu().numpy()
+    total_nll, tokens = float(position_nll_np.sum()), int(position_tokens_np.sum())
+    nbytes, n_batches = int(n_bytes), int(n_batches)
     if tokens == 0:
         raise ValueError("no eval tokens: the eval set is shorter than one sequence")
     loss = total_nll / tokens
@@ -84,6 +139,7 @@ def evaluate_loss(
         bytes=nbytes,
         batches=n_batches,
         seconds=time.perf_counter() - start,
+        position_loss=bucket_position_loss(position_nll_np, position_tokens_np),
     )
 
 

@@ -80,6 +80,11 @@ class ModelConfig:
         return self.position != "learned"
 
     @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model reads: ``max_seq_len`` for learned positions, None (any) otherwise."""
+        return self.max_seq_len if self.position == "learned" else None
+
+    @property
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_multiple
         return (self.vocab_size + m - 1) // m * m

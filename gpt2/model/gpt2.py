@@ -41,9 +41,11 @@ class CausalSelfAttention(nn.Module):
         self.attend = get_attention(cfg.attention)
         self.length_base = cfg.length_base
 
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, positions: RelativePositions | None = None
-    ) -> torch.Tensor:
+    def project(
+        self, x: torch.Tensor, positions: RelativePositions | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``q, k, v (B, H, T, D)`` of the new tokens ``x`` (q and k rotated where RoPE is on) and the ALiBi slopes:
+        what the attention of this layer is computed from (the attention-sink analysis reads them too)."""
         B, T, _ = x.shape
         # (B, T, 3*H*D) -> three (B, H, T, D) views; the kernels take strided inputs.
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -52,6 +54,13 @@ class CausalSelfAttention(nn.Module):
             if positions.rotary is not None:  # keys enter the cache rotated by their own positions
                 q, k = apply_rotary(q, *positions.rotary), apply_rotary(k, *positions.rotary)
             slopes = positions.alibi_slopes
+        return q, k, v, slopes
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, positions: RelativePositions | None = None
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v, slopes = self.project(x, positions)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         y = self.attend(q, k, v, length_base=self.length_base, alibi_slopes=slopes)

@@ -1,0 +1,148 @@
+"""Evaluate a checkpoint from Python: the report ``python -m gpt2 evaluate`` writes, as a dict.
+
+Models without learned positions (none, ALiBi, RoPE) are evaluated at any ``seq_len``: their ``max_seq_len``
+is only the training length. Whatever the length, the eval set is cut into consecutive windows and every
+target is scored once, so a longer ``seq_len`` means fewer, longer windows and more context per target on
+average; ``position_loss`` shows how the loss depends on the position in the window.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gpt2.checkpoint import Checkpoint, find_checkpoint
+from gpt2.data.loader import count_eval_batches, eval_batches
+from gpt2.data.tokens import TokenFile, check_tokenizer_matches
+from gpt2.errors import UserError
+from gpt2.evaluation.attention_sink import attention_sinks
+from gpt2.evaluation.metrics import evaluate_loss
+from gpt2.evaluation.metrics import unigram_baseline as unigram_baseline_loss
+from gpt2.inference import TorchBackend, backend_precision, open_backend
+from gpt2.model.config import POSITIONS
+from gpt2.tokenizer import Tokenizer
+
+SINK_BATCHES = 4  # eval batches the attention-sink share is measured on: the mean settles within a few
+
+
+def check_eval_sizes(seq_len: int | None, batch_size: int, max_batches: int | None) -> None:
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+    if max_batches is not None and max_batches < 0:
+        raise UserError(f"--max_batches must be >= 0 (0: the whole eval set), got {max_batches}")
+    if seq_len is not None and seq_len < 1:
+        raise UserError(f"--seq_len must be at least 1 (or None: the training seq_len), got {seq_len}")
+
+
+def training_seq_len(ckpt: Checkpoint) -> int:
+    return ckpt.train_config.get("seq_len") or ckpt.model_config.max_seq_len
+
+
+def recorded_eval_set(ckpt: Checkpoint) -> str:
+    return ckpt.meta.get("data", {}).get("eval", "")
+
+
+def _train_tokens(ckpt: Checkpoint, tokenizer: Tokenizer) -> TokenFile:
+    """The token file the model was trained on, checked against its tokenizer (for the unigram baseline)."""
+    path = ckpt.meta.get("data", {}).get("train")
+    if not path:
+        raise UserError(f"checkpoint {ckpt.path} records no training token file; --unigram_baseline needs one")
+    train_file = TokenFile(path)
+    check_tokenizer_matches(train_file, tokenizer)
+    return train_file
+
+
+def check_model_reads(ckpt: Checkpoint, seq_len: int) -> None:
+    """A one-line error if the model cannot read ``seq_len`` tokens: only learned positions have a limit."""
+    limit = ckpt.model_config.max_positions
+    if limit is not None and seq_len > limit:
+        others = ", ".join(p for p in POSITIONS if p != "learned")
+        raise UserError(
+            f"--seq_len {seq_len} exceeds the max_seq_len {limit} of checkpoint {ckpt.path}: its positions are "
+            f"learned, so it reads at most {limit} tokens (models with --position {others} read any length)"
+        )
+
+
+def check_eval_set_fits(token_file: TokenFile, seq_len: int) -> None:
+    """A window must hold ``seq_len`` targets: a shorter eval set would not measure the loss at that length."""
+    if len(token_file) < seq_len + 1:
+        raise UserError(
+            f"eval set {token_file.path} has {len(token_file):,} tokens, fewer than one window of seq_len + 1 = "
+            f"{seq_len + 1}; use a shorter --seq_len or a larger eval set"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path | Checkpoint,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+    eval_tokens: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    *,
+    backend: str = "pytorch",
+    precision: str = "auto",
+    unigram_baseline: bool = False,
+    sink_share: bool = False,
+) -> dict[str, Any]:
+    """The evaluation report of a checkpoint (or a run folder's newest): ``loss``, ``perplexity``,
+    ``bits_per_byte``, ``tokens``, ``bytes``, ``batches``, ``seconds``, ``position_loss`` (buckets of positions
+    ``{"first", "last", "loss", "tokens"}``), and what was evaluated (``checkpoint``, ``step``, ``eval_tokens``,
+    ``seq_len``, ``training_seq_len``, ``backend``, ``precision``, ``whole_eval_set``); with
+    ``unigram_baseline`` also ``unigram_baseline_loss``, with ``sink_share`` also ``attention_sink_share``
+    and ``attention_sink``.
+
+    ``seq_len`` None: the training one; ``max_batches`` None or 0: the whole eval set once; ``eval_tokens``
+    None: the eval set the checkpoint records.
+    """
+    check_eval_sizes(seq_len, batch_size, max_batches)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
+    tokenizer = Tokenizer.load(ckpt.tokenizer_path)
+    token_file = TokenFile(eval_tokens or recorded_eval_set(ckpt))
+    check_tokenizer_matches(token_file, tokenizer)
+    train_file = _train_tokens(ckpt, tokenizer) if unigram_baseline else None
+    seq_len = seq_len or training_seq_len(ckpt)
+    check_model_reads(ckpt, seq_len)
+    check_eval_set_fits(token_file, seq_len)
+    if sink_share and backend != "pytorch":
+        raise UserError(f"--sink_share reads the attention of the PyTorch model; it does not run on {backend}")
+    precision = backend_precision(ckpt, backend, precision)
+    runner = open_backend(ckpt, backend, device, precision)
+    # An export reads at most the length it was exported for; the PyTorch model was checked above (its
+    # max_seq_len, which generation sizes its cache by, is not a limit without learned positions).
+    if not isinstance(runner, TorchBackend) and seq_len > runner.max_seq_len:
+        raise UserError(f"--seq_len {seq_len} exceeds the max_seq_len {runner.max_seq_len} of the {backend} model")
+    total = count_eval_batches(token_file, seq_len, batch_size)
+    max_batches = max_batches if max_batches and max_batches < total else None  # N >= all of them: the whole set
+    result = evaluate_loss(
+        runner.forward,
+        eval_batches(token_file, seq_len, batch_size, max_batches),
+        tokenizer.token_byte_lengths(),
+        device=runner.device,
+        progress=progress,
+        total=max_batches or total,
+    )
+    report: dict[str, Any] = {
+        "checkpoint": str(ckpt.path),
+        "step": ckpt.step,
+        "eval_tokens": str(token_file.path),
+        "seq_len": seq_len,
+        "training_seq_len": training_seq_len(ckpt),
+        "backend": backend,
+        "precision": precision,
+        "whole_eval_set": max_batches is None,
+        **result.to_dict(),
+    }
+    if sink_share:
+        assert isinstance(runner, TorchBackend)
+        n = min(SINK_BATCHES, max_batches or total)
+        sinks = attention_sinks(runner.model, eval_batches(token_file, seq_len, batch_size, n))
+        report["attention_sink_share"] = sinks.share
+        report["attention_sink"] = {"batches": n, **{k: v for k, v in vars(sinks).items() if k != "share"}}
+    if train_file is not None:
+        # eval_batches predicts tokens[1:] in order from the start: the scored targets are the first
+        # result.tokens of them, also with max_batches.
+        targets = token_file.tokens[1 : 1 + result.tokens]
+        report["unigram_baseline_loss"] = unigram_baseline_loss(train_file.tokens, targets, tokenizer.vocab_size)
+    return report
