@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from gpt2.checkpoint import find_checkpoint
 from gpt2.cli import main
 from gpt2.errors import UserError
 from gpt2.study.config import StudyConfig
@@ -40,7 +41,7 @@ def test_a_study_trains_evaluates_and_reports_every_cell(study):
             assert sum(b["tokens"] for b in buckets) == evaluation["tokens"]
         run = study / "cells" / cell["cell"] / "run"
         assert (run / "checkpoints" / "step_00000020").is_dir()
-        assert json.loads((run / "config.json").read_text())["model"]["length_base"] == 32.0
+        assert find_checkpoint(run).model_config.length_base == 32.0  # the scale is 1 at the training length
     variant = report["variants"]["softplus-alibi-scaled"]
     assert variant["eval"]["64"]["n"] == 1 and variant["eval"]["64"]["std"] is None  # one seed: no spread
     [comparison] = [r for r in report["comparisons"] if r["seq_len"] == 64]

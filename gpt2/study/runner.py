@@ -20,7 +20,7 @@ from typing import Any
 
 from gpt2.checkpoint import checkpoint_name, list_checkpoints
 from gpt2.errors import UserError
-from gpt2.evaluation.main import evaluate_checkpoint
+from gpt2.evaluation.run import evaluate_checkpoint
 from gpt2.io import atomic_write
 from gpt2.study.config import Cell, StudyConfig
 
