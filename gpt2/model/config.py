@@ -80,6 +80,12 @@ class ModelConfig:
         return self.position != "learned"
 
     @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model reads: ``max_seq_len`` for learned positions (its table's rows),
+        None (no limit but memory) for the others. Every length bound outside training reads this."""
+        return None if self.extrapolates else self.max_seq_len
+
+    @property
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_multiple
         return (self.vocab_size + m - 1) // m * m
