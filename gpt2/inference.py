@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 class InferenceBackend(Protocol):
     name: str
     vocab_size: int
-    max_seq_len: int
+    max_seq_len: int  # the training length
+    max_positions: int | None  # the longest sequence it reads (ModelConfig.max_positions; None: no limit)
     device: torch.device
 
     def new_state(self, batch_size: int, max_len: int) -> Any:
@@ -45,6 +46,7 @@ class TorchBackend:
         self.model = model.eval()
         self.vocab_size = model.cfg.vocab_size
         self.max_seq_len = model.cfg.max_seq_len
+        self.max_positions = model.cfg.max_positions
         self.device = model.lm_head.weight.device
 
     def new_state(self, batch_size: int, max_len: int) -> Any:

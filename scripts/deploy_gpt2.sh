@@ -21,7 +21,8 @@ SEQ_LEN=${SEQ_LEN:-}                           # benchmark sequence length; empt
 # TensorRT optimisation profile: the engine accepts min..max and is tuned for opt.
 # Empty: batch 1..BATCH_SIZE (opt BATCH_SIZE), query 1..SEQ_LEN (opt SEQ_LEN), cache 0..SEQ_LEN-1 (opt 0),
 # each max widened to cover the accuracy check run on the engine (4 x min(256, max_seq_len) tokens, 64 greedy
-# steps); bounds set here that exclude it are refused before the build.
+# steps); bounds set here that exclude it are refused before the build. SEQ_LEN and the maxima may go past
+# max_seq_len only for a model without learned positions (--position none, alibi or rope).
 MIN_BATCH=${MIN_BATCH:-1};  OPT_BATCH=${OPT_BATCH:-};  MAX_BATCH=${MAX_BATCH:-}
 MIN_QUERY=${MIN_QUERY:-1};  OPT_QUERY=${OPT_QUERY:-};  MAX_QUERY=${MAX_QUERY:-}
 MIN_CACHE=${MIN_CACHE:-0};  OPT_CACHE=${OPT_CACHE:-0}; MAX_CACHE=${MAX_CACHE:-}

@@ -45,6 +45,45 @@ def test_round_trip_gives_identical_logits(tmp_path, model, tokenizer_file):
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
 
 
+@pytest.mark.parametrize(
+    ("position", "attention", "length_base"),
+    [("none", "softmax", None), ("alibi", "softplus", None), ("rope", "softmax", 64.0)],
+)
+def test_models_with_other_positions_round_trip(tmp_path, tokenizer_file, position, attention, length_base):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=300, n_layers=2, dim=32, n_heads=2, max_seq_len=16, attention=attention,
+                      position=position, length_base=length_base)  # fmt: skip
+    model = GPT(cfg).eval()
+    path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+    loaded, ckpt = load_model(path)
+    assert ckpt.model_config == cfg and loaded.pos_emb is None
+    assert not any("pos_emb" in name for name in loaded.state_dict())  # no position table to save
+    tokens = torch.randint(0, 300, (2, 40))  # past max_seq_len: these encodings read any length
+    assert torch.equal(loaded.eval()(tokens), model(tokens))
+
+
+def test_a_checkpoint_with_the_old_softplus_length_base_key_still_loads(tmp_path, tokenizer_file):
+    """Before the length scale applied to every attention kind, model configs named it softplus_length_base
+    and had no position fields: such a checkpoint loads as learned positions with that length base."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=300, n_layers=2, dim=32, n_heads=2, max_seq_len=32, attention="softplus",
+                      length_base=64.0)  # fmt: skip
+    model = GPT(cfg).eval()
+    path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+
+    def old_config(meta):
+        new_fields = ("length_base", "position", "rope_base")
+        config = {k: v for k, v in meta["model_config"].items() if k not in new_fields}
+        return {**meta, "model_config": {**config, "softplus_length_base": 64.0}}
+
+    _edit_meta(path, old_config)
+    assert "softplus_length_base" in json.loads((path / "meta.json").read_text())["model_config"]
+    loaded, ckpt = load_model(path)
+    assert ckpt.model_config == cfg and ckpt.model_config.position == "learned"
+    tokens = torch.randint(0, 300, (2, 32))
+    assert torch.equal(loaded.eval()(tokens), model(tokens))
+
+
 def test_keep_last_prunes_old_checkpoints(tmp_path, model, tokenizer_file):
     for step in (1, 2, 3, 4):
         save_checkpoint(tmp_path, step, model, None, tokenizer_file, keep_last=2)

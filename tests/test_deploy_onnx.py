@@ -13,6 +13,7 @@ import math
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from gpt2 import checkpoint
-from gpt2.checkpoint import CheckpointError, load_model, save_checkpoint
+from gpt2.checkpoint import CheckpointError, as_checkpoint, load_model, save_checkpoint
 from gpt2.cli import main as cli
 from gpt2.data.loader import eval_batches as real_eval_batches
 from gpt2.deployment import load_backend, pick_export_precision
-from gpt2.deployment.artifacts import StaleExportError
+from gpt2.deployment.artifacts import StaleExportError, onnx_path
 from gpt2.deployment.benchmark import benchmark_backend, format_table
-from gpt2.deployment.graph_io import GraphDims, output_shapes
+from gpt2.deployment.graph_io import OUTPUT_NAMES, GraphDims, output_shapes
 from gpt2.deployment.onnx_export import check_onnx, export_checkpoint
 from gpt2.deployment.ort import OrtBackend
 from gpt2.deployment.profiles import ProfileConfig, profile_shapes, resolve_profile
@@ -324,6 +325,95 @@ def test_cuda_without_a_gpu_is_a_clear_error(command, checkpoints, capsys):
     assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
 
 
+# --- positions other than learned: sequences longer than max_seq_len ----------------------------------
+
+TRAIN_LEN = 16  # the max_seq_len of these models; they are run at 16 times that
+POSITION_CASES = [
+    *((position, attention, None) for position in ("none", "alibi", "rope") for attention in KINDS),
+    ("alibi", "softmax", 64.0),  # the length scale multiplies ALiBi's bias too
+]
+
+
+@pytest.fixture(scope="session")
+def position_checkpoint(corpus, tmp_path_factory) -> Callable[..., Path]:
+    """``make(position, attention, length_base)``: the checkpoint of a tiny model with that position encoding,
+    saved and exported (fp32) on first use; the export is the slow part, so each case is made once."""
+    made: dict[tuple[str, str, float | None], Path] = {}
+
+    def make(position: str, attention: str, length_base: float | None = None) -> Path:
+        key = (position, attention, length_base)
+        if key not in made:
+            torch.manual_seed(3)
+            cfg = tiny_config(attention, position=position, length_base=length_base, max_seq_len=TRAIN_LEN)
+            model = GPT(cfg).eval()
+            with torch.no_grad():  # larger than GPT-2's init: peaked attention and O(1) logits, so errors show
+                for p in model.parameters():
+                    if p.dim() > 1:
+                        p.normal_(std=0.1)
+            run_dir = tmp_path_factory.mktemp(f"{position}-{attention}")
+            data = {"data": {"eval": str(corpus.eval.path)}}
+            made[key] = save_checkpoint(run_dir, 1, model, None, corpus.tokenizer, meta=data)
+            export_checkpoint(made[key], "fp32")
+        return made[key]
+
+    return make
+
+
+@pytest.mark.parametrize(("position", "attention", "length_base"), POSITION_CASES)
+def test_ort_matches_pytorch_at_16_times_max_seq_len(position, attention, length_base, position_checkpoint, corpus):
+    """Prefill, decode and generation through the export past the training length: RoPE's cos/sin come from
+    the cache length inside the graph, ALiBi's bias and the length scale from the shapes, no length is fixed."""
+    ckpt = position_checkpoint(position, attention, length_base)
+    graph = onnx.load(str(check_onnx(onnx_path(as_checkpoint(ckpt), "fp32")).path))
+    assert ({"Cos", "Sin"} <= {node.op_type for node in graph.graph.node}) == (position == "rope")
+    ort_backend, torch_backend = load_backend("onnxruntime", ckpt), reference(ckpt)
+    assert ort_backend.max_positions is None and ort_backend.max_seq_len == TRAIN_LEN
+    n = 16 * TRAIN_LEN
+    tokens = corpus.eval_ids(2 * n).view(2, n)
+    full = torch_backend.forward(tokens)
+    torch.testing.assert_close(ort_backend.forward(tokens), full, atol=1e-4, rtol=1e-4)  # one prefill, no cache
+
+    state = ort_backend.new_state(2, n)  # the cache is sized by the request, not by max_seq_len
+    pieces = [ort_backend.forward(tokens[:, a:b], state) for a, b in ((0, 10), (10, 11), (11, n - 1), (n - 1, n))]
+    assert state.pos == n
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
+    assert (pieces[0] - full[:, :10]).abs().max() > 0  # two implementations, not one run twice
+
+    prompt, greedy = tokens[0, :8].tolist(), SamplingConfig(temperature=0.0)
+    ours = generate(ort_backend, prompt, 4 * TRAIN_LEN, greedy)
+    assert ours == generate(torch_backend, prompt, 4 * TRAIN_LEN, greedy) and len(ours[0]) == 4 * TRAIN_LEN
+
+
+def test_deploy_validates_and_profiles_past_max_seq_len_without_learned_positions(position_checkpoint, tmp_path,
+                                                                                  capsys):  # fmt: skip
+    """deploy's length flags go past max_seq_len for RoPE: the accuracy check at 4x, a TensorRT profile to 16x
+    (the TensorRT build itself is skipped without a GPU). With learned positions the same flags are refused
+    (test_bad_deploy_flags_give_clear_errors)."""
+    ckpt, report = position_checkpoint("rope", "softmax"), tmp_path / "report.json"
+    long = [
+        "--stages", "validate,tensorrt", "--validate_seq_len", str(4 * TRAIN_LEN), "--validate_batches", "1",
+        "--greedy_steps", "32", "--seq_len", str(4 * TRAIN_LEN), "--max_cache", str(16 * TRAIN_LEN - 1),
+        "--output", str(report),
+    ]  # fmt: skip
+    assert cli(["deploy", str(ckpt), *long]) == 0, capsys.readouterr()
+    result = json.loads(report.read_text())["validation"]["onnxruntime"]
+    assert result["passed"] and result["greedy_matching"] == result["greedy_steps"] == 32
+
+
+def test_profile_shapes_past_max_seq_len_are_calls_the_rope_graph_accepts(position_checkpoint):
+    backend = load_backend("onnxruntime", position_checkpoint("rope", "softmax"))
+    dims = GraphDims.from_config(backend.config)
+    profile = resolve_profile(ProfileConfig(max_query=4 * TRAIN_LEN, max_cache=16 * TRAIN_LEN - 1), batch_size=2,
+                              seq_len=TRAIN_LEN, max_positions=dims.max_positions)  # fmt: skip
+    shapes = profile_shapes(profile, dims)
+    assert shapes["past_keys"][2][3] == 16 * TRAIN_LEN - 1
+    for level in range(3):  # min, opt, max
+        ids, past = shapes["input_ids"][level], torch.zeros(shapes["past_keys"][level]).numpy()
+        feeds = {"input_ids": torch.zeros(ids, dtype=torch.long).numpy(), "past_keys": past, "past_values": past}
+        outputs = dict(zip(OUTPUT_NAMES, backend.session.run(None, feeds), strict=True))
+        assert {k: v.shape for k, v in outputs.items()} == output_shapes(dims, ids[0], ids[1], past.shape[3])
+
+
 # --- the binding logic TensorRT uses, checked on the real graph ---------------------------------------
 
 
@@ -333,6 +423,7 @@ class ProfiledBackend:
     def __init__(self, backend: OrtBackend, profile) -> None:
         self.backend, self.profile, self.calls = backend, profile, set()
         self.name, self.vocab_size, self.max_seq_len = "profiled", backend.vocab_size, backend.max_seq_len
+        self.max_positions = backend.max_positions
         self.device = backend.device
 
     def new_state(self, batch_size: int, max_len: int):
@@ -347,8 +438,8 @@ class ProfiledBackend:
 
 def test_the_engine_profile_covers_every_call_of_its_validation(checkpoints, exported, eval_batches):
     """deploy --batch_size 1 --seq_len 32: the profile still admits the validation (batch 4 x 64 tokens)."""
-    calls = validation_calls(batch_size=4, seq_len=SEQ, max_seq_len=128, greedy_steps=64)
-    profile = resolve_profile(ProfileConfig(), batch_size=1, seq_len=32, max_seq_len=128, cover=calls)
+    calls = validation_calls(batch_size=4, seq_len=SEQ, max_positions=128, greedy_steps=64)
+    profile = resolve_profile(ProfileConfig(), batch_size=1, seq_len=32, max_positions=128, cover=calls)
     candidate = ProfiledBackend(load_backend("onnxruntime", checkpoints["softmax"]), profile)
     report = validate(reference(checkpoints["softmax"]), candidate, eval_batches, greedy_steps=64)
     assert report.passed and report.greedy_steps == 64, report.summary()
@@ -356,7 +447,7 @@ def test_the_engine_profile_covers_every_call_of_its_validation(checkpoints, exp
     assert {c for c in calls - candidate.calls if c[1:] != (SEQ, 0)} == set()  # ...and they all happen
     with pytest.raises(UserError, match="batch 4 is outside the TensorRT engine's profile \\[1, 1\\]"):
         validate(reference(checkpoints["softmax"]), ProfiledBackend(candidate.backend, resolve_profile(
-            ProfileConfig(), batch_size=1, seq_len=32, max_seq_len=128)), eval_batches)
+            ProfileConfig(), batch_size=1, seq_len=32, max_positions=128)), eval_batches)
 
 
 
@@ -364,7 +455,7 @@ def test_profile_shapes_are_calls_the_exported_graph_accepts(checkpoints, export
     """Every min/opt/max shape of a profile is a valid call; the outputs have the shapes we allocate."""
     backend = load_backend("onnxruntime", checkpoints["softmax"])
     dims = GraphDims.from_config(backend.config)
-    profile = resolve_profile(ProfileConfig(opt_cache=16), batch_size=3, seq_len=32, max_seq_len=128)
+    profile = resolve_profile(ProfileConfig(opt_cache=16), batch_size=3, seq_len=32, max_positions=128)
     shapes = profile_shapes(profile, dims)
     graph_inputs = {i.name: i.shape for i in backend.session.get_inputs()}
     assert set(shapes) == set(graph_inputs)

@@ -8,6 +8,7 @@ exported graph in test_deploy_onnx.py.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from types import SimpleNamespace
@@ -38,14 +39,14 @@ TENSORRT_USABLE = torch.cuda.is_available() and importlib.util.find_spec("tensor
 needs_no_tensorrt = pytest.mark.skipif(
     TENSORRT_USABLE, reason="checks the message shown where TensorRT is missing"
 )
-DIMS = GraphDims(n_layers=4, n_heads=4, head_dim=32, vocab_size=50257, max_seq_len=2048)
+DIMS = GraphDims(n_layers=4, n_heads=4, head_dim=32, vocab_size=50257, max_positions=2048)
 
 
 # --- optimisation profile -----------------------------------------------------------------------------
 
 
 def test_default_profile_covers_prefill_and_decode_of_the_benchmark():
-    profile = resolve_profile(ProfileConfig(), batch_size=32, seq_len=2048, max_seq_len=2048)
+    profile = resolve_profile(ProfileConfig(), batch_size=32, seq_len=2048, max_positions=2048)
     assert profile == Profile(batch=(1, 32, 32), query=(1, 2048, 2048), cache=(0, 0, 2047))
     profile.check_call(32, 2048, 0)  # prefill of the benchmark
     profile.check_call(32, 1, 2047)  # its last decode step
@@ -57,10 +58,10 @@ def test_default_profile_covers_prefill_and_decode_of_the_benchmark():
 
 def test_default_profile_also_covers_the_validation_after_the_build():
     """deploy --batch_size 1 --seq_len 128: validation still runs batch 4 x 256 tokens and 64 greedy steps."""
-    calls = validation_calls(batch_size=4, seq_len=256, max_seq_len=2048, greedy_steps=64)
+    calls = validation_calls(batch_size=4, seq_len=256, max_positions=2048, greedy_steps=64)
     assert {(4, 128, 0), (4, 1, 128), (4, 127, 129), (4, 256, 0), (1, 256, 0), (1, 16, 0), (1, 1, 78)} <= calls
     assert max(c[2] for c in calls if c[0] == 1 and c[1] == 1) == 16 + 64 - 2  # the last step is not fed back
-    profile = resolve_profile(ProfileConfig(), batch_size=1, seq_len=128, max_seq_len=2048, cover=calls)
+    profile = resolve_profile(ProfileConfig(), batch_size=1, seq_len=128, max_positions=2048, cover=calls)
     assert profile == Profile(batch=(1, 1, 4), query=(1, 128, 256), cache=(0, 0, 129))
     for call in calls:
         profile.check_call(*call)
@@ -69,9 +70,29 @@ def test_default_profile_also_covers_the_validation_after_the_build():
     # Bounds the user set are kept; one that excludes a validation call is refused before the build.
     with pytest.raises(UserError, match="accuracy check .* \\(4, 256, 0\\).* batch 4 is outside .*\\[1, 2\\]"):
         resolve_profile(ProfileConfig(max_batch=2), 1, 128, 2048, cover=calls)
-    short = validation_calls(batch_size=4, seq_len=16, max_seq_len=2048, greedy_steps=64)
+    short = validation_calls(batch_size=4, seq_len=16, max_positions=2048, greedy_steps=64)
     with pytest.raises(UserError, match="\\(1, 1, 78\\), but cache length 78 is outside .*\\[0, 40\\]"):
         resolve_profile(ProfileConfig(max_batch=4, max_cache=40), 1, 16, 2048, cover=short)
+
+
+def test_models_that_read_past_max_seq_len_take_longer_profiles_from_flags():
+    """Without learned positions the default profile stays at the training length, and flags may go past it."""
+    relative = GraphDims.from_config(ModelConfig(vocab_size=100, n_layers=1, dim=32, n_heads=2, max_seq_len=2048,
+                                                 position="rope"))  # fmt: skip
+    assert relative.max_positions is None
+    default = resolve_profile(ProfileConfig(), batch_size=32, seq_len=2048, max_positions=None)
+    assert default == resolve_profile(ProfileConfig(), batch_size=32, seq_len=2048, max_positions=2048)
+    long = ProfileConfig(max_query=8192, opt_cache=4096, max_cache=32767)  # 16 x 2048 in decode
+    profile = resolve_profile(long, batch_size=1, seq_len=4096, max_positions=None)
+    assert profile == Profile(batch=(1, 1, 1), query=(1, 4096, 8192), cache=(0, 4096, 32767))
+    profile.check_call(1, 1, 32767)
+    assert profile_shapes(profile, relative)["past_keys"][2] == (1, 1, 2, 32767, 16)
+    with pytest.raises(UserError, match="max_query 8192 exceeds the model's max_seq_len 2048"):
+        resolve_profile(long, batch_size=1, seq_len=2048, max_positions=2048)
+    # Validation generates its 64 greedy tokens whatever the length; learned positions stop at the table's end.
+    calls = validation_calls(batch_size=1, seq_len=8, max_positions=None, greedy_steps=64)
+    assert max(c[2] for c in calls if c[1] == 1) == 8 + 64 - 2
+    assert max(c[2] for c in validation_calls(1, 8, 32, 64) if c[1] == 1) == 32 - 2
 
 
 @pytest.mark.parametrize(
@@ -96,7 +117,7 @@ def test_default_profile_also_covers_the_validation_after_the_build():
 )
 def test_inconsistent_profiles_are_refused_with_the_offending_values(cfg, message):
     with pytest.raises(UserError, match=message):
-        resolve_profile(cfg, batch_size=32, seq_len=2048, max_seq_len=2048)
+        resolve_profile(cfg, batch_size=32, seq_len=2048, max_positions=2048)
 
 
 def test_profile_shapes_are_the_graph_inputs_at_min_opt_max():
@@ -157,6 +178,11 @@ def test_output_shapes_and_step_checks():
         check_step(DIMS, torch.zeros(3, 1, dtype=torch.long), state)
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len"):
         empty_state(DIMS, 1, 4096, torch.float32, torch.device("cpu"))
+    unlimited = dataclasses.replace(DIMS, max_positions=None)  # any position encoding but learned
+    long = empty_state(unlimited, 1, 16 * 2048, torch.float32, torch.device("cpu"))
+    check_step(unlimited, torch.zeros(1, 4096, dtype=torch.long), long)
+    with pytest.raises(ValueError, match="sequence of 4096 tokens exceeds max_seq_len 2048 \\(learned positions\\)"):
+        check_step(DIMS, torch.zeros(1, 4096, dtype=torch.long), long)
 
 
 # --- TensorRT missing ---------------------------------------------------------------------------------

@@ -62,6 +62,12 @@ def test_too_long_sequence_is_rejected():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
+@pytest.mark.parametrize(("position", "limit"), [("learned", 8), ("none", None), ("alibi", None), ("rope", None)])
+def test_max_positions_is_the_learned_table_or_no_limit(position, limit):
+    cfg = tiny_config(max_seq_len=8, position=position)
+    assert cfg.max_positions == limit and cfg.extrapolates == (limit is None)
+
+
 @pytest.mark.parametrize("attention", ATTENTION_KINDS)
 def test_kv_cache_prefill_then_decode_matches_full_forward(attention):
     torch.manual_seed(0)

@@ -117,3 +117,38 @@ def test_generation_refuses_negative_lengths_and_no_samples(max_new_tokens, num_
     backend = TorchBackend(GPT(ModelConfig(vocab_size=50, n_layers=1, dim=32, n_heads=2, max_seq_len=16)))
     with pytest.raises(UserError, match=message):
         generate(backend, [1, 2], max_new_tokens, SamplingConfig(), num_samples)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "softplus"])
+@pytest.mark.parametrize("position", ["alibi", "rope"])
+def test_generation_runs_past_max_seq_len_for_relative_positions(position, attention):
+    """Trained at 16 positions, a relative encoding samples 48: the KV cache, sized by the request, gives the
+    tokens that greedy decoding by repeated full forward passes gives."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, n_layers=2, dim=32, n_heads=2, max_seq_len=16, attention=attention,
+                      position=position)  # fmt: skip
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # weights larger than GPT-2's init: peaked logits and attention, no near-ties
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(std=0.1)
+    backend = TorchBackend(model)
+    assert backend.max_positions is None
+    sized = []
+
+    def new_state(batch_size: int, max_len: int):
+        sized.append(max_len)
+        return model.new_cache(batch_size, max_len)
+
+    backend.new_state = new_state
+    prompt = torch.randint(0, 50, (5,)).tolist()
+    out = generate(backend, prompt, 44, SamplingConfig(temperature=0))[0]
+    assert sized == [5 + 44 - 1]
+    tokens = list(prompt)
+    with torch.no_grad():
+        for _ in range(44):
+            tokens.append(model(torch.tensor([tokens]))[0, -1].argmax().item())
+    assert out == tokens[5:]
+    learned = TorchBackend(GPT(ModelConfig(vocab_size=50, n_layers=1, dim=32, n_heads=2, max_seq_len=16)))
+    with pytest.raises(UserError, match="= 48 positions .* exceeds the model's max_seq_len 16 \\(learned"):
+        generate(learned, prompt, 44, SamplingConfig(temperature=0))

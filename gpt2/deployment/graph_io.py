@@ -20,17 +20,17 @@ OUTPUT_NAMES = ("logits", "present_keys", "present_values")
 
 @dataclass(frozen=True)
 class GraphDims:
-    """The fixed sizes of the exported graph."""
+    """The fixed sizes of the exported graph, and the longest sequence it reads (None: no limit)."""
 
     n_layers: int
     n_heads: int
     head_dim: int
     vocab_size: int
-    max_seq_len: int
+    max_positions: int | None  # ModelConfig.max_positions
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> GraphDims:
-        return cls(cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.vocab_size, cfg.max_seq_len)
+        return cls(cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.vocab_size, cfg.max_positions)
 
     def cache_shape(self, batch: int, length: int) -> tuple[int, ...]:
         return (self.n_layers, batch, self.n_heads, length, self.head_dim)
@@ -57,8 +57,10 @@ def empty_state(
     dims: GraphDims, batch: int, max_len: int, dtype: torch.dtype, device: torch.device
 ) -> GraphState:
     """A cache with no positions yet (``cache_len`` 0); it grows by the query length on every call."""
-    if max_len > dims.max_seq_len:
-        raise ValueError(f"a cache of {max_len} positions exceeds the model's max_seq_len {dims.max_seq_len}")
+    if dims.max_positions is not None and max_len > dims.max_positions:
+        raise ValueError(
+            f"a cache of {max_len} positions exceeds the model's max_seq_len {dims.max_positions} (learned positions)"
+        )
     empty = torch.empty(dims.cache_shape(batch, 0), dtype=dtype, device=device)
     return GraphState(empty, empty, max_len)
 
@@ -72,8 +74,8 @@ def check_step(dims: GraphDims, tokens: torch.Tensor, state: GraphState) -> None
     end = state.pos + tokens.shape[1]
     if end > state.max_len:
         raise ValueError(f"KV cache full: {end} positions needed, {state.max_len} allocated")
-    if end > dims.max_seq_len:
-        raise ValueError(f"sequence of {end} tokens exceeds max_seq_len {dims.max_seq_len}")
+    if dims.max_positions is not None and end > dims.max_positions:
+        raise ValueError(f"sequence of {end} tokens exceeds max_seq_len {dims.max_positions} (learned positions)")
 
 
 def output_shapes(dims: GraphDims, batch: int, query_len: int, cache_len: int) -> dict[str, tuple[int, ...]]:

@@ -370,11 +370,15 @@ def run(args: argparse.Namespace) -> int:
     stages = _parse_list(cfg.stages, STAGES, "stages")
     check_precision(cfg.precision)
     ckpt = find_checkpoint(args.checkpoint)
-    max_seq_len = ckpt.model_config.max_seq_len
+    model_cfg = ckpt.model_config
+    # Defaults stay at the training length; a model that reads longer sequences takes longer ones when asked.
+    max_seq_len, limit = model_cfg.max_seq_len, model_cfg.max_positions
     seq_len = cfg.seq_len or max_seq_len
     for name, value in (("seq_len", seq_len), ("validate_seq_len", cfg.validate_seq_len)):
-        if value is not None and not 1 <= value <= max_seq_len:
-            raise UserError(f"--{name} {value} is outside [1, {max_seq_len}] (the model's max_seq_len)")
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be >= 1, got {value}")
+        if value is not None and limit is not None and value > limit:
+            raise UserError(f"--{name} {value} is outside [1, {limit}] (the model's max_seq_len)")
     counts = (("batch_size", cfg.batch_size, 1), ("validate_batches", cfg.validate_batches, 1),
               ("validate_batch_size", cfg.validate_batch_size, 1), ("greedy_steps", cfg.greedy_steps, 0),
               ("warmup", bench.warmup, 0), ("iters", bench.iters, 1), ("decode_steps", bench.decode_steps, 1))
@@ -385,8 +389,8 @@ def run(args: argparse.Namespace) -> int:
     cover: set[tuple[int, int, int]] = set()
     if "tensorrt" in stages:
         v_seq_len = validation_seq_len(cfg, max_seq_len)
-        cover = validation_calls(cfg.validate_batch_size, v_seq_len, max_seq_len, cfg.greedy_steps)
-    profile = resolve_profile(profile_cfg, cfg.batch_size, seq_len, max_seq_len, cover)
+        cover = validation_calls(cfg.validate_batch_size, v_seq_len, limit, cfg.greedy_steps)
+    profile = resolve_profile(profile_cfg, cfg.batch_size, seq_len, limit, cover)
 
     deployment = Deployment(ckpt, cfg, profile, build, bench)
     if "export" in stages:

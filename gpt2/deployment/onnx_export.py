@@ -10,11 +10,14 @@ One graph serves prefill and decode::
     present_keys   [n_layers, batch, n_heads, cache_len + query_len, head_dim]
     present_values [n_layers, batch, n_heads, cache_len + query_len, head_dim]
 
-Positions start at ``cache_len`` (read from ``past_keys``' shape inside the graph) and
-the causal mask is built from the shapes, aligned bottom-right, so nothing about the
-lengths is baked in. Attention runs through plain PyTorch ops (the fused Triton kernel
-does not export): SDPA with an explicit additive mask for softmax, and for softplus the
-reference's math in vectorisable elementwise ops (``Relu``, ``Abs``, ``Exp``, ``Log``).
+Positions start at ``cache_len`` (read from ``past_keys``' shape inside the graph): the
+learned table is indexed by them, RoPE's cos/sin are computed from them; the causal mask,
+ALiBi's bias and the length scale are built from the shapes, aligned bottom-right, so
+nothing about the lengths is baked in (and for every position kind but learned, no length
+is bounded: see :func:`export_model`). Attention runs through plain PyTorch ops (the fused
+Triton kernel does not export): SDPA with an explicit additive mask for softmax, and for
+softplus the reference's math in vectorisable elementwise ops (``Relu``, ``Abs``, ``Exp``,
+``Log``).
 """
 
 from __future__ import annotations
@@ -206,9 +209,15 @@ def export_model(
         torch.zeros(cache_shape, dtype=dtype),
         torch.zeros(cache_shape, dtype=dtype),
     )
+    # Learned positions are a table of max_seq_len rows, which bounds both lengths. The other encodings compute
+    # everything from the shapes (RoPE's cos/sin from cache_len, ALiBi's bias and the length scale from the
+    # query and key lengths), so their lengths are declared unbounded (torch.export's default): the exporter
+    # may reason from a declared range, and these graphs must hold at any length (a model trained at T reads
+    # 16T). The ONNX graph itself records only the symbolic names; graph_io enforces the learned bound.
+    limit = cfg.max_positions
     b = Dim("batch", min=1)
-    q = Dim("query_len", min=1, max=cfg.max_seq_len)
-    c = Dim("cache_len", min=0, max=cfg.max_seq_len - 1)
+    q = Dim("query_len", min=1, max=limit)
+    c = Dim("cache_len", min=0, max=None if limit is None else limit - 1)
     dynamic_shapes = {"input_ids": {0: b, 1: q}, "past_keys": {1: b, 3: c}, "past_values": {1: b, 3: c}}
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(

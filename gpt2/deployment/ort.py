@@ -127,6 +127,7 @@ class OrtBackend:
         self.metadata = metadata
         self.dims = GraphDims.from_config(self.config)
         self.vocab_size, self.max_seq_len = self.config.vocab_size, self.config.max_seq_len
+        self.max_positions = self.config.max_positions
         past_type = {i.name: i.type for i in self.session.get_inputs()}["past_keys"]
         self.cache_dtype = _CACHE_DTYPES[past_type]
         self._device_type, self._device_id = self.device.type, self.device.index or 0

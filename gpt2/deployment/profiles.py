@@ -3,7 +3,9 @@
 TensorRT compiles an engine for shapes between a profile's min and max and tunes it
 for opt. One profile covers prefill (query = sequence, empty cache) and decode
 (query 1, long cache); by default it is derived from the deploy batch size and
-sequence length, and each bound can be set on its own.
+sequence length (the training length, max_seq_len, unless given), and each bound can
+be set on its own. A model with learned positions refuses bounds past max_seq_len; the
+others take longer ones, and then the profile is the engine's only length limit.
 """
 
 from __future__ import annotations
@@ -79,10 +81,13 @@ def resolve_profile(
     cfg: ProfileConfig,
     batch_size: int,
     seq_len: int,
-    max_seq_len: int,
+    max_positions: int | None,
     cover: Iterable[tuple[int, int, int]] = (),
 ) -> Profile:
     """The profile for a deploy run; a clear error for an inconsistent or out-of-range one.
+
+    ``max_positions`` is the longest sequence the model reads (:attr:`~gpt2.model.ModelConfig.max_positions`):
+    with learned positions every call must fit it; with the others (None) the profile alone bounds the engine.
 
     ``cover`` holds further ``(batch, query_len, cache_len)`` calls the engine must run (the validation's,
     :func:`gpt2.deployment.validate.validation_calls`): unset maxima grow to include them, and set bounds
@@ -100,18 +105,8 @@ def resolve_profile(
     _check_range("batch", profile.batch, 1)
     _check_range("query", profile.query, 1)
     _check_range("cache", profile.cache, 0)
-    if profile.query[2] > max_seq_len:
-        raise UserError(f"profile max_query {profile.query[2]} exceeds the model's max_seq_len {max_seq_len}")
-    if profile.cache[2] + profile.query[0] > max_seq_len:
-        raise UserError(
-            f"profile max_cache {profile.cache[2]} + min_query {profile.query[0]} exceeds the model's "
-            f"max_seq_len {max_seq_len}"
-        )
-    if profile.query[1] + profile.cache[1] > max_seq_len:
-        raise UserError(
-            f"profile opt_query {profile.query[1]} + opt_cache {profile.cache[1]} exceeds the model's "
-            f"max_seq_len {max_seq_len}: the engine would be tuned for a call that cannot happen"
-        )
+    if max_positions is not None:
+        _check_fits(profile, max_positions)
     if not profile.batch[0] <= batch_size <= profile.batch[2] or seq_len > profile.query[2]:
         raise UserError(
             f"batch_size {batch_size} / seq_len {seq_len} do not fit the profile (batch {profile.batch}, "
@@ -126,6 +121,22 @@ def resolve_profile(
                 "--validate_seq_len or --greedy_steps"
             )
     return profile
+
+
+def _check_fits(profile: Profile, max_positions: int) -> None:
+    """Refuse a profile with calls past ``max_positions`` (learned positions: the rows of their table)."""
+    if profile.query[2] > max_positions:
+        raise UserError(f"profile max_query {profile.query[2]} exceeds the model's max_seq_len {max_positions}")
+    if profile.cache[2] + profile.query[0] > max_positions:
+        raise UserError(
+            f"profile max_cache {profile.cache[2]} + min_query {profile.query[0]} exceeds the model's "
+            f"max_seq_len {max_positions}"
+        )
+    if profile.query[1] + profile.cache[1] > max_positions:
+        raise UserError(
+            f"profile opt_query {profile.query[1]} + opt_cache {profile.cache[1]} exceeds the model's "
+            f"max_seq_len {max_positions}: the engine would be tuned for a call that cannot happen"
+        )
 
 
 def profile_shapes(profile: Profile, dims: GraphDims) -> dict[str, tuple[tuple[int, ...], ...]]:

@@ -229,6 +229,7 @@ class TensorRTBackend:
         self.config = ModelConfig.from_dict(json.loads(info["identity"]["gpt2.model_config"]))
         self.dims = GraphDims.from_config(self.config)
         self.vocab_size, self.max_seq_len = self.config.vocab_size, self.config.max_seq_len
+        self.max_positions = self.config.max_positions
         self.profile = Profile(**{k: tuple(v) for k, v in info["profile"].items()})
 
         self._logger = trt.Logger(trt.Logger.WARNING)

@@ -109,23 +109,29 @@ def _greedy(backend: InferenceBackend, prompt: list[int], steps: int) -> list[in
     return generate(backend, prompt, steps, SamplingConfig(temperature=0.0), num_samples=1)[0]
 
 
-def _greedy_shape(seq_len: int, max_seq_len: int, greedy_steps: int, prompt_len: int) -> tuple[int, int]:
-    """(prompt length, steps) of the greedy check on sequences of ``seq_len`` tokens."""
+def _greedy_shape(
+    seq_len: int, max_positions: int | None, greedy_steps: int, prompt_len: int
+) -> tuple[int, int]:
+    """(prompt length, steps) of the greedy check on sequences of ``seq_len`` tokens, for a model that reads
+    ``max_positions`` (None: any number)."""
     prompt = min(prompt_len, seq_len)
-    return prompt, max(0, min(greedy_steps, max_seq_len - prompt))
+    if max_positions is None:
+        return prompt, greedy_steps
+    return prompt, max(0, min(greedy_steps, max_positions - prompt))
 
 
 def validation_calls(
-    batch_size: int, seq_len: int, max_seq_len: int, greedy_steps: int = 64, prompt_len: int = 16
+    batch_size: int, seq_len: int, max_positions: int | None, greedy_steps: int = 64, prompt_len: int = 16
 ) -> set[tuple[int, int, int]]:
     """Every ``(batch, query_len, cache_len)`` :func:`validate` runs the candidate on, for batches of up to
-    ``batch_size`` sequences of ``seq_len`` tokens: what a TensorRT profile must accept for validation."""
+    ``batch_size`` sequences of ``seq_len`` tokens of a model that reads ``max_positions``
+    (:attr:`~gpt2.model.ModelConfig.max_positions`): what a TensorRT profile must accept for validation."""
     split = seq_len // 2
     calls = {(batch_size, split, 0), (batch_size, 1, split)}  # _cached_logits
     if split + 1 < seq_len:
         calls.add((batch_size, seq_len - split - 1, split + 1))
     calls |= {(rows, seq_len, 0) for rows in range(1, batch_size + 1)}  # the loss (a last batch may be short)
-    prompt, steps = _greedy_shape(seq_len, max_seq_len, greedy_steps, prompt_len)
+    prompt, steps = _greedy_shape(seq_len, max_positions, greedy_steps, prompt_len)
     if steps:  # prefill the prompt, then one token per step but the last
         calls |= {(1, prompt, 0), *((1, 1, prompt + i) for i in range(steps - 1))}
     return calls
@@ -152,7 +158,7 @@ def validate(
     prefill_abs, prefill_rel = _errors(prefill, full[:, :split])
     decode_abs, decode_rel = _errors(rest, full[:, split:])
     loss_ref, loss_cand = _loss(reference, batches), _loss(candidate, batches)
-    n_prompt, steps = _greedy_shape(tokens.shape[1], reference.max_seq_len, greedy_steps, prompt_len)
+    n_prompt, steps = _greedy_shape(tokens.shape[1], reference.max_positions, greedy_steps, prompt_len)
     prompt = tokens[0, :n_prompt].tolist()
     ref_tokens, cand_tokens = _greedy(reference, prompt, steps), _greedy(candidate, prompt, steps)
     matching = next(

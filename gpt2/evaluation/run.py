@@ -109,10 +109,9 @@ def evaluate_checkpoint(
         raise UserError(f"--sink_share reads the attention of the PyTorch model; it does not run on {backend}")
     precision = backend_precision(ckpt, backend, precision)
     runner = open_backend(ckpt, backend, device, precision)
-    # An export reads at most the length it was exported for; the PyTorch model was checked above (its
-    # max_seq_len, which generation sizes its cache by, is not a limit without learned positions).
-    if not isinstance(runner, TorchBackend) and seq_len > runner.max_seq_len:
-        raise UserError(f"--seq_len {seq_len} exceeds the max_seq_len {runner.max_seq_len} of the {backend} model")
+    # An export (a TensorRT engine's profile) may read fewer positions than the model.
+    if runner.max_positions is not None and seq_len > runner.max_positions:
+        raise UserError(f"--seq_len {seq_len} exceeds the {runner.max_positions} positions the {backend} model reads")
     total = count_eval_batches(token_file, seq_len, batch_size)
     max_batches = max_batches if max_batches and max_batches < total else None  # N >= all of them: the whole set
     result = evaluate_loss(

@@ -21,7 +21,8 @@ def generate(
     """``num_samples`` continuations of ``prompt`` (new tokens only, each cut after ``stop_token``).
 
     The last new token is sampled, never fed back, so the model sees ``len(prompt) + max_new_tokens - 1``
-    positions: that, not the sum, must fit ``max_seq_len``.
+    positions: that, not the sum, must fit the backend's ``max_positions`` (learned positions: ``max_seq_len``;
+    the others read any length), and the KV cache is allocated for exactly that many.
     """
     if not prompt:
         raise UserError("the prompt must hold at least one token (start from <|endoftext|> for none)")
@@ -30,10 +31,11 @@ def generate(
     if num_samples < 1:
         raise UserError(f"num_samples must be >= 1, got {num_samples}")
     positions = len(prompt) + max(max_new_tokens - 1, 0)
-    if positions > backend.max_seq_len:
+    limit = backend.max_positions
+    if limit is not None and positions > limit:
         raise UserError(
             f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) - 1 = {positions} positions "
-            f"(the last new token is not fed back) exceeds the model's max_seq_len {backend.max_seq_len}; "
+            f"(the last new token is not fed back) exceeds the model's max_seq_len {limit} (learned positions); "
             "shorten the prompt or lower --max_new_tokens"
         )
     if max_new_tokens == 0:

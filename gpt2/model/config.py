@@ -81,8 +81,9 @@ class ModelConfig:
 
     @property
     def max_positions(self) -> int | None:
-        """The longest sequence the model reads: ``max_seq_len`` for learned positions, None (any) otherwise."""
-        return self.max_seq_len if self.position == "learned" else None
+        """The longest sequence the model reads: ``max_seq_len`` for learned positions (its table's rows),
+        None (no limit but memory) for the others. Every length bound outside training reads this."""
+        return None if self.extrapolates else self.max_seq_len
 
     @property
     def padded_vocab_size(self) -> int:

@@ -130,10 +130,9 @@ class GPT(nn.Module):
         """Logits ``(B, T, vocab_size)`` for ``tokens (B, T)``, continuing from ``cache`` if given."""
         T = tokens.shape[1]
         start = cache.pos if cache is not None else 0
-        if self.pos_emb is not None and start + T > self.cfg.max_seq_len:
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len} (learned positions)"
-            )
+        limit = self.cfg.max_positions
+        if limit is not None and start + T > limit:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {limit} (learned positions)")
         x, relative = self.embed(tokens, start)
         for block in self.blocks:
             x = block(x, cache, relative)
