@@ -37,19 +37,19 @@ class StudyConfig:
     # The budget, the same for every cell.
     seq_len: int = field(default=128, metadata={"help": "training sequence length"})
     batch_size: int = field(default=16, metadata={"help": "sequences per step"})
-    max_steps: int = field(default=300, metadata={"help": "optimizer steps per cell"})
+    max_steps: int = field(default=200, metadata={"help": "optimizer steps per cell"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     min_lr: float = field(default=3e-4, metadata={"help": "final learning rate of the cosine decay"})
     warmup_steps: int = field(default=30, metadata={"help": "linear warmup steps"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
-    eval_every: int = field(default=100, metadata={"help": "training-curve evaluation every N steps"})
+    eval_every: int = field(default=50, metadata={"help": "training-curve evaluation (and checkpoint) every N steps"})
     # Evaluation of the trained cells.
     eval_lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16],
                                     metadata={"help": "eval lengths as multiples of seq_len (whole eval set each)"})
     eval_batch_size: int = field(default=8, metadata={"help": "eval sequences per batch"})
     # Running.
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present), cpu, cuda, ..."})
-    jobs: int = field(default=1, metadata={"help": "cells trained at once (on a CPU: 2 jobs x 1 thread beat 1 x 2)"})
+    jobs: int = field(default=1, metadata={"help": "cells trained at once (on a CPU their threads split the cores)"})
 
     def __post_init__(self) -> None:
         for name in ("attention", "length_scale", "position", "seeds", "eval_lengths"):
