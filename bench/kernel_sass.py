@@ -4,6 +4,7 @@
     python -m bench.kernel_sass --config_index 0 -1 # the first and the last
     python -m bench.kernel_sass --all_configs       # every config the autotuner would try
     python -m bench.kernel_sass --arch 80           # for an A100
+    python -m bench.kernel_sass --alibi             # the kernels compiled with the ALiBi bias
 
 Each kernel is compiled with Triton's ahead-of-time path and the ptxas bundled with Triton, and the cubin is
 disassembled with the bundled cuobjdump. For every loop over key (or query) tiles the table gives the
@@ -50,18 +51,19 @@ FP32_OPS = {"FADD", "FMUL", "FFMA", "FMNMX", "FSETP", "FSEL", "FCHK"}
 
 # name: (kernel, pointer arguments in the data dtype, fp32 pointer arguments, float scalars, constants)
 KERNELS = {
-    "fwd": (K._fwd_kernel, "Q K V O", "LAM L", "qk_scale", {}),
-    "dkdv": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "FACTORS DQ_ACC", "",
+    "fwd": (K._fwd_kernel, "Q K V O", "LAM SLOPES L", "qk_scale inv_scale", {}),
+    "dkdv": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "FACTORS SLOPES DQ_ACC", "inv_scale",
              {"ATOMIC_DQ": False}),
-    "dkdv_atomic": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "FACTORS DQ_ACC", "",
+    "dkdv_atomic": (K._bwd_dkdv_kernel, "Q K V DO DK DV", "FACTORS SLOPES DQ_ACC", "inv_scale",
                     {"ATOMIC_DQ": True}),  # dkdv that also adds dQ atomically (SOFTPLUS_ATOMIC_DQ=1): no dq
-    "dq": (K._bwd_dq_kernel, "Q K V DO DQ", "FACTORS", "", {}),
-    "decode": (K._decode_partial_kernel, "Q K V", "LAM ACC LSUM", "qk_scale", {"BLOCK_M": K.DECODE_MAX_Q_LEN}),
+    "dq": (K._bwd_dq_kernel, "Q K V DO DQ", "FACTORS SLOPES", "inv_scale", {}),
+    "decode": (K._decode_partial_kernel, "Q K V", "LAM SLOPES ACC LSUM", "qk_scale inv_scale",
+               {"BLOCK_M": K.DECODE_MAX_Q_LEN}),
 }
 
 
 def compile_kernel(
-    name: str, config: triton.Config, dtype: str = "bf16", head_dim: int = 64, arch: int = 90
+    name: str, config: triton.Config, dtype: str = "bf16", head_dim: int = 64, arch: int = 90, alibi: bool = False
 ) -> CompiledKernel:
     """Compile one kernel for one config, as the launcher would specialise it for aligned tensors."""
     kernel, data_args, fp32_args, float_args, constants = KERNELS[name]
@@ -72,7 +74,7 @@ def compile_kernel(
                           else "fp32" if arg in float_args.split() else "i32")
         if signature[arg].startswith("*") or arg.startswith("stride"):
             attrs[(i,)] = [["tt.divisibility", 16]]  # 16-byte aligned pointers and strides
-    constants = dict(HEAD_DIM=head_dim, DOT_PRECISION=K._dot_precision(DTYPES[dtype]), **constants,
+    constants = dict(HEAD_DIM=head_dim, DOT_PRECISION=K._dot_precision(DTYPES[dtype]), ALIBI=alibi, **constants,
                      **config.kwargs)
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = ASTSource(fn=jit, signature=signature, constexprs=constants, attrs=attrs)
@@ -128,14 +130,16 @@ def per_score(counts: collections.Counter, scores: float) -> dict[str, float]:
     return row
 
 
-def analyse(name: str, config: triton.Config, dtype: str, head_dim: int, arch: int, tmp: Path) -> dict[str, object]:
-    compiled = compile_kernel(name, config, dtype, head_dim, arch)
+def analyse(
+    name: str, config: triton.Config, dtype: str, head_dim: int, arch: int, tmp: Path, alibi: bool = False
+) -> dict[str, object]:
+    compiled = compile_kernel(name, config, dtype, head_dim, arch, alibi)
     sass, usage = disassemble(compiled.asm["cubin"], tmp)
     block_m = config.kwargs.get("BLOCK_M", K.DECODE_MAX_Q_LEN)
     scores = block_m * config.kwargs["BLOCK_N"] / (32 * config.num_warps)
     bodies = sorted(loops(sass), key=lambda c: sum(c.values()))  # the full-tile loop is the shorter one
     labels = ["full", "diag"] if len(bodies) == 2 else [f"loop{i}" for i in range(len(bodies))]
-    return dict(arch=f"sm_{arch}", kernel=name, dtype=dtype, head_dim=head_dim, block_m=block_m,
+    return dict(arch=f"sm_{arch}", kernel=name, alibi=alibi, dtype=dtype, head_dim=head_dim, block_m=block_m,
                 block_n=config.kwargs["BLOCK_N"],
                 warps=config.num_warps, stages=config.num_stages, registers=usage.get("REG"),
                 stack=usage.get("STACK"), shared=usage.get("SHARED"),
@@ -165,6 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config_index", type=int, nargs="+", default=[0],
                    help="which of the autotuner's configs (after pruning) to compile: 0 the first, -1 the last")
     p.add_argument("--all_configs", action="store_true", help="every config the autotuner would try")
+    p.add_argument("--alibi", action="store_true", help="compile the kernels with the ALiBi bias (ALIBI=True)")
     p.add_argument("--out_dir", type=Path, default=Path("out/bench"))
     return p.parse_args(argv)
 
@@ -181,11 +186,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                 candidates = configs(name, dtype, head_dim)
                 chosen = candidates if args.all_configs else dict.fromkeys(candidates[i] for i in args.config_index)
                 for config in chosen:
-                    rows.append(analyse(name, config, dtype, head_dim, args.arch, tmp))
+                    rows.append(analyse(name, config, dtype, head_dim, args.arch, tmp, args.alibi))
     (tmp / "kernel.cubin").unlink(missing_ok=True)
     tmp.rmdir()
-    meta = dict(target=f"sm_{args.arch}", triton=triton.__version__, unit="instructions per score element per thread")
-    print(f"{meta['target']}, Triton {meta['triton']}: machine instructions per score element, per thread")
+    meta = dict(target=f"sm_{args.arch}", triton=triton.__version__, alibi=args.alibi,
+                unit="instructions per score element per thread")
+    print(f"{meta['target']}, Triton {meta['triton']}{', ALiBi' if args.alibi else ''}: machine instructions per "
+          "score element, per thread")
     print_table(rows)
     with atomic_write(args.out_dir / "kernel_sass.json") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

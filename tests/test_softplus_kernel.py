@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from gpt2.attention import softplus_triton as kernels
+from gpt2.attention.score_mod import alibi_slopes
 from gpt2.attention.softplus import (
     kernel_handles,
     length_scale,
@@ -92,19 +93,19 @@ def make_qkv(B, H, q_len, kv_len, D, dtype, q_scale=1.0):
     return q, k, v
 
 
-def reference_with_grads(q, k, v, do, length_base, scale=None):
+def reference_with_grads(q, k, v, do, length_base, scale=None, slopes=None):
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    o = softplus_attention_reference(q64, k64, v64, scale, length_base)
+    o = softplus_attention_reference(q64, k64, v64, scale, length_base, slopes)
     o.backward(do.double())
     return o.detach(), q64.grad, k64.grad, v64.grad
 
 
-def check_against_reference(q, k, v, length_base, scale=None, tol=None):
+def check_against_reference(q, k, v, length_base, scale=None, tol=None, slopes=None):
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    o = softplus_attention_triton(q, k, v, scale, length_base)
+    o = softplus_attention_triton(q, k, v, scale, length_base, slopes)
     do = torch.randn_like(o)
     o.backward(do)
-    expected = reference_with_grads(q, k, v, do, length_base, scale)
+    expected = reference_with_grads(q, k, v, do, length_base, scale, slopes)
     tol = tol or TOL[q.dtype]
     got = (o, q.grad, k.grad, v.grad)
     errors = {name: rel_err(a, b) for name, a, b in zip(("o", "dq", "dk", "dv"), got, expected, strict=True)}
@@ -154,6 +155,59 @@ def test_atomic_dq_matches_reference_and_the_dq_kernel(dtype, shape, monkeypatch
     # dK, dV come from the same code either way; dQ is summed in another order, in fp32 both times.
     assert torch.equal(dk, dk_atomic) and torch.equal(dv, dv_atomic)
     assert rel_err(dq_atomic, dq) < TOL[dtype] / 10
+
+
+def steep_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi slopes 1/2, 1/4, ... (the paper's first slopes for 8 heads): the first head's bias outweighs the
+    scores a few keys back, so these short tests see weights decay by orders of magnitude along a row."""
+    return torch.tensor(alibi_slopes(8)[:n_heads], device=DEVICE)
+
+
+# Ragged tiled lengths with q_len == kv_len and q_len < kv_len, and a short query block (the decode forward,
+# then the tiled backward).
+ALIBI_SHAPES = [(1, 2, 45, 45, 32), (2, 3, 37, 101, 64), (1, 2, 5, 40, 64)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", ALIBI_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("length_base", [None, 64.0])
+def test_alibi_matches_reference(dtype, shape, length_base):
+    torch.manual_seed(zlib.crc32(repr((dtype, shape, length_base, "alibi")).encode()))
+    check_against_reference(*make_qkv(*shape, dtype), length_base, slopes=steep_slopes(shape[1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_alibi_with_atomic_dq_matches_reference_and_the_dq_kernel(dtype):
+    torch.manual_seed(zlib.crc32(repr((dtype, "alibi atomic")).encode()))
+    shape = (2, 3, 37, 101, 64)
+    q, k, v = make_qkv(*shape, dtype)
+    slopes = steep_slopes(shape[1])
+    with kernels.use_atomic_dq():
+        check_against_reference(q, k, v, 64.0, slopes=slopes)
+    lam = length_scale(shape[2], shape[3], 64.0, DEVICE)
+    o, l = kernels.forward(q, k, v, lam, 0.2, slopes=slopes)
+    do = torch.randn_like(o)
+    dq, dk, dv = kernels.backward(do, q, k, v, o, l, lam, 0.2, atomic_dq=False, slopes=slopes)
+    dq_atomic, dk_atomic, dv_atomic = kernels.backward(do, q, k, v, o, l, lam, 0.2, atomic_dq=True, slopes=slopes)
+    assert torch.equal(dk, dk_atomic) and torch.equal(dv, dv_atomic)
+    assert rel_err(dq_atomic, dq) < TOL[dtype] / 10
+
+
+@pytest.mark.parametrize(("q_len", "dtype"), [(1, torch.float32), (16, torch.float32), (7, torch.float16)],
+                         ids=str)  # fmt: skip
+@pytest.mark.parametrize("length_base", [None, 64.0])
+def test_alibi_decode_kernel_with_a_kv_cache(q_len, dtype, length_base):
+    # The last q_len of 70 positions, in chunks of 24 keys (three splits, the last ragged): the distance must
+    # count from each query's absolute position, the same in every split.
+    torch.manual_seed(zlib.crc32(repr((q_len, dtype, length_base, "alibi decode")).encode()))
+    q, k, v = make_qkv(2, 3, q_len, 70, 32, dtype)
+    slopes = steep_slopes(3)
+    lam = length_scale(q_len, 70, length_base, DEVICE)
+    o, l = kernels.decode_forward(q, k, v, lam, 0.3, chunk=24, slopes=slopes)
+    expected = softplus_attention_reference(q.double(), k.double(), v.double(), 0.3, length_base, slopes)
+    assert rel_err(o, expected) < TOL[dtype]
+    o_full, l_full = kernels.forward(q, k, v, lam, 0.3, slopes=slopes)  # one split
+    assert rel_err(o, o_full) < TOL[dtype] and rel_err(l, l_full) < 1e-6
 
 
 @pytest.mark.parametrize("scale", [1.0 / 4, 1.0])
@@ -269,11 +323,13 @@ def test_reference_gradcheck(length_base):
     assert torch.autograd.gradcheck(attention, (q, k, v))
 
 
-def test_opcheck():
+@pytest.mark.parametrize("alibi", [False, True])
+def test_opcheck(alibi):
     torch.manual_seed(8)
     q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 24, 40, 32, torch.float32))
     lam = length_scale(24, 40, 64.0, DEVICE)
-    torch.library.opcheck(softplus_attention_op, (q, k, v, lam, 0.2))
+    args = (q, k, v, lam, 0.2, steep_slopes(2)) if alibi else (q, k, v, lam, 0.2)
+    torch.library.opcheck(softplus_attention_op, args)
 
 
 def test_opcheck_of_the_backward_with_a_transposed_input():
@@ -328,12 +384,14 @@ def test_autotuning_trials_do_not_add_up_in_the_atomic_dq(monkeypatch):
     assert rel_err(dq_atomic, dq) < 1e-5
 
 
-def test_compiles_without_graph_breaks():
+@pytest.mark.parametrize("alibi", [False, True])
+def test_compiles_without_graph_breaks(alibi):
     torch.manual_seed(9)
     q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 40, 40, 32, torch.float32))
+    slopes = steep_slopes(2) if alibi else None
 
     def loss(q, k, v):
-        return softplus_attention_triton(q * 2, k, v, length_base=64.0).square().sum()
+        return softplus_attention_triton(q * 2, k, v, length_base=64.0, alibi_slopes=slopes).square().sum()
 
     # fullgraph: a graph break is an error. aot_eager runs the fake kernels and the autograd registration
     # (inductor also works on CPU but compiles C++ for ~15 s).
@@ -368,6 +426,13 @@ def test_rejects_unsupported_inputs():
     q, k, v = make_qkv(1, 1, 8, 8, 32, torch.float32)
     with pytest.raises(ValueError, match="dtype"):
         softplus_attention_triton(q, k.half(), v)
+    with pytest.raises(ValueError, match="slopes"):
+        softplus_attention_triton(q, k, v, alibi_slopes=steep_slopes(2))  # one head
+    lam = length_scale(8, 8, None, DEVICE)
+    with pytest.raises(ValueError, match="slopes must be float32"):
+        kernels.forward(q, k, v, lam, 0.2, slopes=steep_slopes(1).double())
+    with pytest.raises(ValueError, match="slopes must be on"):
+        kernels.forward(q, k, v, lam, 0.2, slopes=torch.ones(1, device="meta"))
 
 
 def test_poison_hook_is_live():
@@ -412,10 +477,11 @@ def test_autotuner_skips_configs_that_compute_each_score_twice(kernel, score_row
 
 
 @pytest.mark.parametrize("kernel", ["_fwd_kernel", "_decode_partial_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"])
-def test_autotuned_configs_are_not_shared_across_head_dims_or_dot_precisions(kernel):
+def test_autotuned_configs_are_not_shared_across_head_dims_dot_precisions_or_alibi(kernel):
     # Otherwise a config tuned for TF32 dots would be reused for exact fp32 ones (FMA loops, which want smaller
-    # tiles), and one tuned for head_dim 64 for 128. (Triton adds the tensors' dtypes to the key by itself.)
-    assert {"HEAD_DIM", "DOT_PRECISION"} <= set(getattr(kernels, kernel).keys)
+    # tiles), one tuned for head_dim 64 for 128, and one tuned without ALiBi for the kernel with its bias.
+    # (Triton adds the tensors' dtypes to the key by itself.)
+    assert {"HEAD_DIM", "DOT_PRECISION", "ALIBI"} <= set(getattr(kernels, kernel).keys)
 
 
 @pytest.mark.parametrize(("setting", "fwd_configs"), [("1", 16), ("0", 1)])
@@ -458,6 +524,23 @@ def test_kernels_compile_for_hopper_with_one_special_function_op_per_score(tmp_p
             assert any(op.startswith("LDGSTS") for op in loop["opcodes"]), f"{name}: loads not pipelined"
             reductions = any(op.startswith("REDG") for op in loop["opcodes"])
             assert reductions == (r["kernel"] == "dkdv_atomic"), f"{name}: atomic adds"
+
+
+def test_alibi_kernels_compile_for_hopper_with_the_same_special_function_ops(tmp_path):
+    # The interpreter accepts code the GPU compiler rejects (e.g. a constexpr branch's early return): compile the
+    # ALIBI=True kernels too. The bias adds FMA-pipe work only.
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SOFTPLUS_AUTOTUNE")}
+    command = [sys.executable, "-m", "bench.kernel_sass", "--alibi", "--head_dims", "64", "--out_dir", str(tmp_path)]
+    done = subprocess.run(command, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "kernel_sass.json").read_text())["rows"]
+    assert {r["kernel"] for r in rows} == {"fwd", "dkdv", "dkdv_atomic", "dq", "decode"}
+    assert all(r["alibi"] for r in rows)
+    rcp = {"fwd": 0.0, "decode": 0.0, "dkdv": 1.0, "dkdv_atomic": 1.0, "dq": 1.0}
+    for r in rows:
+        for loop in r["loops"].values():
+            assert (loop["ex2"], loop["lg2"], loop["rcp"]) == (1.0, 0.0, rcp[r["kernel"]]), r["kernel"]
 
 
 def test_the_division_fallback_for_older_triton_compiles_to_the_same_approximate_division(tmp_path):

@@ -81,9 +81,9 @@ def softplus_attention_triton(
     padded = next((d for d in softplus_op.kernels.HEAD_DIMS if d >= head_dim), head_dim)
     if padded != head_dim:  # zero columns change neither q . k nor the kept columns of the output
         q, k, v = (F.pad(t, (0, padded - head_dim)) for t in (q, k, v))
-    if alibi_slopes is not None:
-        raise NotImplementedError("ALiBi in the fused softplus kernel")  # FIXME(kernel helper)
-    out, _ = softplus_op.softplus_attention_op(q, k, v, lam, scale)
+    if alibi_slopes is not None:  # as the reference takes them: any float dtype, any device
+        alibi_slopes = alibi_slopes.to(device=q.device, dtype=torch.float32)
+    out, _ = softplus_op.softplus_attention_op(q, k, v, lam, scale, alibi_slopes)
     return out[..., :head_dim] if padded != head_dim else out
 
 

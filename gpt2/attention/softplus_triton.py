@@ -1,10 +1,15 @@
 r"""Fused causal softplus attention in Triton: forward, backward and split-K decode.
 
-Math (per batch and head; queries are the last ``Lq`` of ``Lk`` positions)::
+Math (per batch and head ``h``; queries are the last ``Lq`` of ``Lk`` positions,
+so query row ``r`` sits at absolute position ``i = r + Lk - Lq``)::
 
-    s_ij = scale * q_i . k_j            visible iff j <= i + (Lk - Lq)
-    w_ij = softplus(lam_i * s_ij)       lam_i: per-row length scale (1 when off)
-    l_i  = sum_j w_ij                   o_i = sum_j w_ij v_j / l_i
+    s_ij = scale * q_i . k_j - m_h * (i - j)   visible iff j <= i
+    w_ij = softplus(lam_i * s_ij)              lam_i: per-row length scale (1 when off)
+    l_i  = sum_j w_ij                          o_i = sum_j w_ij v_j / l_i
+
+``m_h`` is the head's ALiBi slope (``m_h = 0`` without slopes: the ``ALIBI``
+constexpr then compiles the bias out). The bias is the true distance, not the
+``m_h * j`` that softmax kernels add: softplus is not shift-invariant.
 
 The weights are positive on their own, so unlike softmax there is no running
 maximum to track: the kernels stream key blocks and add up ``sum w v`` and
@@ -28,10 +33,19 @@ fp32's: a row whose every score is below about -87 has only zero weights.)
 compiled code. (A cut-off where softplus(x) = x would not save anything: both
 sides of a select are computed anyway.)
 
+ALiBi in base 2: ``t = c_i (q_i . k_j) + a_i (j - i)`` with the row factors
+``c_i = lam_i scale log2(e)`` and ``a_i = lam_i log2(e) m_h = c_i m_h / scale``.
+A tile whose keys start at ``j0`` forms it as
+``(c_i (q_i . k_j) + a_i (j0 - i)) + a_i (j - j0)``: two FMAs per score where
+the plain kernels have one multiply. The distance is split at the tile, not
+expanded into ``a_i j - a_i i``, whose two large terms would cancel at long
+contexts and leave an error of about ``a_i i 2^-24`` on the near-diagonal keys
+that carry the weight (2e-5 relative at 30,000 positions, against 4e-7).
+
 Backward (``D_i = dO_i . o_i``, ``sigma`` the logistic function)::
 
     dL/dw_ij = (dO_i . v_j - D_i) / l_i
-    dL/ds_ij = dL/dw_ij * lam_i * sigma(lam_i s_ij)
+    dL/ds_ij = dL/dw_ij * lam_i * sigma(lam_i s_ij)    (the ALiBi bias is a constant: same formulas)
     dQ = dS K * scale,   dK = dS^T Q * scale,   dV = (w / l)^T dO
 
 With ``c_i = lam_i scale / l_i`` the kernels form the gradient of the dot
@@ -139,8 +153,9 @@ _DECODE_CONFIGS = _configs([{"BLOCK_N": n} for n in (32, 64, 128)], [4], [2, 3, 
 _PRUNE_M = {"early_config_prune": functools.partial(_prune, "BLOCK_M")}
 _PRUNE_N = {"early_config_prune": functools.partial(_prune, "BLOCK_N")}
 # Autotune per power-of-two bucket of the lengths and of batch * heads (the grid's size), not per value
-# (decoding grows the cache one token at a time); fp32's exact and TF32 dots are tuned apart.
-_LEN_KEYS = ["HEAD_DIM", "Q_LEN_KEY", "KV_LEN_KEY", "BH_KEY", "DOT_PRECISION"]
+# (decoding grows the cache one token at a time); fp32's exact and TF32 dots, and the kernels with and
+# without ALiBi (two more FMAs per score), are tuned apart.
+_LEN_KEYS = ["HEAD_DIM", "Q_LEN_KEY", "KV_LEN_KEY", "BH_KEY", "DOT_PRECISION", "ALIBI"]
 _DKDV_KEYS = [*_LEN_KEYS, "ATOMIC_DQ"]
 
 
@@ -227,6 +242,37 @@ def _store_rows(base, rows, stride, offs_d, n_rows, tile):
              mask=(rows < n_rows)[:, None])
 
 
+@triton.jit
+def _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI: tl.constexpr):
+    """m_h / scale for the head of pid_bh (0 without ALIBI): a_i = t_scale_i * m_h / scale = lam_i log2(e) m_h.
+    The backward has t_scale_i = lam_i scale log2(e) in its row factors, not lam_i: so it needs no fifth factor,
+    and forward and backward compute a_i the same way."""
+    if ALIBI:
+        return tl.load(SLOPES + pid_bh % H) * inv_scale
+    return 0.0
+
+
+@triton.jit
+def _scores(qk, t_scale, head_rate, first_key, query_pos, N_KEYS: tl.constexpr, ALIBI: tl.constexpr,
+            KEYS_FIRST: tl.constexpr):
+    """t = t_scale_i * (q_i . k_j) + a_i * (j - i) of a tile with keys first_key + [0, N_KEYS) and queries at
+    absolute positions query_pos; qk is (queries, keys), or (keys, queries) with KEYS_FIRST. The distance is
+    split at first_key (see the module docstring)."""
+    # Explicit FMAs: from t + (j - j0) * a_i the compiler hoists the loop-invariant tile (j - j0) * a_i out of
+    # the key loop, a register per score, and adds it with an FADD that saves nothing over the FMA.
+    if not ALIBI:
+        t = qk * t_scale[None, :] if KEYS_FIRST else qk * t_scale[:, None]
+    else:
+        rate = t_scale * head_rate
+        near = rate * (first_key - query_pos).to(tl.float32)  # a_i (j0 - i): small where the weights are
+        offs = tl.arange(0, N_KEYS).to(tl.float32)  # j - j0
+        if KEYS_FIRST:
+            t = tl.fma(offs[:, None], rate[None, :], tl.fma(qk, t_scale[None, :], near[None, :]))
+        else:
+            t = tl.fma(offs[None, :], rate[:, None], tl.fma(qk, t_scale[:, None], near[:, None]))
+    return t
+
+
 # --------------------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------------------
@@ -234,15 +280,17 @@ def _store_rows(base, rows, stride, offs_d, n_rows, tile):
 
 @triton.jit
 def _fwd_inner(
-    acc, l_acc, q, row_scale, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi, diag_offset,
-    kv_end, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    acc, l_acc, q, row_scale, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi,
+    diag_offset, kv_end, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIBI: tl.constexpr,
 ):
     """Add keys [lo, hi) to the running (sum w v, sum w). MASKED tiles apply causality and kv_end."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_rows(k_base, offs_n, stride_kn, offs_d, kv_end, MASKED)
         v = _load_rows(v_base, offs_n, stride_vn, offs_d, kv_end, MASKED)
-        t = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * row_scale[:, None]
+        t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), row_scale, head_rate, start_n,
+                    offs_m + diag_offset, BLOCK_N, ALIBI, False)
         # "* -1.0", not a unary minus: Triton 3.5 compiles -x as 0 - x, which (the sign of zero) does not fold
         # into ex2's operand and costs an add per score; x * -1.0 is exactly -x and folds in every version.
         w = _softplus2(t, tl.exp2(tl.abs(t) * -1.0), v.dtype)
@@ -270,8 +318,9 @@ def _fwd_kernel(
     Q, K, V, LAM, O, L, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY,
-    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY, SLOPES, inv_scale,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIBI: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # Grid (B * H, query blocks): the last query blocks see the most keys, so they come first, for every head
     # (blocks start in grid order, axis 0 fastest), and the tail of the grid is short.
@@ -281,6 +330,7 @@ def _fwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
     row_scale = tl.load(LAM + offs_m, mask=offs_m < Q_LEN, other=0.0) * qk_scale
+    head_rate = _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI)
     k_base = _head(K, pid_bh, H, stride_kb, stride_kh)
     v_base = _head(V, pid_bh, H, stride_vb, stride_vh)
 
@@ -290,10 +340,10 @@ def _fwd_kernel(
     # Keys below full_end are visible to every row of the tile (and in range); up to hi, to some rows.
     full_end = (pid_m * BLOCK_M + diag_offset + 1) // BLOCK_N * BLOCK_N
     hi = tl.minimum((pid_m + 1) * BLOCK_M + diag_offset, KV_LEN)
-    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                            0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION)
-    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                            full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION)
+    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m,
+                            offs_d, 0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION, ALIBI)
+    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m,
+                            offs_d, full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION, ALIBI)
 
     o_base = _head(O, pid_bh, H, stride_ob, stride_oh)
     _store_rows(o_base, offs_m, stride_om, offs_d, Q_LEN, acc / l_acc[:, None])
@@ -305,13 +355,15 @@ def _fwd_kernel(
 # --------------------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_DECODE_CONFIGS, key=["HEAD_DIM", "CHUNK_KEY", "DOT_PRECISION"], cache_results=True)
+@triton.autotune(configs=_DECODE_CONFIGS, key=["HEAD_DIM", "CHUNK_KEY", "DOT_PRECISION", "ALIBI"],
+                 cache_results=True)
 @triton.jit
 def _decode_partial_kernel(
     Q, K, V, LAM, ACC, LSUM, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    H, Q_LEN, KV_LEN, CHUNK, CHUNK_KEY,
-    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, Q_LEN, KV_LEN, CHUNK, CHUNK_KEY, SLOPES, inv_scale,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIBI: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Partial (sum w v, sum w) of all (<= BLOCK_M) queries over one chunk of keys."""
     pid_bh = tl.program_id(0)
@@ -320,6 +372,7 @@ def _decode_partial_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
     row_scale = tl.load(LAM + offs_m, mask=offs_m < Q_LEN, other=0.0) * qk_scale
+    head_rate = _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI)
     k_base = _head(K, pid_bh, H, stride_kb, stride_kh)
     v_base = _head(V, pid_bh, H, stride_vb, stride_vh)
 
@@ -327,8 +380,8 @@ def _decode_partial_kernel(
     kv_end = tl.minimum(lo + CHUNK, KV_LEN)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     l_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                            lo, kv_end, KV_LEN - Q_LEN, kv_end, BLOCK_N, True, DOT_PRECISION)
+    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m,
+                            offs_d, lo, kv_end, KV_LEN - Q_LEN, kv_end, BLOCK_N, True, DOT_PRECISION, ALIBI)
     # Workspace row (pid_bh, split) holds all BLOCK_M query rows (those past Q_LEN: finite junk).
     row = pid_bh.to(tl.int64) * tl.num_programs(1) + split
     tl.store(ACC + (row * BLOCK_M + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], acc)
@@ -405,9 +458,9 @@ def _row_factors(factors_base, offs_m, row_ok, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _bwd_dkdv_inner(
-    dk, dv, k, v, q_base, do_base, dq_base, factors_base, stride_qm, stride_dom, offs_n, offs_d, lo, hi,
-    diag_offset, Q_LEN, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    dk, dv, k, v, q_base, do_base, dq_base, factors_base, head_rate, stride_qm, stride_dom, first_key, offs_n,
+    offs_d, lo, hi, diag_offset, Q_LEN, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIBI: tl.constexpr,
 ):
     """Add query rows [lo, hi) to dK, dV of one key tile (and, with ATOMIC_DQ, this key tile's share to the
     fp32 dQ rows at dq_base). Score tiles are held transposed: (keys, queries)."""
@@ -419,7 +472,8 @@ def _bwd_dkdv_inner(
         do = _load_rows(do_base, offs_m, stride_dom, offs_d, Q_LEN, True)
         t_scale, p_scale, ds_scale, ds_shift = _row_factors(factors_base, offs_m, row_ok, BLOCK_M)
 
-        t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * t_scale[None, :]
+        t = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), t_scale, head_rate, first_key,
+                    offs_m + diag_offset, BLOCK_N, ALIBI, True)
         y = tl.exp2(tl.abs(t) * -1.0)  # 2^-|t| ("* -1.0": see _fwd_inner)
         p = _softplus2(t, y, v.dtype) * p_scale[None, :]  # w_ij / l_i
         dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -449,9 +503,9 @@ def _bwd_dkdv_kernel(
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
-    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY,
-    HEAD_DIM: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY, SLOPES, inv_scale,
+    HEAD_DIM: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIBI: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dK, dV of one key tile; with ATOMIC_DQ also its share of dQ, added into DQ_ACC ((B, H, Lq, D) fp32,
     zeroed) so that no dQ kernel recomputes the scores."""
@@ -476,12 +530,13 @@ def _bwd_dkdv_kernel(
     rows = pid_bh.to(tl.int64) * Q_LEN
     dq_base = DQ_ACC + rows * HEAD_DIM
     factors_base = FACTORS + rows * 4
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, factors_base, stride_qm, stride_dom,
-                             offs_n, offs_d, lo, mid, diag_offset, Q_LEN, HEAD_DIM, BLOCK_M, True,
-                             ATOMIC_DQ, DOT_PRECISION)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, factors_base, stride_qm, stride_dom,
-                             offs_n, offs_d, mid, Q_LEN, diag_offset, Q_LEN, HEAD_DIM, BLOCK_M, False,
-                             ATOMIC_DQ, DOT_PRECISION)
+    head_rate = _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, factors_base, head_rate, stride_qm,
+                             stride_dom, first_key, offs_n, offs_d, lo, mid, diag_offset, Q_LEN, HEAD_DIM, BLOCK_M,
+                             BLOCK_N, True, ATOMIC_DQ, DOT_PRECISION, ALIBI)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, dq_base, factors_base, head_rate, stride_qm,
+                             stride_dom, first_key, offs_n, offs_d, mid, Q_LEN, diag_offset, Q_LEN, HEAD_DIM,
+                             BLOCK_M, BLOCK_N, False, ATOMIC_DQ, DOT_PRECISION, ALIBI)
 
     _store_rows(_head(DK, pid_bh, H, stride_dkb, stride_dkh), offs_n, stride_dkn, offs_d, KV_LEN, dk)
     _store_rows(_head(DV, pid_bh, H, stride_dvb, stride_dvh), offs_n, stride_dvn, offs_d, KV_LEN, dv)
@@ -489,15 +544,17 @@ def _bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dq_inner(
-    dq, q, do, t_scale, ds_scale, ds_shift, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi,
-    diag_offset, KV_LEN, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    dq, q, do, t_scale, ds_scale, ds_shift, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo,
+    hi, diag_offset, KV_LEN, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIBI: tl.constexpr,
 ):
     """Add keys [lo, hi) to dQ. Needs the logistic function only, so no log2."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_rows(k_base, offs_n, stride_kn, offs_d, KV_LEN, MASKED)
         v = _load_rows(v_base, offs_n, stride_vn, offs_d, KV_LEN, MASKED)
-        t = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * t_scale[:, None]
+        t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), t_scale, head_rate, start_n,
+                    offs_m + diag_offset, BLOCK_N, ALIBI, False)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         # sigma = 1 / (1 + 2^-t) directly, without the |t| split the dK/dV kernel shares with softplus:
         # 2^-t overflows to inf below t = -128, and x / inf = 0 is the right limit there.
@@ -515,8 +572,9 @@ def _bwd_dq_kernel(
     Q, K, V, DO, FACTORS, DQ,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm,
-    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY,
-    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, Q_LEN, KV_LEN, Q_LEN_KEY, KV_LEN_KEY, BH_KEY, SLOPES, inv_scale,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIBI: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # heaviest first, as in the forward
     pid_bh = tl.program_id(0)
@@ -527,6 +585,7 @@ def _bwd_dq_kernel(
     do = _load_rows(_head(DO, pid_bh, H, stride_dob, stride_doh), offs_m, stride_dom, offs_d, Q_LEN, True)
     factors_base = FACTORS + pid_bh.to(tl.int64) * Q_LEN * 4
     t_scale, _, ds_scale, ds_shift = _row_factors(factors_base, offs_m, row_ok, BLOCK_M)
+    head_rate = _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI)
     k_base = _head(K, pid_bh, H, stride_kb, stride_kh)
     v_base = _head(V, pid_bh, H, stride_vb, stride_vh)
 
@@ -534,10 +593,10 @@ def _bwd_dq_kernel(
     diag_offset = KV_LEN - Q_LEN
     full_end = (pid_m * BLOCK_M + diag_offset + 1) // BLOCK_N * BLOCK_N  # as in the forward
     hi = tl.minimum((pid_m + 1) * BLOCK_M + diag_offset, KV_LEN)
-    dq = _bwd_dq_inner(dq, q, do, t_scale, ds_scale, ds_shift, k_base, v_base, stride_kn, stride_vn, offs_m,
-                       offs_d, 0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, t_scale, ds_scale, ds_shift, k_base, v_base, stride_kn, stride_vn, offs_m,
-                       offs_d, full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, t_scale, ds_scale, ds_shift, head_rate, k_base, v_base, stride_kn, stride_vn,
+                       offs_m, offs_d, 0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION, ALIBI)
+    dq = _bwd_dq_inner(dq, q, do, t_scale, ds_scale, ds_shift, head_rate, k_base, v_base, stride_kn, stride_vn,
+                       offs_m, offs_d, full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION, ALIBI)
     _store_rows(_head(DQ, pid_bh, H, stride_dqb, stride_dqh), offs_m, stride_dqm, offs_d, Q_LEN, dq)
 
 
@@ -612,7 +671,9 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if exact else "tf32"
 
 
-def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) -> None:
+def check_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, slopes: torch.Tensor | None = None
+) -> None:
     """Raise ValueError unless the shapes, dtypes and devices are ones the kernels handle."""
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
     same_bhd = k.shape[:2] == q.shape[:2] and k.shape[3:] == q.shape[3:]
@@ -630,6 +691,12 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.T
     if not (q.device == k.device == v.device == lam.device):
         devices = f"{q.device}, {k.device}, {v.device}, {lam.device}"
         raise ValueError(f"q, k, v, lam must share a device; got {devices}")
+    if slopes is not None:
+        if slopes.shape != q.shape[1:2] or slopes.dtype != torch.float32:
+            raise ValueError(f"alibi slopes must be float32 of shape (heads,) = ({q.shape[1]},); got {slopes.dtype} "
+                             f"{tuple(slopes.shape)}")
+        if slopes.device != q.device:
+            raise ValueError(f"alibi slopes must be on q's device {q.device}; got {slopes.device}")
     if q.device.type not in ("cuda", "meta") and not INTERPRET:
         raise ValueError(f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1); got {q.device}")
 
@@ -642,24 +709,49 @@ def forward_output_like(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return o, _new_buffer((B, H, q_len), q, torch.float32)
 
 
+def _alibi_args(slopes: torch.Tensor | None, lam: torch.Tensor, scale: float) -> tuple[torch.Tensor, float, bool]:
+    """The kernels' (SLOPES, inv_scale, ALIBI). Without slopes, SLOPES is a placeholder (lam: any fp32
+    pointer) that the code compiled for ALIBI=False never reads."""
+    if slopes is None:
+        return lam, 1.0, False
+    if scale == 0:
+        raise ValueError("ALiBi needs a nonzero scale (the kernels derive lam_i * m_h from lam_i * scale)")
+    return slopes.contiguous(), 1.0 / scale, True
+
+
 def forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lam: torch.Tensor,
+    scale: float,
+    *,
+    slopes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal softplus attention: (o, l) with l_i = sum_j softplus(lam_i s_ij) in fp32.
+    """Causal softplus attention: (o, l) with l_i = sum_j softplus(z_ij) in fp32, z_ij = lam_i (s_ij - m_h (i - j))
+    with the ALiBi ``slopes`` m_h (float32, (H,); None: no bias).
 
     Short query blocks (q_len <= DECODE_MAX_Q_LEN) go through the split-K decode kernel.
     """
     if q.shape[2] <= DECODE_MAX_Q_LEN:
-        return decode_forward(q, k, v, lam, scale)
-    return flash_forward(q, k, v, lam, scale)
+        return decode_forward(q, k, v, lam, scale, slopes=slopes)
+    return flash_forward(q, k, v, lam, scale, slopes=slopes)
 
 
 def flash_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lam: torch.Tensor,
+    scale: float,
+    *,
+    slopes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The tiled forward: one program per (query block, batch * head), streaming the visible key blocks."""
-    check_inputs(q, k, v, lam)
+    check_inputs(q, k, v, lam, slopes)
     q, k, v = map(_unit_stride_last, (q, k, v))
+    lam = lam.contiguous()
+    slopes, inv_scale, alibi = _alibi_args(slopes, lam, scale)
     B, H, q_len, D = q.shape
     kv_len = k.shape[2]
     o, l = forward_output_like(q)
@@ -667,10 +759,11 @@ def flash_forward(
         return o, l
     with _on_device(q):
         _fwd_kernel[lambda meta: (B * H, triton.cdiv(q_len, meta["BLOCK_M"]))](
-            q, k, v, lam.contiguous(), o, l, scale * LOG2E,
+            q, k, v, lam, o, l, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             H, q_len, kv_len, triton.next_power_of_2(q_len), triton.next_power_of_2(kv_len),
-            triton.next_power_of_2(B * H), HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), **_FMA,
+            triton.next_power_of_2(B * H), slopes, inv_scale,
+            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), ALIBI=alibi, **_FMA,
         )
     return o, l
 
@@ -696,12 +789,16 @@ def decode_forward(
     lam: torch.Tensor,
     scale: float,
     chunk: int | None = None,
+    *,
+    slopes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flash-decoding for q_len <= DECODE_MAX_Q_LEN: each program sums one chunk of keys (default:
     :func:`decode_chunk`) for one (batch, head), so a single query against a long cache still fills the
     GPU; a second kernel adds the partial sums up."""
-    check_inputs(q, k, v, lam)
+    check_inputs(q, k, v, lam, slopes)
     q, k, v = map(_unit_stride_last, (q, k, v))
+    lam = lam.contiguous()
+    slopes, inv_scale, alibi = _alibi_args(slopes, lam, scale)
     B, H, q_len, D = q.shape
     kv_len = k.shape[2]
     if q_len > DECODE_MAX_Q_LEN:
@@ -715,10 +812,10 @@ def decode_forward(
     lsum = _new_buffer((B * H, splits, DECODE_MAX_Q_LEN), q, torch.float32)
     with _on_device(q):
         _decode_partial_kernel[(B * H, splits)](
-            q, k, v, lam.contiguous(), acc, lsum, scale * LOG2E,
+            q, k, v, lam, acc, lsum, scale * LOG2E,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            H, q_len, kv_len, chunk, triton.next_power_of_2(chunk),
-            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_M=DECODE_MAX_Q_LEN, **_FMA,
+            H, q_len, kv_len, chunk, triton.next_power_of_2(chunk), slopes, inv_scale,
+            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), ALIBI=alibi, BLOCK_M=DECODE_MAX_Q_LEN, **_FMA,
         )
         _decode_combine_kernel[(B * H,)](
             acc, lsum, o, l, *o.stride()[:3], H, q_len, splits,
@@ -737,15 +834,19 @@ def backward(
     lam: torch.Tensor,
     scale: float,
     atomic_dq: bool | None = None,
+    *,
+    slopes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) from the forward's saved (o, l); see the module docstring for the formulas. dQ comes
-    from atomic adds in the dK/dV kernel if ``atomic_dq`` (default: :func:`atomic_dq_enabled`)."""
-    check_inputs(q, k, v, lam)
+    """(dq, dk, dv) from the forward's saved (o, l) (computed with the same ALiBi ``slopes``); see the module
+    docstring for the formulas. dQ comes from atomic adds in the dK/dV kernel if ``atomic_dq`` (default:
+    :func:`atomic_dq_enabled`)."""
+    check_inputs(q, k, v, lam, slopes)
     if do.shape != q.shape or o.shape != q.shape or do.dtype != q.dtype or l.shape != q.shape[:3]:
         raise ValueError(f"backward: do {tuple(do.shape)} {do.dtype}, o {tuple(o.shape)}, l {tuple(l.shape)} "
                          f"do not match q {tuple(q.shape)} {q.dtype}")
     q, k, v, o, do = map(_unit_stride_last, (q, k, v, o, do))
     l, lam = l.contiguous(), lam.contiguous()
+    slopes, inv_scale, alibi = _alibi_args(slopes, lam, scale)
     B, H, q_len, D = q.shape
     kv_len = k.shape[2]
     dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
@@ -756,7 +857,7 @@ def backward(
     dq_acc = torch.zeros((B, H, q_len, D), dtype=torch.float32, device=q.device) if atomic else dq
     preprocess_rows = 32 if INTERPRET else 64
     lengths = (H, q_len, kv_len, *(triton.next_power_of_2(n) for n in (q_len, kv_len, B * H)))
-    constants = dict(HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), **_FMA)
+    constants = dict(HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), ALIBI=alibi, **_FMA)
     with _on_device(q):
         _bwd_preprocess_kernel[(B * H, triton.cdiv(q_len, preprocess_rows))](
             o, do, l, lam, factors, scale, scale * LOG2E, *o.stride()[:3], *do.stride()[:3], H, q_len,
@@ -765,7 +866,7 @@ def backward(
         _bwd_dkdv_kernel[lambda meta: (B * H, triton.cdiv(kv_len, meta["BLOCK_N"]))](
             q, k, v, do, factors, dk, dv, dq_acc,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-            *dk.stride()[:3], *dv.stride()[:3], *lengths, ATOMIC_DQ=atomic, **constants,
+            *dk.stride()[:3], *dv.stride()[:3], *lengths, slopes, inv_scale, ATOMIC_DQ=atomic, **constants,
         )
         if atomic:
             dq.copy_(dq_acc)
@@ -773,6 +874,6 @@ def backward(
             _bwd_dq_kernel[lambda meta: (B * H, triton.cdiv(q_len, meta["BLOCK_M"]))](
                 q, k, v, do, factors, dq,
                 *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-                *lengths, **constants,
+                *lengths, slopes, inv_scale, **constants,
             )
     return dq, dk, dv
