@@ -5,7 +5,8 @@
 
 Training: batch * heads = --batch_heads, head dims --head_dims, sequence lengths --seq_lens, for
 softplus (Triton; and with dQ from atomic adds, SOFTPLUS_ATOMIC_DQ=1), softplus (PyTorch reference),
-softmax (SDPA / FlashAttention) and softmax_naive.
+softmax (SDPA / FlashAttention; flex_attention with ALiBi) and softmax_naive, each with the score
+modifications --score_mods: plain, alibi (ALiBi slopes), length (the length scale, base 1024) or both.
 FLOP convention (FlashAttention's): forward = 4 * B * H * L^2 * D / 2 (two matmuls, half of the score
 matrix under the causal mask); backward = 2.5x forward (five matmuls), so forward+backward = 3.5x forward.
 Extra memory = peak allocated during the call minus what was allocated before it (inputs), so it counts
@@ -42,6 +43,8 @@ from gpt2.io import atomic_write
 PROVIDERS = ("softplus (Triton)", "softplus (Triton, atomic dQ)", "softplus (PyTorch)", "softmax (SDPA)",
              "softmax_naive")
 SMOKE = dict(batch_heads=4, heads=2, head_dims=[32, 64], seq_lens=[64, 128], cache_lens=[256, 512])
+SCORE_MODS = ("plain", "alibi", "length", "alibi+length")
+LENGTH_BASE = 1024.0  # any base > 1 costs the same
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS),
                    help="training providers to time (all by default)")
+    p.add_argument("--score_mods", nargs="+", choices=SCORE_MODS, default=["plain", "alibi", "length"],
+                   help="score modifications to time each provider with")
     p.add_argument("--no_decode", action="store_true", help="skip the decoding benchmark")
     p.add_argument("--out_dir", type=Path, default=Path("out/bench"))
     p.add_argument("--cpu_smoke", action="store_true",
@@ -67,18 +72,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def providers(names: list[str]) -> dict[str, Callable[..., torch.Tensor]]:
+def score_mod_options(score_mod: str, heads: int, device: str) -> dict[str, object]:
+    """The ``length_base`` / ``alibi_slopes`` keywords every attention function takes, for ``score_mod``."""
+    from gpt2.attention.score_mod import alibi_slopes
+
+    return {"length_base": LENGTH_BASE if "length" in score_mod else None,
+            "alibi_slopes": alibi_slopes(heads, device) if "alibi" in score_mod else None}
+
+
+def providers(names: list[str], options: dict[str, object]) -> dict[str, Callable[..., torch.Tensor]]:
     from gpt2.attention import softplus_triton as kernels
     from gpt2.attention.softmax import softmax_attention, softmax_naive_attention
     from gpt2.attention.softplus import softplus_attention_reference, softplus_attention_triton
 
-    def softplus_atomic_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def softplus_atomic_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
         with kernels.use_atomic_dq():  # the backward of this forward adds dQ atomically
-            return softplus_attention_triton(q, k, v)
+            return softplus_attention_triton(q, k, v, **kwargs)
 
     functions = (softplus_attention_triton, softplus_atomic_dq, softplus_attention_reference, softmax_attention,
                  softmax_naive_attention)
-    return {name: fn for name, fn in zip(PROVIDERS, functions, strict=True) if name in names}
+    return {name: partial(fn, **options) for name, fn in zip(PROVIDERS, functions, strict=True) if name in names}
 
 
 def time_ms(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> float:
@@ -129,52 +142,54 @@ def measure(fn: Callable[[], object], grads: list[torch.Tensor] | None = None) -
 
 def bench_training(args: argparse.Namespace, device: str, dtype: torch.dtype) -> Iterator[dict[str, object]]:
     heads, batch = args.heads, args.batch_heads // args.heads
-    for head_dim in args.head_dims:
-        for seq_len in args.seq_lens:
-            shape = (batch, heads, seq_len, head_dim)
-            fwd_flops = 4 * batch * heads * seq_len**2 * head_dim / 2
-            for name, attn in providers(args.providers).items():
-                q, k, v = (torch.randn(shape, device=device, dtype=dtype).requires_grad_() for _ in range(3))
-                do = torch.randn(shape, device=device, dtype=dtype)
+    for head_dim, seq_len, score_mod in itertools.product(args.head_dims, args.seq_lens, args.score_mods):
+        shape = (batch, heads, seq_len, head_dim)
+        fwd_flops = 4 * batch * heads * seq_len**2 * head_dim / 2
+        options = score_mod_options(score_mod, heads, device)
+        for name, attn in providers(args.providers, options).items():
+            q, k, v = (torch.randn(shape, device=device, dtype=dtype).requires_grad_() for _ in range(3))
+            do = torch.randn(shape, device=device, dtype=dtype)
 
-                def forward(attn=attn, q=q, k=k, v=v):
-                    with torch.no_grad():
-                        return attn(q, k, v)
+            def forward(attn=attn, q=q, k=k, v=v):
+                with torch.no_grad():
+                    return attn(q, k, v)
 
-                def forward_backward(attn=attn, q=q, k=k, v=v, do=do):
-                    attn(q, k, v).backward(do)
+            def forward_backward(attn=attn, q=q, k=k, v=v, do=do):
+                attn(q, k, v).backward(do)
 
-                modes = (("fwd", forward, fwd_flops), ("fwd+bwd", forward_backward, 3.5 * fwd_flops))
-                for mode, fn, flops in modes:
-                    result = measure(fn, [q, k, v] if mode == "fwd+bwd" else None)
-                    yield finish_row(dict(kind="train", provider=name, mode=mode, head_dim=head_dim,
-                                          seq_len=seq_len, batch=batch, heads=heads, **result),
-                                     flops, tokens=batch * seq_len)
-                del q, k, v, do
+            modes = (("fwd", forward, fwd_flops), ("fwd+bwd", forward_backward, 3.5 * fwd_flops))
+            for mode, fn, flops in modes:
+                result = measure(fn, [q, k, v] if mode == "fwd+bwd" else None)
+                yield finish_row(dict(kind="train", provider=name, mode=mode, score_mod=score_mod,
+                                      head_dim=head_dim, seq_len=seq_len, batch=batch, heads=heads, **result),
+                                 flops, tokens=batch * seq_len)
+            del q, k, v, do
 
 
 def bench_decode(args: argparse.Namespace, device: str, dtype: torch.dtype) -> Iterator[dict[str, object]]:
-    import torch.nn.functional as F
-
     from gpt2.attention import softplus_triton as kernels
+    from gpt2.attention.score_mod import length_scale
+    from gpt2.attention.softmax import softmax_attention
 
     heads, batch = args.heads, args.batch_heads // args.heads
-    for head_dim in args.head_dims:
-        for cache_len in args.cache_lens:
-            q = torch.randn(batch, heads, 1, head_dim, device=device, dtype=dtype)
-            cache = (batch, heads, cache_len, head_dim)
-            k, v = (torch.randn(cache, device=device, dtype=dtype) for _ in range(2))
-            lam, scale = torch.ones(1, device=device), 1.0 / math.sqrt(head_dim)
-            candidates = {
-                "softplus decode (split-K)": partial(kernels.forward, q, k, v, lam, scale),
-                "softplus decode (1 split)": partial(kernels.decode_forward, q, k, v, lam, scale, cache_len),
-                "softmax (SDPA, q_len=1)": partial(F.scaled_dot_product_attention, q, k, v),
-            }
-            for name, fn in candidates.items():
-                yield finish_row(dict(kind="decode", provider=name, mode="decode", head_dim=head_dim,
-                                      seq_len=cache_len, batch=batch, heads=heads, **measure(fn)),
-                                 flops=None, tokens=batch)
-            del q, k, v
+    for head_dim, cache_len, score_mod in itertools.product(args.head_dims, args.cache_lens, args.score_mods):
+        q = torch.randn(batch, heads, 1, head_dim, device=device, dtype=dtype)
+        cache = (batch, heads, cache_len, head_dim)
+        k, v = (torch.randn(cache, device=device, dtype=dtype) for _ in range(2))
+        options = score_mod_options(score_mod, heads, device)
+        lam = length_scale(1, cache_len, options["length_base"], device)
+        slopes, scale = options["alibi_slopes"], 1.0 / math.sqrt(head_dim)
+        candidates = {
+            "softplus decode (split-K)": partial(kernels.forward, q, k, v, lam, scale, slopes=slopes),
+            "softplus decode (1 split)": partial(kernels.decode_forward, q, k, v, lam, scale, cache_len,
+                                                 slopes=slopes),
+            "softmax (SDPA, q_len=1)": partial(softmax_attention, q, k, v, **options),
+        }
+        for name, fn in candidates.items():
+            yield finish_row(dict(kind="decode", provider=name, mode="decode", score_mod=score_mod,
+                                  head_dim=head_dim, seq_len=cache_len, batch=batch, heads=heads, **measure(fn)),
+                             flops=None, tokens=batch)
+        del q, k, v
 
 
 def finish_row(row: dict[str, object], flops: float | None, tokens: int) -> dict[str, object]:
@@ -185,7 +200,7 @@ def finish_row(row: dict[str, object], flops: float | None, tokens: int) -> dict
     return row
 
 
-HEADER = (f"{'kind':<7}{'provider':<28}{'mode':<9}{'D':>5}{'L':>7}{'ms':>11}{'TFLOP/s':>9}"
+HEADER = (f"{'kind':<7}{'provider':<30}{'scores':<13}{'mode':<9}{'D':>5}{'L':>7}{'ms':>11}{'TFLOP/s':>9}"
           f"{'extra MiB':>11}{'B/token':>10}")
 
 
@@ -193,7 +208,7 @@ def format_row(r: dict[str, object]) -> str:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    key = f"{r['kind']:<7}{r['provider']:<28}{r['mode']:<9}{r['head_dim']:>5}{r['seq_len']:>7}"
+    key = f"{r['kind']:<7}{r['provider']:<30}{r['score_mod']:<13}{r['mode']:<9}{r['head_dim']:>5}{r['seq_len']:>7}"
     if r["status"] != "ok":
         return f"{key}{r['status']:>11}"
     mib = None if r["extra_bytes"] is None else r["extra_bytes"] / 2**20
@@ -219,11 +234,12 @@ def plot(rows: list[dict[str, object]], head_dims: list[int], path: Path) -> Non
         for j, (kind, mode, ylabel) in enumerate(panels):
             ax = axes[i][j]
             selected = [r for r in rows if (r["kind"], r["mode"], r["head_dim"]) == (kind, mode, head_dim)]
-            for provider in dict.fromkeys(r["provider"] for r in selected):
-                points = [(r["seq_len"], r["tflops"] if kind == "train" else r["ms"])
-                          for r in selected if r["provider"] == provider and r["status"] == "ok"]
+            for provider, score_mod in dict.fromkeys((r["provider"], r["score_mod"]) for r in selected):
+                points = [(r["seq_len"], r["tflops"] if kind == "train" else r["ms"]) for r in selected
+                          if (r["provider"], r["score_mod"]) == (provider, score_mod) and r["status"] == "ok"]
                 if points and all(y is not None for _, y in points):
-                    ax.plot(*zip(*points, strict=True), marker="o", label=provider)
+                    label = provider if score_mod == "plain" else f"{provider}, {score_mod}"
+                    ax.plot(*zip(*points, strict=True), marker="o", label=label)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("cache length" if kind == "decode" else "sequence length")
             ax.set_ylabel(ylabel)
