@@ -495,3 +495,12 @@ def test_an_eval_set_too_short_to_evaluate_is_refused_before_training(corpus, tm
     assert cli(args) == 2  # was: 2 steps trained, then this error at the first evaluation, nothing saved
     assert "has 1 tokens; at least 2 are needed" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_the_old_softplus_length_base_flag_is_the_length_base(corpus, tmp_path, capsys):
+    args = train_args(corpus, tmp_path / "run", "--max_steps", "1", "--attention", "softplus")
+    assert cli([*args, "--softplus_length_base", "64"]) == 0
+    assert "--softplus_length_base is now --length_base" in capsys.readouterr().out
+    assert find_checkpoint(tmp_path / "run").model_config.length_base == 64.0
+    assert cli([*args, "--softplus_length_base", "64", "--length_base", "32"]) == 2
+    assert "old name of --length_base" in capsys.readouterr().err
