@@ -10,11 +10,12 @@ CHECKPOINT=${CHECKPOINT:-$REPO/runs/gpt2-softplus}
 EVAL_TOKENS=${EVAL_TOKENS:-}                   # empty: the eval.bin the model was trained with
 MAX_BATCHES=${MAX_BATCHES:-0}                  # 0: the whole eval set, exactly once
 BATCH_SIZE=${BATCH_SIZE:-8}
+SEQ_LEN=${SEQ_LEN:-}                           # empty: the training length; longer for none/alibi/rope models
 BACKEND=${BACKEND:-pytorch}                    # pytorch | onnxruntime | tensorrt
 PRECISION=${PRECISION:-auto}                   # auto | fp32 | fp16 | bf16: the export deploy made (auto: fp32 if
                                                # exported, else the only one; pytorch: fp32)
 DEVICE=${DEVICE:-auto}
 
 python -m gpt2 evaluate "$CHECKPOINT" ${EVAL_TOKENS:+--eval_tokens "$EVAL_TOKENS"} \
-  --max_batches "$MAX_BATCHES" --batch_size "$BATCH_SIZE" --backend "$BACKEND" --precision "$PRECISION" \
+  --max_batches "$MAX_BATCHES" --batch_size "$BATCH_SIZE" ${SEQ_LEN:+--seq_len "$SEQ_LEN"} --backend "$BACKEND" --precision "$PRECISION" \
   --device "$DEVICE" "$@"

@@ -19,6 +19,8 @@ RESUME=${RESUME:-false}
 
 PRESET=${PRESET:-gpt2}
 ATTENTION=${ATTENTION:-softplus}               # softmax | softmax_naive | softplus
+POSITION=${POSITION:-learned}                  # learned | none | alibi | rope (all but learned read past SEQ_LEN)
+LENGTH_BASE=${LENGTH_BASE:-none}               # scale query i's scores by log(n_i)/log(LENGTH_BASE); none: off
 SEQ_LEN=${SEQ_LEN:-1024}
 BATCH_SIZE=${BATCH_SIZE:-16}                   # per GPU micro-batch
 ACCUM_STEPS=${ACCUM_STEPS:-4}                  # global batch = BATCH_SIZE * ACCUM_STEPS * NNODES * NPROC_PER_NODE
@@ -47,7 +49,8 @@ exec torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" --node_rank 
   --rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "$RDZV_ID" \
   -m gpt2 train \
   --data_dir "$DATA_DIR" --tokenizer "$TOKENIZER" --out_dir "$OUT_DIR" --resume "$RESUME" \
-  --preset "$PRESET" --attention "$ATTENTION" --seq_len "$SEQ_LEN" --batch_size "$BATCH_SIZE" \
+  --preset "$PRESET" --attention "$ATTENTION" --position "$POSITION" --length_base "$LENGTH_BASE" \
+  --seq_len "$SEQ_LEN" --batch_size "$BATCH_SIZE" \
   --accum_steps "$ACCUM_STEPS" --max_steps "$MAX_STEPS" --lr "$LR" --min_lr "$MIN_LR" --warmup_steps "$WARMUP_STEPS" \
   --eval_every "$EVAL_EVERY" --eval_batches "$EVAL_BATCHES" --checkpoint_every "$CHECKPOINT_EVERY" \
   $PRECISION_FLAGS "$@"

@@ -8,6 +8,8 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any 
 
 OUT=${QUICKSTART_DIR:-$REPO/runs/quickstart}   # QUICKSTART_DIR, not WORK: clusters set $WORK to yours
 ATTENTION=${ATTENTION:-softplus}               # softmax | softmax_naive | softplus
+POSITION=${POSITION:-learned}                  # learned | none | alibi | rope (all but learned read past SEQ_LEN)
+LENGTH_BASE=${LENGTH_BASE:-none}               # scale query i's scores by log(n_i)/log(LENGTH_BASE); none: off
 VOCAB_SIZE=${VOCAB_SIZE:-4096}
 MAX_STEPS=${MAX_STEPS:-600}
 SEQ_LEN=${SEQ_LEN:-128}
@@ -29,7 +31,8 @@ python -m gpt2 prepare --dump sample --out_dir "$OUT/wiki" --eval_fraction 0.1
 python -m gpt2 train-tokenizer --corpus_dir "$OUT/wiki" --vocab_size "$VOCAB_SIZE" --out "$OUT/tokenizer.json"
 python -m gpt2 encode --corpus_dir "$OUT/wiki" --tokenizer "$OUT/tokenizer.json" --out_dir "$OUT/tokens"
 python -m gpt2 train --data_dir "$OUT/tokens" --tokenizer "$OUT/tokenizer.json" --out_dir "$OUT/run" \
-  --preset small --attention "$ATTENTION" --max_seq_len 256 --seq_len "$SEQ_LEN" --batch_size "$BATCH_SIZE" \
+  --preset small --attention "$ATTENTION" --position "$POSITION" --length_base "$LENGTH_BASE" --max_seq_len 256 \
+  --seq_len "$SEQ_LEN" --batch_size "$BATCH_SIZE" \
   --max_steps "$MAX_STEPS" --lr 3e-3 --min_lr 3e-4 --warmup_steps 50 --weight_decay 0.1 \
   --eval_every 200 --eval_batches 20 --checkpoint_every 200 --log_every 20 --device "$DEVICE"
 python -m gpt2 evaluate "$OUT/run" --unigram_baseline --device "$DEVICE"

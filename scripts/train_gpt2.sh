@@ -12,6 +12,8 @@ RESUME=${RESUME:-false}                        # true: continue OUT_DIR from its
 
 PRESET=${PRESET:-gpt2}                         # small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
 ATTENTION=${ATTENTION:-softplus}               # softmax | softmax_naive | softplus
+POSITION=${POSITION:-learned}                  # learned | none | alibi | rope (all but learned read past SEQ_LEN)
+LENGTH_BASE=${LENGTH_BASE:-none}               # scale query i's scores by log(n_i)/log(LENGTH_BASE); none: off
 DROPOUT=${DROPOUT:-0.0}
 
 SEQ_LEN=${SEQ_LEN:-1024}
@@ -46,7 +48,8 @@ fi
 # shellcheck disable=SC2086  # PRECISION_FLAGS is a list of flags
 exec python -m gpt2 train \
   --data_dir "$DATA_DIR" --tokenizer "$TOKENIZER" --out_dir "$OUT_DIR" --resume "$RESUME" \
-  --preset "$PRESET" --attention "$ATTENTION" --dropout "$DROPOUT" \
+  --preset "$PRESET" --attention "$ATTENTION" --position "$POSITION" --length_base "$LENGTH_BASE" \
+  --dropout "$DROPOUT" \
   --seq_len "$SEQ_LEN" --batch_size "$BATCH_SIZE" --accum_steps "$ACCUM_STEPS" --max_steps "$MAX_STEPS" \
   --lr "$LR" --min_lr "$MIN_LR" --warmup_steps "$WARMUP_STEPS" --weight_decay "$WEIGHT_DECAY" \
   --grad_clip "$GRAD_CLIP" --seed "$SEED" \
