@@ -1,16 +1,22 @@
 """Model shapes, KV-cache equivalence and Hugging Face GPT-2 parity."""
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 from safetensors.torch import save_file
 
 from gpt2.attention import ATTENTION
-from gpt2.attention.softmax import softmax_attention, softmax_naive_attention
+from gpt2.attention.score_mod import alibi_slopes
+from gpt2.attention.softmax import _flex_alibi, _scaled_queries, softmax_attention, softmax_naive_attention
 from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig, model_config_from_preset
-from gpt2.model.config import ATTENTION_KINDS
+from gpt2.model.config import ATTENTION_KINDS, POSITIONS
 from gpt2.model.hf import config_from_hf, hf_config_dict, load_hf_state_dict, to_hf_state_dict
+from gpt2.model.positions import Rotary, apply_rotary
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -68,10 +74,12 @@ def test_max_positions_is_the_learned_table_or_no_limit(position, limit):
     assert cfg.max_positions == limit and cfg.extrapolates == (limit is None)
 
 
+@pytest.mark.parametrize("length_base", [None, 16.0])
+@pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("attention", ATTENTION_KINDS)
-def test_kv_cache_prefill_then_decode_matches_full_forward(attention):
+def test_kv_cache_prefill_then_decode_matches_full_forward(attention, position, length_base):
     torch.manual_seed(0)
-    model = GPT(tiny_config(attention=attention)).eval()
+    model = GPT(tiny_config(attention=attention, position=position, length_base=length_base)).eval()
     tokens = torch.randint(0, 301, (3, 25))
     with torch.no_grad():
         full = model(tokens)
@@ -85,13 +93,22 @@ def test_kv_cache_prefill_then_decode_matches_full_forward(attention):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
-def reference_attention(q, k, v):
-    """Causal softmax attention in float64, queries aligned to the last positions (bottom-right)."""
+def reference_attention(q, k, v, kind="softmax", length_base=None, slopes=None):
+    """Causal attention in float64, queries aligned to the last positions (bottom-right): the scores
+    ``lam_i * (q_i . k_j / sqrt(d) - m_h * (i - j))`` spelled out, then softmax or normalised softplus."""
     q, k, v = q.double(), k.double(), v.double()
     q_len, kv_len = q.shape[-2], k.shape[-2]
-    visible = torch.arange(kv_len)[None, :] <= torch.arange(q_len)[:, None] + (kv_len - q_len)
+    i = torch.arange(kv_len - q_len, kv_len, dtype=torch.float64)[:, None]  # absolute query positions
+    j = torch.arange(kv_len, dtype=torch.float64)[None, :]
     scores = (q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5
-    return torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1) @ v
+    if slopes is not None:
+        scores = scores - slopes.double()[:, None, None] * (i - j)
+    if length_base is not None:
+        scores = scores * torch.log(i + 1) / math.log(length_base)
+    if kind == "softplus":
+        weights = F.softplus(scores) * (j <= i)
+        return weights @ v / weights.sum(-1, keepdim=True)
+    return torch.softmax(scores.masked_fill(j > i, float("-inf")), dim=-1) @ v
 
 
 @pytest.mark.parametrize(("q_len", "kv_len"), [(5, 12), (1, 12), (12, 12)])
@@ -103,6 +120,55 @@ def test_softmax_attention_matches_naive_and_float64_reference(q_len, kv_len):
     expected = reference_attention(q, k, v).float()
     torch.testing.assert_close(softmax_naive_attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(softmax_attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager on purpose
+@pytest.mark.parametrize("length_base", [None, 8.0])
+@pytest.mark.parametrize(("q_len", "kv_len"), [(5, 12), (1, 12), (12, 12)])
+def test_every_kind_with_alibi_and_length_scale_matches_the_float64_reference(q_len, kv_len, length_base):
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, q_len, 16)
+    k, v = torch.randn(2, 3, kv_len, 16), torch.randn(2, 3, kv_len, 16)
+    slopes = alibi_slopes(3)
+    for kind in ("softmax", "softplus"):
+        expected = reference_attention(q, k, v, kind, length_base, slopes).float()
+        for name, spec in ATTENTION.items():
+            if name.startswith(kind):
+                for fn in (spec.forward, spec.export):
+                    got = fn(q, k, v, length_base=length_base, alibi_slopes=slopes)
+                    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{name} {fn.__name__}")
+    # The GPU path of softmax with ALiBi (flex_attention with a score_mod), here in its eager form.
+    expected = reference_attention(q, k, v, "softmax", length_base, slopes).float()
+    flex = _flex_alibi(_scaled_queries(q, kv_len, length_base), k, v, None, length_base, slopes, compiled=False)
+    torch.testing.assert_close(flex, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_alibi_slopes_follow_the_paper_for_any_head_count():
+    assert alibi_slopes(8).tolist() == [2.0**-h for h in range(1, 9)]
+    # 6 heads: the 4-head slopes (2^-2, 2^-4, ...), then the 8-head ones 2^-1 and 2^-3.
+    assert alibi_slopes(6).tolist() == [2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]
+    for heads in range(1, 65):
+        slopes = alibi_slopes(heads)
+        assert len(set(slopes.tolist())) == heads and bool((slopes > 0).all() and (slopes < 1).all())
+
+
+def test_rope_scores_depend_only_on_the_distance():
+    rotary = Rotary(16)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(i, j):
+        qi = apply_rotary(q, *rotary(torch.tensor([i])))
+        kj = apply_rotary(k, *rotary(torch.tensor([j])))
+        return (qi * kj).sum().item()
+
+    assert score(7, 3) == pytest.approx(score(1007, 1003), rel=1e-4)
+    assert score(7, 3) != pytest.approx(score(7, 4), rel=1e-2)
+
+
+def test_the_docs_list_every_registered_attention_kind():
+    table = (Path(__file__).parents[1] / "docs" / "attention.md").read_text()
+    for spec in ATTENTION.values():
+        assert f"| `{spec.name}` | {spec.summary} |" in table
 
 
 def test_kv_cache_overflow_is_an_error():
