@@ -244,6 +244,8 @@ def test_hf_import_rejects_mismatched_shapes():
     ({"attention": "linear"}, "unknown attention 'linear'"), ({"position": "sinusoidal"}, "unknown --position"),
     ({"attention": "softplus", "length_base": 1.0}, "--length_base must be > 1"),
     ({"attention": "softmax", "length_base": 0.5}, "--length_base must be > 1"),
+    ({"attention": "softplus", "length_base": 1.001}, r"--length_base must be at least 1\.1, got 1\.001: .* 13870 "),
+    ({"attention": "softmax", "length_base": 1.09}, r"--length_base must be at least 1\.1, got 1\.09"),
     ({"position": "rope", "head_dim": 15}, "head_dim must be even"),
     ({"position": "rope", "rope_base": 1.0}, "--rope_base must be > 1"),
 ])  # fmt: skip

@@ -25,15 +25,19 @@ import torch
 import triton
 import triton.language as tl
 
+from gpt2.attention import score_mod
 from gpt2.attention import softplus_triton as kernels
+from gpt2.attention.mask import causal_mask
 from gpt2.attention.score_mod import alibi_slopes
 from gpt2.attention.softplus import (
     kernel_handles,
     length_scale,
+    softplus_attention_export,
     softplus_attention_reference,
     softplus_attention_triton,
 )
 from gpt2.attention.softplus_op import softplus_attention_backward_op, softplus_attention_op
+from gpt2.evaluation.attention_sink import first_key_weight
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
@@ -246,6 +250,78 @@ def test_very_large_scores_stay_finite(dtype, length):
     q, k = ((300.0 * u + torch.randn(B, H, length, D)).to(DEVICE, dtype) for _ in range(2))
     v = torch.randn(B, H, length, D).to(DEVICE, dtype)  # bf16 randn draws differ between torch releases
     check_against_reference(q, k, v, None, scale=1.0)
+
+
+def low_rows(dtype, length, level, seed):
+    """q, k, v (1, 2, length, 32) whose scores q . k (scale 1) all lie within a few units of ``level``."""
+    torch.manual_seed(seed)
+    B, H, D = 1, 2, 32
+    u = torch.nn.functional.normalize(torch.randn(D), dim=0)
+    k = u + 0.1 * torch.randn(B, H, length, D) / math.sqrt(D)
+    q = level * u + 3.0 * torch.randn(B, H, length, D) / math.sqrt(D)
+    v = torch.randn(B, H, length, D)
+    return q.to(DEVICE, dtype), k.to(DEVICE, dtype), v.to(DEVICE, dtype)
+
+
+def softmax_of_scores(q, k, v):
+    """The fp64 output of rows whose every score is below -100: there softplus(z) = e^z (1 - e^z / 2 + ...), so
+    the l1-normalised softplus weights are softmax's to within e^-100. Independent of the shift under test."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = (q @ k.transpose(-2, -1)).masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), -math.inf)
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("level", [-300.0, -3000.0])  # below fp32's range (-104), and below fp64's (-745)
+def test_reference_and_export_keep_rows_of_very_negative_scores(dtype, level):
+    # Unshifted, every weight of these rows is 0 in fp32 (and at -3000 in fp64): an output of 0 / 0.
+    q, k, v = low_rows(dtype, 37, level, seed=int(-level))
+    expected = softmax_of_scores(q, k, v)
+    # fp32 scores of size |level| are off by a few of their ulps (|level| 2^-24 each), an error the weights
+    # e^s take on relatively; fp16/bf16 outputs add their own rounding. The reference computes fp64 inputs in
+    # fp64 (no error worth the name), the export every input in fp32.
+    tol = TOL.get(dtype, 0.0) + 8 * abs(level) * 2.0**-24
+    assert rel_err(softplus_attention_reference(q, k, v, 1.0), expected) < (1e-12 if q.dtype == torch.float64 else tol)
+    assert rel_err(softplus_attention_export(q, k, v, 1.0), expected) < tol
+    first = first_key_weight(q, k, "softplus")  # the attention-sink analysis weighs rows the same way
+    expected_first = first_key_weight(q.double(), k.double(), "softmax")  # its scores are divided by sqrt(D)
+    assert torch.isfinite(first).all()
+    if level == -300.0:  # -300 / sqrt(32) = -53: below the shift's -40, above fp32's underflow
+        assert rel_err(first, expected_first) < 1e-4
+
+
+@pytest.mark.xfail(strict=True, reason="the kernels do not shift rows yet: every fp32 weight of such a row is 0")
+@pytest.mark.parametrize("length", [40, 16])  # the tiled forward, and the split-K decode (q_len <= 16)
+def test_kernel_forward_keeps_rows_of_very_negative_scores(length):
+    q, k, v = low_rows(torch.float32, length, -300.0, seed=13)
+    o, _ = kernels.forward(q, k, v, length_scale(length, length, None, DEVICE), 1.0)
+    assert rel_err(o, softmax_of_scores(q, k, v)) < TOL[torch.float32] + 8 * 300.0 * 2.0**-24
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_reference_gradient_in_rows_of_very_negative_scores(dtype):
+    # The shift is a constant to autograd: the gradient is that of the softmax the rows reduce to.
+    q, k, v = low_rows(dtype, 29, -200.0, seed=11)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    do = torch.randn(q.shape, dtype=torch.float64)
+    softmax_of_scores(*leaves).backward(do)
+    got = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    softplus_attention_reference(*got, 1.0).backward(do.float())
+    for a, b in zip(got, leaves, strict=True):
+        assert rel_err(a.grad, b.grad) < 1e-5 + 8 * 200.0 * 2.0**-24
+
+
+@pytest.mark.parametrize("length_base", [None, 64.0])
+def test_reference_rows_that_reach_the_shift_threshold_are_computed_as_before(length_base):
+    # Scores of size ~1 to ~30: the shift subtracts an exact 0, so the reference is bitwise the unshifted formula.
+    torch.manual_seed(12)
+    q, k, v = make_qkv(2, 3, 33, 50, 32, torch.float32, q_scale=5.0)
+    slopes = steep_slopes(3)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(32))  # the reference's default scale, as it applies it
+    scores = score_mod.modified_scores(scores, length_base, slopes)
+    weights = torch.nn.functional.softplus(scores) * causal_mask(33, 50)
+    before = (weights @ v) / weights.sum(dim=-1, keepdim=True)
+    assert torch.equal(softplus_attention_reference(q, k, v, None, length_base, slopes), before)
 
 
 def test_first_query_with_length_scale_returns_first_value():

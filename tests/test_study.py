@@ -82,6 +82,7 @@ def test_an_invalid_cell_is_reported_before_any_training(corpus, tmp_path, capsy
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"attention": []}, "--attention is empty"), ({"seeds": [0, 0]}, "--seeds repeats"),
     ({"position": ["sinusoidal"]}, "unknown attention kind or position"), ({"eval_lengths": [0]}, "must be >= 1"),
+    ({"length_base": 1.001}, "--length_base must be at least 1.1"),
 ])  # fmt: skip
 def test_bad_grids_are_one_line_errors(overrides, message):
     with pytest.raises(UserError, match=message):

@@ -21,6 +21,25 @@ import torch
 
 from gpt2.errors import UserError
 
+# The smallest length base a model config accepts. lam = log(n) / log(b) grows like 1 / (b - 1) as b -> 1 and
+# multiplies every score (softmax: the queries, cast back to fp16/bf16). At b = 1.1, lam stays below 146 up to
+# 2^20 keys, so fp16 queries and scores stay finite while |q| and |scale q . k| stay below 450 (65504 / 146), far
+# above a trained model's; at b = 1.001, lam is 693 for the second query and 4870 at 130 keys, where a query entry
+# of 14 overflows fp16. (bf16 has fp32's range, but rounds the scaled queries to 8 bits: its error grows with lam.)
+MIN_LENGTH_BASE = 1.1
+
+
+def check_length_base(length_base: float | None, flag: str = "--length_base") -> None:
+    """One-line UserError unless ``length_base`` is None (off) or at least MIN_LENGTH_BASE."""
+    if length_base is None or length_base >= MIN_LENGTH_BASE:
+        return
+    if not length_base > 1:
+        raise UserError(f"{flag} must be > 1 (or None: off), got {length_base}")
+    lam = [math.log(2**20) / math.log(b) for b in (length_base, MIN_LENGTH_BASE)]
+    raise UserError(f"{flag} must be at least {MIN_LENGTH_BASE}, got {length_base}: the scale log(n)/log(b) grows "
+                    f"like 1/(b - 1), to {lam[0]:.0f} at 2^20 keys ({lam[1]:.0f} for b = {MIN_LENGTH_BASE}), a "
+                    f"factor on every score, and fp16's largest number is 65504")
+
 
 def alibi_slopes(n_heads: int, device: torch.device | str | None = None) -> torch.Tensor:
     """The ALiBi paper's head slopes, float32 ``(n_heads,)``: ``2^(-8h/H)``, h = 1..H, for a power-of-two H;

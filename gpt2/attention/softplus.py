@@ -13,7 +13,10 @@ scaling proposed for softplus attention by Gao & Spratling (2025). The first que
 ``alibi_slopes`` (one ``m_h`` per head) adds ALiBi's linear distance penalty.
 
 Unlike softmax there is no normalising maximum: the weights are positive on
-their own, so the row sums can be accumulated directly.
+their own, so the row sums can be accumulated directly. Only a row whose every
+score is very negative (below -40; fp32 weights underflow below about -87) is
+shifted by its maximum, where softplus(z) = e^z makes o_i shift-invariant
+(:func:`shift_low_rows`).
 
 :func:`softplus_attention_reference` is the definition: plain PyTorch that
 materialises the score matrix, used on CPU and as the oracle the fused Triton
@@ -56,9 +59,29 @@ def softplus_attention_reference(
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     scores = (q.to(compute_dtype) @ k.to(compute_dtype).transpose(-2, -1)) * scale
     scores = modified_scores(scores, length_base, alibi_slopes)
-    weights = F.softplus(scores) * causal_mask(q_len, kv_len, q.device)
+    scores = scores.masked_fill(~causal_mask(q_len, kv_len, q.device), float("-inf"))  # softplus(-inf) = 0
+    weights = F.softplus(shift_low_rows(scores))
     out = (weights @ v.to(compute_dtype)) / weights.sum(dim=-1, keepdim=True)
     return out.to(q.dtype)
+
+
+# Rows whose largest score is below SHIFT_BELOW get shifted up to it (see shift_low_rows). e^-40 = 4e-18 is
+# below fp64's rounding error, and every weight within 47 of the row's largest score stays a normal fp32.
+SHIFT_BELOW = -40.0
+
+
+def shift_low_rows(scores: torch.Tensor) -> torch.Tensor:
+    r"""``scores`` (masked entries -inf, every row with a finite one) minus ``c_i = min(M_i - SHIFT_BELOW, 0)``,
+    ``M_i`` the row's largest score: rows that reach SHIFT_BELOW are returned as they are (minus an exact 0).
+
+    Below it softplus(z) = e^z (1 - e^z / 2 + ...) is e^z to within e^z / 2, so the shifted row's weights
+    softplus(z_ij - c_i) equal e^{-c_i} softplus(z_ij) to within e^SHIFT_BELOW relative, and the l1-normalised
+    row (its output) is the same. Unshifted, a row whose every score is below about -87 (-745 in fp64) has only
+    denormal or zero weights: garbage, then 0 / 0. ``c`` is a constant to autograd: the output does not depend
+    on it (to that accuracy), so neither does the gradient.
+    """
+    top = scores.amax(dim=-1, keepdim=True).detach()
+    return scores - (top - SHIFT_BELOW).clamp(max=0.0)
 
 
 def softplus_attention_triton(
@@ -123,7 +146,8 @@ def softplus_attention_export(
     ONNX Runtime's ``Softplus`` kernel is scalar code, about 6 ns per score on a CPU core: a third of the
     small preset's prefill. Here ``softplus(s) = max(s, 0) + log1p(exp(-|s|))`` is spelled in vectorised
     elementwise ops; masked scores get -inf added (softplus(-inf) = 0: an Add, not a Where over the
-    weights), and the scale and length factor multiply q, not the score matrix.
+    weights), and the scale and length factor multiply q, not the score matrix. Rows whose every score is very
+    negative are shifted as the reference shifts them (:func:`shift_low_rows`).
     """
     q_len, kv_len, dtype = q.shape[-2], k.shape[-2], q.dtype
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -135,7 +159,8 @@ def softplus_attention_export(
     # query_len != 1 (a constraint violation). The copies cost nothing in the ONNX graph.
     q = q.clone(memory_format=torch.contiguous_format)
     mask = additive_mask(q_len, kv_len, torch.float32, q.device, length_base, alibi_slopes)
-    scores = q @ k.float().transpose(-2, -1) + mask
+    # The row max and shift (a ReduceMax and a Sub) keep rows whose every score is very negative finite.
+    scores = shift_low_rows(q @ k.float().transpose(-2, -1) + mask)
     y = torch.exp(-scores.abs())
     u = 1 + y
     # log1p(y) without a Log1p op: log(u) is off by the rounding error of u = 1 + y, which y - (u - 1) puts

@@ -28,7 +28,9 @@ their weights instead of rounding to zero and a 0/0 row. (fp16 inputs also
 rescale each row of a tile by a power of two before the second product, whose
 fp16 weights would otherwise flush to zero below 2^-24 or overflow above 65504
 (scores over ~45,000). The limit left is
-fp32's: a row whose every score is below about -87 has only zero weights.)
+fp32's: a row whose every score is below about -87 has only denormal or zero weights, and below about -104 an
+output of 0 / 0. The reference and the export shift such rows by their maximum (``softplus.shift_low_rows``);
+the kernels do not yet.)
 ``python -m bench.kernel_sass`` counts the instructions per score from the
 compiled code. (A cut-off where softplus(x) = x would not save anything: both
 sides of a select are computed anyway.)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from gpt2.attention.mask import causal_mask
 from gpt2.attention.score_mod import modified_scores
+from gpt2.attention.softplus import shift_low_rows
 from gpt2.data.loader import IGNORE_INDEX
 from gpt2.errors import UserError
 from gpt2.model import GPT
@@ -32,7 +33,7 @@ _CHUNK_SCORES = 1 << 24  # scores materialised at once (64 MiB in fp32)
 
 
 def _softplus_weights(scores: torch.Tensor) -> torch.Tensor:
-    weights = F.softplus(scores)  # masked scores are -inf: weight 0
+    weights = F.softplus(shift_low_rows(scores))  # masked scores are -inf: weight 0
     return weights / weights.sum(dim=-1, keepdim=True)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gpt2.attention import ATTENTION, get_attention_spec
+from gpt2.attention.score_mod import check_length_base
 from gpt2.errors import UserError
 
 ATTENTION_KINDS: tuple[str, ...] = tuple(ATTENTION)  # the registry in gpt2.attention is the one list
@@ -65,8 +66,7 @@ class ModelConfig:
         for option, used in (("length_base", self.length_base is not None), ("alibi", self.position == "alibi")):
             if used and option not in spec.options:
                 raise UserError(f"{self.attention} attention does not take {option}")
-        if self.length_base is not None and not self.length_base > 1:
-            raise UserError(f"--length_base must be > 1 (or None: off), got {self.length_base}")
+        check_length_base(self.length_base)
         if self.position == "rope":
             if self.head_dim % 2:
                 raise UserError(f"--position rope rotates pairs of dimensions: head_dim must be even, got "

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpt2.attention import ATTENTION
+from gpt2.attention.score_mod import check_length_base
 from gpt2.errors import UserError
 from gpt2.model import ModelConfig
 from gpt2.model.config import POSITIONS
@@ -62,6 +63,7 @@ class StudyConfig:
         if unknown:
             raise UserError(f"unknown attention kind or position {unknown}; kinds: {', '.join(ATTENTION)}; "
                             f"positions: {', '.join(POSITIONS)}")
+        check_length_base(self.length_base)
         if any(m < 1 for m in self.eval_lengths):
             raise UserError(f"--eval_lengths are multiples of seq_len and must be >= 1, got {self.eval_lengths}")
         for name in ("seq_len", "batch_size", "max_steps", "eval_batch_size", "jobs", "eval_every"):
