@@ -36,12 +36,18 @@ def _parse_bool(text: str) -> bool:
 
 
 def add_flags(
-    parser: argparse.ArgumentParser, cls: type, title: str | None = None, unset_means: str | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str | None = None,
+    unset_means: str | None = None,
+    track_given: bool = False,
 ) -> None:
     """Add one ``--name`` option per field of dataclass ``cls`` (help from field metadata).
 
     With ``unset_means`` every option defaults to None (not given) and its help says where the value then
-    comes from (e.g. "the --preset") instead of naming the field's default.
+    comes from (e.g. "the --preset") instead of naming the field's default. With ``track_given`` every option
+    defaults to None too, so that :func:`given_values` tells the flags given from those left out, while the
+    help still names the field's default.
     """
     group = parser.add_argument_group(title or cls.__name__)
     hints = typing.get_type_hints(cls)
@@ -52,10 +58,11 @@ def add_flags(
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
         if unset_means is not None:
-            default = None
             help_text = f"{help_text} (default: {unset_means})"
         elif "(default:" not in help_text:  # some help texts say what an empty default means
             help_text = f"{help_text} (default: {default})"
+        if unset_means is not None or track_given:
+            default = None
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         if tp is bool:
             # --flag, --flag true/false, and --no_flag all work, so launchers can pass variables.
@@ -87,3 +94,13 @@ def from_flags(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init and hasattr(args, f.name)}
     values.update(overrides)
     return cls(**values)
+
+
+def given_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` whose flags were given (flags added with ``track_given`` or
+    ``unset_means``, where None means left out)."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if f.init and getattr(args, f.name, None) is not None
+    }

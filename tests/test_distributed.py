@@ -4,6 +4,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from gpt2.checkpoint import (
     read_checkpoint,
 )
 from gpt2.cli import main as cli
+from gpt2.training.run_lock import RunLock
 from gpt2.training.run_log import read_metrics
 
 
@@ -146,3 +148,17 @@ def test_a_full_disk_during_a_sharded_save_is_a_clear_error_on_every_rank(corpus
     assert list_checkpoints(run) == [first] and not list((run / "checkpoints").glob("*.tmp"))
     assert find_checkpoint(run).step == 2  # verified against its hashes
     read_checkpoint(first, resume=True)  # every file (the trainer states too)
+
+
+def test_a_run_folder_in_use_stops_every_rank_at_once(corpus, tmp_path):
+    # Only rank 0 takes the lock; the other ranks must hear that it could not (not wait at a collective).
+    run = tmp_path / "run"
+    lock = RunLock.acquire(run)  # this process holds the folder, as another trainer would
+    try:
+        proc = run_torchrun(train_args(corpus, run, "--batch_size", "2", "--max_steps", "2"))
+    finally:
+        lock.release()
+    message = f"is in use: another trainer (PID {os.getpid()} on host {socket.gethostname()}, since "
+    assert proc.returncode != 0 and proc.stderr.count(message) == 2, proc.stderr[-3000:]  # one line per rank
+    assert proc.stderr.count("Traceback") <= 1  # the launcher's own report of its failed ranks
+    assert not (run / "metrics.jsonl").exists() and not list_checkpoints(run)

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from gpt2.flags import add_flags, from_flags
+from gpt2.flags import add_flags, from_flags, given_values
 
 
 @dataclasses.dataclass
@@ -64,3 +64,15 @@ def test_flags_left_to_another_source_default_to_unset_and_say_so():
     assert parser.parse_args(["--no_compile", "--steps", "3"]).compile is False
     text = " ".join(parser.format_help().split())
     assert "run name (default: the preset's)" in text and "(default: 10)" not in text
+
+
+def test_flags_tracked_as_given_tell_the_given_from_the_left_out_and_still_name_their_defaults():
+    # The training flags of `train`: a resumed run takes the checkpoint's value for those left out.
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Example, track_given=True)
+    assert given_values(Example, parser.parse_args([])) == {}
+    given = given_values(Example, parser.parse_args(["--steps", "3", "--no_compile", "--lr", "3e-4"]))
+    assert given == {"steps": 3, "compile": False, "lr": 3e-4}  # the default's value, given, counts as given
+    assert Example(**given) == Example(steps=3, compile=False)
+    text = " ".join(parser.format_help().split())
+    assert "(default: 10)" in text and "tokens (default: the model's)" in text

@@ -7,9 +7,11 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,14 @@ import torch
 from safetensors.torch import load_file
 from torch._dynamo.utils import counters
 
-from gpt2.checkpoint import find_checkpoint, list_checkpoints
+from gpt2.checkpoint import Checkpoint, find_checkpoint, list_checkpoints
 from gpt2.cli import main as cli
 from gpt2.data.tokens import TokenChunk, write_token_file
 from gpt2.errors import UserError
 from gpt2.model import model_config_from_preset
 from gpt2.training.config import OptimConfig, TrainConfig
+from gpt2.training.optim import lr_at
+from gpt2.training.resume import resumed_configs
 from gpt2.training.run_log import read_metrics
 from gpt2.training.trainer import Trainer
 
@@ -107,10 +111,12 @@ def test_a_signal_during_the_final_evaluation_loses_nothing(corpus, tmp_path):
     assert [(r["step"], r["loss"]) for r in evals] == [(2, result.loss)]  # and its record was logged
 
 
-def test_existing_run_folder_is_never_overwritten(corpus, tmp_path):
+def test_existing_run_folder_is_never_overwritten(corpus, tmp_path, capsys):
     assert cli(train_args(corpus, tmp_path / "run", "--max_steps", "1")) == 0
     before = {p.name for p in list_checkpoints(tmp_path / "run")}
     assert cli(train_args(corpus, tmp_path / "run", "--max_steps", "1")) == 2  # clear error, exit code 2
+    err = capsys.readouterr().err
+    assert "already holds an earlier run; pass --resume (with the launchers: RESUME=true)" in err
     assert {p.name for p in list_checkpoints(tmp_path / "run")} == before
 
 
@@ -468,6 +474,135 @@ def test_resume_of_a_folder_without_checkpoint_and_without_model_flags_starts_a_
     assert cli(_without_model_flags(train_args(corpus, run, "--max_steps", "1", "--resume"))) == 0
     ckpt = find_checkpoint(run)
     assert ckpt.step == 1 and ckpt.train_config["preset"] == "small" and ckpt.model_config.n_layers == 4
+
+
+def _resume_args(corpus, out_dir, *extra):
+    """A resume that gives no setting at all: the data, the tokenizer, the run folder."""
+    return ["train", "--data_dir", str(corpus.tokens), "--tokenizer", str(corpus.tokenizer), "--out_dir",
+            str(out_dir), "--resume", "--progress", "false", *extra]  # fmt: skip
+
+
+def _signalled_at(step):
+    """A ``Trainer.train_step`` that sends this process SIGINT (as Ctrl-C would) during step ``step``."""
+    train_step = Trainer.train_step
+
+    def step_and_signal(self):
+        if self.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_step(self)
+
+    return step_and_signal
+
+
+def _train_records(run_dir):
+    return {r["step"]: (r["loss"], r["lr"], r["grad_norm"]) for r in read_metrics(run_dir / "metrics.jsonl")
+            if r["kind"] == "train"}  # fmt: skip
+
+
+def test_a_resume_without_flags_continues_with_the_checkpoints_settings_bit_for_bit(corpus, tmp_path, monkeypatch,
+                                                                                    capsys):  # fmt: skip
+    # Settings away from the defaults (was: a resume without them fell back to the defaults, lr 6e-4 and all).
+    settings = ("--max_steps", "6", "--lr", "2e-3", "--min_lr", "1e-4", "--warmup_steps", "3", "--weight_decay",
+                "0.05", "--beta2", "0.99", "--grad_clip", "0.5", "--seed", "7", "--accum_steps", "2")  # fmt: skip
+    assert cli(train_args(corpus, tmp_path / "full", *settings)) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", _signalled_at(3))
+        assert cli(train_args(corpus, tmp_path / "split", *settings)) == 0
+    assert find_checkpoint(tmp_path / "split").step == 4
+    capsys.readouterr()
+    assert cli(_resume_args(corpus, tmp_path / "split")) == 0  # no model flags, no settings
+    assert "resume: --" not in capsys.readouterr().out  # nothing changed, nothing announced
+    full, split = _train_records(tmp_path / "full"), _train_records(tmp_path / "split")
+    assert split == full and len(full) == 6  # loss, lr and grad norm of every step: exact equality
+    full_ckpt, split_ckpt = find_checkpoint(tmp_path / "full"), find_checkpoint(tmp_path / "split")
+    assert split_ckpt.meta["optim_config"] == full_ckpt.meta["optim_config"]  # the settings used, recorded
+
+    def run_settings(train_config):
+        return {k: v for k, v in train_config.items() if k not in ("out_dir", "resume")}
+
+    assert run_settings(split_ckpt.train_config) == run_settings(full_ckpt.train_config)
+    full_weights = load_file(full_ckpt.path / "model.safetensors")
+    split_weights = load_file(split_ckpt.path / "model.safetensors")
+    assert all(torch.equal(full_weights[k], split_weights[k]) for k in full_weights)
+
+
+def test_a_resume_with_a_flag_applies_it_and_says_so_in_one_line(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_args(corpus, run, "--max_steps", "2", "--min_lr", "1e-4")) == 0  # --lr 3e-3
+    capsys.readouterr()
+    # --warmup_steps 2 is given as recorded: no change, no line.
+    assert cli(_resume_args(corpus, run, "--max_steps", "4", "--lr", "1e-3", "--warmup_steps", "2")) == 0
+    changes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resume: ")]
+    assert changes == [
+        "resume: --max_steps 2 -> 4 (given on the command line; the learning-rate schedule changes from here)",
+        "resume: --lr 0.003 -> 0.001 (given on the command line; the learning-rate schedule changes from here)",
+    ]
+    used = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2)  # min_lr: the checkpoint's
+    lrs = {step: lr for step, (_, lr, _) in _train_records(run).items()}
+    assert [lrs[3], lrs[4]] == [lr_at(2, used, 4), lr_at(3, used, 4)]  # the step logged N ran at lr_at(N - 1)
+    ckpt = find_checkpoint(run)
+    assert ckpt.meta["optim_config"] == asdict(used)
+    assert ckpt.train_config["max_steps"] == 4 and ckpt.train_config["seq_len"] == 32
+
+
+def test_resumed_settings_take_the_precision_as_one_choice_and_never_how_the_old_launch_ran():
+    recorded = TrainConfig(amp_bf16=True, seq_len=64, device="cuda", compile=True, data_dir="elsewhere")
+    ckpt = Checkpoint(Path("ckpt"), 1, None, {"train_config": recorded.to_dict(),
+                                              "optim_config": asdict(OptimConfig(lr=1e-3))})  # fmt: skip
+    cfg, optim_cfg, changes = resumed_configs(TrainConfig(), OptimConfig(), ckpt, given=set())
+    assert cfg.amp_bf16 and cfg.seq_len == 64 and optim_cfg.lr == 1e-3 and changes == []
+    assert (cfg.device, cfg.compile, cfg.data_dir) == ("auto", False, "data/tokens")  # this launch's
+    cfg, _, changes = resumed_configs(TrainConfig(amp_fp16=True), OptimConfig(), ckpt, given={"amp_fp16"})
+    assert cfg.amp_fp16 and not cfg.amp_bf16  # not both: one precision, the one given
+    assert changes == ["resume: --amp_fp16 False -> True (the precision given on the command line)",
+                       "resume: --amp_bf16 True -> False (the precision given on the command line)"]  # fmt: skip
+    # Configs built in code (given=None) apply as they are, and their differences are announced too.
+    cfg, _, changes = resumed_configs(TrainConfig(), OptimConfig(), ckpt, given=None)
+    assert cfg.seq_len == 1024 and len(changes) == 3
+
+
+def _lock_record(run_dir):
+    """What the run folder's lock file says about its holder (None: nothing readable yet)."""
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((run_dir / ".lock").read_text())
+    return None
+
+
+def test_a_second_trainer_on_a_run_folder_in_use_stops_at_once_naming_the_holder(corpus, tmp_path):
+    run = tmp_path / "run"
+    with open(tmp_path / "holder.log", "w") as log:  # a file, not a pipe: nothing reads it while it trains
+        holder = subprocess.Popen([sys.executable, "-m", "gpt2", *train_args(corpus, run, "--max_steps", "1000000")],
+                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while _lock_record(run) is None:
+            assert holder.poll() is None and time.time() < deadline, (tmp_path / "holder.log").read_text()
+            time.sleep(0.1)
+        assert _lock_record(run)["pid"] == holder.pid
+        second = subprocess.run([sys.executable, "-m", "gpt2", *train_args(corpus, run, "--max_steps", "2",
+                                                                           "--resume")],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.startswith(f"error: {run} is in use: another trainer (PID {holder.pid} on host "
+                                        f"{socket.gethostname()}, since ")  # fmt: skip
+        assert second.stderr.count("\n") == 1 and "choose another --out_dir" in second.stderr
+        assert holder.poll() is None  # the holder trains on
+        records = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
+        assert not any(r["kind"] == "resume" for r in records)  # the second one wrote nothing
+    finally:
+        holder.kill()  # SIGKILL: no handler runs, only the kernel can release the lock
+        holder.wait()
+    assert holder.returncode == -signal.SIGKILL
+    assert cli(train_args(corpus, run, "--max_steps", "2", "--resume")) == 0  # the next trainer takes the folder
+    assert find_checkpoint(run).step == 2
+    assert (run / ".lock").read_text() == ""  # released as the run ended: it names no holder any more
+
+
+def test_an_out_dir_that_is_a_file_is_a_one_line_error(corpus, tmp_path, capsys):
+    (tmp_path / "run").write_text("not a folder")
+    assert cli(train_args(corpus, tmp_path / "run", "--max_steps", "1")) == 2  # was 1, from mkdir
+    err = capsys.readouterr().err
+    assert err == f"error: --out_dir {tmp_path / 'run'} is a file; the run folder must be a folder (or not exist yet)\n"
 
 
 def test_token_ids_outside_the_vocabulary_stop_training_with_a_clear_error(corpus, tmp_path, capsys):

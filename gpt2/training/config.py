@@ -45,7 +45,11 @@ class TrainConfig:
     data_dir: str = field(default="data/tokens", metadata={"help": "folder with train.bin and eval.bin (encode)"})
     tokenizer: str = field(default="data/tokenizer.json", metadata={"help": "tokenizer.json the data was encoded with"})
     out_dir: str = field(default="runs/gpt2", metadata={"help": "run folder: checkpoints, metrics.jsonl"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in out_dir from its newest checkpoint"})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "continue the run in out_dir from its newest checkpoint, with its training and optimizer "
+                          "settings (a flag given overrides the checkpoint's value, and says so)"},
+    )  # fmt: skip
     # Model.
     preset: str | None = field(
         default=None,

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 
 from gpt2.errors import UserError
-from gpt2.flags import add_flags, from_flags
+from gpt2.flags import add_flags, given_values
 from gpt2.model import ModelConfig, model_config_from_preset
 from gpt2.tokenizer import Tokenizer
 from gpt2.training.config import DEFAULT_PRESET, OptimConfig, TrainConfig
@@ -18,8 +18,9 @@ _MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.metadata.g
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flags(parser, TrainConfig, "training")
-    add_flags(parser, OptimConfig, "optimizer")
+    # Training and optimizer flags record whether they were given: a resumed run keeps the checkpoint's others.
+    add_flags(parser, TrainConfig, "training", track_given=True)
+    add_flags(parser, OptimConfig, "optimizer", track_given=True)
     # Model flags default to unset, so that the preset's values apply unless overridden.
     add_flags(parser, ModelConfig, "model (overrides the preset; must match the checkpoint when resuming)",
               unset_means="the --preset's")
@@ -38,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--softplus_length_base is the old name of --length_base: give one of them")
         print("note: --softplus_length_base is now --length_base (it applies to every attention kind)")
         args.length_base = args.softplus_length_base
-    cfg, optim_cfg = from_flags(TrainConfig, args), from_flags(OptimConfig, args)
+    # Flags left out take the dataclass defaults here, and the checkpoint's values when resuming.
+    train_given, optim_given = given_values(TrainConfig, args), given_values(OptimConfig, args)
+    cfg, optim_cfg = TrainConfig(**train_given), OptimConfig(**optim_given)
     tokenizer = Tokenizer.load(cfg.tokenizer)
     # A --preset or model flag describes a model; when resuming, the checkpoint's must be that one.
     explicit = args.preset is not None or any(getattr(args, name) is not None for name in _MODEL_FIELDS)
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.resume or explicit:
         model_cfg = model_config_from_args(args, tokenizer.vocab_size)
     try:
-        Trainer(cfg, optim_cfg, model_cfg, tokenizer).fit()
+        Trainer(cfg, optim_cfg, model_cfg, tokenizer, given=train_given.keys() | optim_given.keys()).fit()
     except BaseException:
         # No barrier: a rank that failed alone would meet the others' next collective instead (the barrier of
         # a checkpoint save, say) and let them go on as if it had done its part.

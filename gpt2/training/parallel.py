@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from gpt2.model import GPT
+
+T = TypeVar("T")
 
 # The model returns its logits as a view (the padded vocabulary rows sliced off); FSDP2 warns that an
 # in-place op on it would skip a hook. Nothing modifies the logits in place, and a copy would cost a
@@ -92,3 +95,12 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def from_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (picklable; ``value`` itself without a process group)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

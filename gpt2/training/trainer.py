@@ -19,7 +19,7 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ from gpt2.training.mfu import compute_kind, peak_flops
 from gpt2.training.optim import build_optimizer, lr_at
 from gpt2.training.parallel import all_reduce_mean, apply_fsdp, barrier, init_distributed
 from gpt2.training.precision import resolve_precision
+from gpt2.training.resume import resumed_configs
+from gpt2.training.run_lock import lock_run_dir
 from gpt2.training.run_log import MetricsLog
 from gpt2.training.signals import StopRequest
 
@@ -61,19 +63,35 @@ class Trainer:
         optim_cfg: OptimConfig,
         model_cfg: ModelConfig | None = None,
         tokenizer: Tokenizer | None = None,
+        given: Collection[str] | None = None,
     ) -> None:
         """``model_cfg`` describes a new model (None: ``cfg.preset``'s); when resuming, the checkpoint's config
         is used (and must equal ``model_cfg`` if given). ``tokenizer`` is the one at ``cfg.tokenizer`` if the
-        caller has loaded it already."""
+        caller has loaded it already. ``given`` names the fields of ``cfg`` and ``optim_cfg`` set on the command
+        line: when resuming, the others are the checkpoint's (None: all were set, the configs apply as they are).
+
+        The run folder is locked from here to the end of :meth:`fit` (or :meth:`close`)."""
         self.cfg, self.optim_cfg = cfg, optim_cfg
         self.env, self.device = init_distributed(resolve_device(cfg.device))
+        self.run_dir = Path(cfg.out_dir)
+        self.run_lock = lock_run_dir(self.run_dir, self.env)  # before anything reads or writes the folder
+        try:
+            self._setup(model_cfg, tokenizer, given)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, model_cfg: ModelConfig | None, tokenizer: Tokenizer | None, given: Collection[str] | None) -> None:
+        """The run's settings, data, model and state: everything ``__init__`` does once the folder is locked."""
+        resume_from = self._checkpoint_to_resume()
+        if resume_from is not None:
+            self._resume_settings(resume_from, given)
+        cfg = self.cfg
         self.precision = resolve_precision(cfg.amp_fp16, cfg.amp_bf16, cfg.bf16, cfg.allow_tf32, self.device)
         if self.env.distributed and self.precision.loss_scaling:
             raise UserError("--amp_fp16 is not supported with FSDP; use --amp_bf16 or --bf16")
-        self.run_dir = Path(cfg.out_dir)
         self._load_data(tokenizer or Tokenizer.load(cfg.tokenizer))
 
-        resume_from = self._checkpoint_to_resume()
         if cfg.preset is None:  # recorded as what the model is: the checkpoint's preset, or the default
             saved = resume_from.train_config.get("preset") if resume_from is not None else None
             self.cfg = cfg = dataclasses.replace(cfg, preset=saved or DEFAULT_PRESET)
@@ -96,7 +114,19 @@ class Trainer:
         if resume_from is not None:
             self.metrics.write("resume", self.step, checkpoint=str(resume_from.path))
 
+    def close(self) -> None:
+        """Release the run folder (:meth:`fit` does when it ends) for another trainer."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+
     # ----------------------------------------------------------------- setup
+    def _resume_settings(self, ckpt: Checkpoint, given: Collection[str] | None) -> None:
+        """The checkpoint's training and optimizer settings, but for those ``given``; a change, one line each."""
+        self.cfg, self.optim_cfg, changes = resumed_configs(self.cfg, self.optim_cfg, ckpt, given)
+        if self.env.is_main:
+            for line in changes:
+                print(line)
+
     def _load_data(self, tokenizer: Tokenizer) -> None:
         """The tokenizer and the train/eval token files, which must have been encoded with it."""
         self.tokenizer = tokenizer
@@ -150,9 +180,9 @@ class Trainer:
         if not self.cfg.resume:
             if list_checkpoints(self.run_dir) or (self.run_dir / "metrics.jsonl").exists():
                 raise UserError(
-                    f"{self.run_dir} already holds an earlier run; pass --resume to continue it "
-                    "(from its newest checkpoint, or from the start if it stopped before its first), "
-                    "or choose another --out_dir"
+                    f"{self.run_dir} already holds an earlier run; pass --resume (with the launchers: "
+                    "RESUME=true) to continue it (from its newest checkpoint, or from the start if it stopped "
+                    "before its first), or choose another --out_dir"
                 )
             return None
         if not list_checkpoints(self.run_dir):
@@ -176,10 +206,6 @@ class Trainer:
                 "the model flags must describe its model (leave them out to continue with it)\n"
                 f"  checkpoint: {ckpt.model_config}\n  requested:  {requested}"
             )
-        order_fields = ("seq_len", "batch_size", "accum_steps", "seed")
-        changed = [f for f in order_fields if f in saved and saved[f] != getattr(self.cfg, f)]
-        if changed and self.env.is_main:
-            print(f"warning: resuming with a different {', '.join(changed)}: the data order differs from the original")
         if self.env.is_main:
             for problem in self._data_changes(ckpt):
                 print(f"warning: resuming on other data than the checkpoint was trained with: {problem}")
@@ -244,6 +270,7 @@ class Trainer:
             ) from None
         finally:
             self.metrics.close()
+            self.close()
 
     def _fit(self) -> EvalResult | None:
         cfg = self.cfg
@@ -273,7 +300,7 @@ class Trainer:
                     path = self._save_if_sound()
                     if self.env.is_main:
                         print(f"stopped at step {self.step}; {self._saved(path)}\n"
-                              "resume: the same command with --resume")  # fmt: skip
+                              "resume: the same command with --resume (launchers: RESUME=true)")  # fmt: skip
                     return last_eval
                 final = self.step == cfg.max_steps
                 with window.paused():  # tokens/s counts training time only
