@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         for compile_model in (False, True) if args.compile else (False,):
             for position in args.position:
                 rows.append(run_one(args, attention, position, compile_model))
-            print(format_row(rows[-1]), flush=True)
-            # Rewritten after every row (atomically): a run cut short keeps the rows it measured.
-            with atomic_write(path) as f:
-                json.dump({"device": device_name, "args": vars(args), "rows": rows}, f, indent=2, default=str)
+                print(format_row(rows[-1]), flush=True)
+                # Rewritten after every row (atomically): a run cut short keeps the rows it measured.
+                with atomic_write(path) as f:
+                    json.dump({"device": device_name, "args": vars(args), "rows": rows}, f, indent=2, default=str)
     print(f"wrote {path}")
 
 if __name__ == "__main__":

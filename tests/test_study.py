@@ -8,6 +8,7 @@ from gpt2.checkpoint import find_checkpoint
 from gpt2.cli import main
 from gpt2.errors import UserError
 from gpt2.study.config import StudyConfig
+from gpt2.study.report import comparisons
 
 # Tiny cells: a 1-layer model trained 20 steps at 32 tokens, evaluated at 32 and 64.
 TINY = ["--n_layers", "1", "--dim", "32", "--n_heads", "2", "--seq_len", "32", "--batch_size", "4",
@@ -46,6 +47,10 @@ def test_a_study_trains_evaluates_and_reports_every_cell(study):
     assert variant["eval"]["64"]["n"] == 1 and variant["eval"]["64"]["std"] is None  # one seed: no spread
     [comparison] = [r for r in report["comparisons"] if r["seq_len"] == 64]
     assert comparison["question"] == "softplus vs softmax" and comparison["exceeds"] is False  # no spread known
+    [longer] = [r for r in report["past_training_length"] if r["variant"] == "softplus-alibi-scaled"]
+    cell = next(c for c in report["cells"] if c["variant"] == "softplus-alibi-scaled")
+    assert (longer["from"], longer["to"]) == (32, 64)
+    assert longer["change"] == pytest.approx(cell["eval"]["64"]["loss"] - cell["eval"]["32"]["loss"])
     table = (study / "study.md").read_text()
     assert "| softplus-alibi-scaled |" in table and "| 2x (64) |" in table
     for png in ("eval_loss_vs_length.png", "loss_vs_position.png", "training_curves.png"):
@@ -96,3 +101,20 @@ def test_learned_positions_are_a_one_length_baseline_without_the_scale():
                      "softplus-learned-seed1", "softplus-rope-seed1", "softplus-rope-scaled-seed1"]  # fmt: skip
     learned, rope = cfg.cells()[0].variant, cfg.cells()[1].variant
     assert cfg.eval_seq_lens(learned) == [128] and cfg.eval_seq_lens(rope) == [128, 256, 512, 1024, 2048]
+
+
+def test_comparisons_pair_each_question_and_count_only_differences_past_two_spreads():
+    def variant(attention, position, scaled, mean, std):
+        return {"attention": attention, "position": position, "length_scale": scaled,
+                "eval": {"128": {"mean": mean, "std": std}}}  # fmt: skip
+
+    variants = {"softmax-learned": variant("softmax", "learned", False, 6.30, 0.05),
+                "softmax-rope": variant("softmax", "rope", False, 6.00, 0.04),
+                "softplus-rope": variant("softplus", "rope", False, 5.95, 0.04),
+                "softplus-rope-scaled": variant("softplus", "rope", True, 5.96, 0.02)}  # fmt: skip
+    rows = {(r["question"], r["a"], r["b"]): (round(r["difference"], 6), r["exceeds"]) for r in comparisons(variants)}
+    assert rows == {
+        ("rope vs learned positions", "softmax-rope", "softmax-learned"): (-0.3, True),  # 0.3 > 2 x 0.05
+        ("softplus vs softmax", "softplus-rope", "softmax-rope"): (-0.05, False),  # 0.05 < 2 x 0.04
+        ("length scale on vs off", "softplus-rope-scaled", "softplus-rope"): (0.01, False),
+    }

@@ -89,6 +89,7 @@ def write_report(cfg: StudyConfig, results: list[dict[str, Any]], wall_seconds: 
     out = Path(cfg.out_dir)
     variants = report.aggregate(cfg, results)
     rows = report.comparisons(variants)
+    longer = report.past_training_length(results)
     info = {
         "machine": _machine(),
         "cells": len(results),
@@ -102,10 +103,10 @@ def write_report(cfg: StudyConfig, results: list[dict[str, Any]], wall_seconds: 
         steps, losses = loss_curves(out / CELLS_DIR / r["cell"] / "run")["eval"]
         curves.setdefault(r["variant"], []).append(dict(zip(steps, losses, strict=True)))
     with atomic_write(out / "study.json") as f:
-        json.dump({"grid": cfg.grid(), "info": info, "variants": variants, "comparisons": rows, "cells": results},
-                  f, indent=2)
+        json.dump({"grid": cfg.grid(), "info": info, "variants": variants, "comparisons": rows,
+                   "past_training_length": longer, "cells": results}, f, indent=2)  # fmt: skip
     with atomic_write(out / "study.md") as f:
-        f.write(report.markdown(cfg, variants, rows, info))
+        f.write(report.markdown(cfg, variants, rows, longer, info))
     report.plots(cfg, variants, curves, out)
     return out / "study.md"
 

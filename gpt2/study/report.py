@@ -48,8 +48,9 @@ def aggregate(cfg: StudyConfig, results: list[dict[str, Any]]) -> dict[str, dict
 
 
 def comparisons(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """softplus - softmax at equal position and scale, and scaled - plain at equal kind and position, at every
-    eval length both have; ``exceeds`` when the difference is larger than SPREADS seed spreads."""
+    """softplus - softmax at equal position and scale, scaled - plain at equal kind and position, and each
+    position encoding - learned at equal kind (without the scale), at every eval length both have; ``exceeds``
+    when the difference is larger than SPREADS seed spreads."""
     def find(attention: str, position: str, scaled: bool) -> tuple[str, dict[str, Any]] | None:
         for name, v in variants.items():
             if (v["attention"], v["position"], v["length_scale"]) == (attention, position, scaled):
@@ -66,6 +67,10 @@ def comparisons(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             other = find(v["attention"], v["position"], False)
             if other:
                 pairs.append(("length scale on vs off", (name, v), other))
+        elif v["position"] != "learned":
+            other = find(v["attention"], "learned", False)
+            if other:
+                pairs.append((f"{v['position']} vs learned positions", (name, v), other))
     rows = []
     for question, (a_name, a), (b_name, b) in pairs:
         for n in a["eval"]:
@@ -82,12 +87,31 @@ def comparisons(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def past_training_length(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each variant read past the training length: its loss at the longest eval length minus its loss at 1x,
+    per seed (the same model both times), then mean and spread over seeds; ``exceeds`` as in comparisons."""
+    by_variant: dict[str, list[float]] = defaultdict(list)
+    lengths: dict[str, tuple[int, int]] = {}
+    for r in results:
+        ns = sorted(r["eval"], key=int)
+        if len(ns) > 1:
+            by_variant[r["variant"]].append(r["eval"][ns[-1]]["loss"] - r["eval"][ns[0]]["loss"])
+            lengths[r["variant"]] = (int(ns[0]), int(ns[-1]))
+    rows = []
+    for name, changes in by_variant.items():
+        stats = _mean_std(changes)
+        rows.append({"variant": name, "from": lengths[name][0], "to": lengths[name][1], "change": stats["mean"],
+                     "spread": stats["std"], "exceeds": stats["std"] is not None and
+                     abs(stats["mean"]) > SPREADS * stats["std"]})  # fmt: skip
+    return rows
+
+
 def _fmt(stats: dict[str, Any]) -> str:
     return f"{stats['mean']:.3f}" + (f" ± {stats['std']:.3f}" if stats["std"] is not None else "")
 
 
 def markdown(cfg: StudyConfig, variants: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
-             info: dict[str, Any]) -> str:
+             longer: list[dict[str, Any]], info: dict[str, Any]) -> str:
     """``study.md``: the table (mean ± sample std over seeds) and the comparisons, with how they were made."""
     lengths = [m * cfg.seq_len for m in cfg.eval_lengths]
     lines = [
@@ -111,6 +135,12 @@ def markdown(cfg: StudyConfig, variants: dict[str, dict[str, Any]], rows: list[d
         spread = f"{r['spread']:.3f}" if r["spread"] is not None else "—"
         lines.append(f"| {r['question']} | {r['a']} | {r['b']} | {r['seq_len']} | {r['difference']:+.3f} | "
                      f"{spread} | {'yes' if r['exceeds'] else 'no'} |")
+    lines += ["", "## Past the training length (the loss at the longest length minus at 1x, per seed, same models)",
+              "", "| variant | from | to | change | spread | exceeds |", "|---|---|---|---|---|---|"]
+    for r in longer:
+        spread = f"{r['spread']:.3f}" if r["spread"] is not None else "—"
+        lines.append(f"| {r['variant']} | {r['from']} | {r['to']} | {r['change']:+.3f} | {spread} | "
+                     f"{'yes' if r['exceeds'] else 'no'} |")
     lines += ["", "## How it was made", ""]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     lines += ["", "![eval loss by length](eval_loss_vs_length.png)", "",
