@@ -85,6 +85,15 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}"
 
 
+def _add_wall_time(cfg: StudyConfig, seconds: float) -> float:
+    """The study's wall time over all its launches (a stopped study is continued by another)."""
+    path = Path(cfg.out_dir) / "wall_seconds.json"
+    total = seconds + (json.loads(path.read_text(encoding="utf-8"))["seconds"] if path.is_file() else 0.0)
+    with atomic_write(path) as f:
+        json.dump({"seconds": total}, f)
+    return total
+
+
 def write_report(cfg: StudyConfig, results: list[dict[str, Any]], wall_seconds: float) -> Path:
     out = Path(cfg.out_dir)
     variants = report.aggregate(cfg, results)
@@ -93,7 +102,7 @@ def write_report(cfg: StudyConfig, results: list[dict[str, Any]], wall_seconds: 
     info = {
         "machine": _machine(),
         "cells": len(results),
-        "wall time of this launch": f"{wall_seconds / 60:.1f} min",
+        "wall time": f"{wall_seconds / 60:.1f} min (all launches)",
         "training time per cell": f"{sum(r['train_seconds'] for r in results) / len(results):.0f} s (mean)",
         "evaluation time per cell": f"{sum(r['eval_seconds'] for r in results) / len(results):.0f} s (mean)",
         "cells trained at once": cfg.jobs,
@@ -120,6 +129,6 @@ def run(args: argparse.Namespace) -> int:
           f"({cfg.max_steps} steps at {cfg.seq_len} tokens each; eval at {cfg.eval_lengths} x {cfg.seq_len})")
     start = time.perf_counter()
     results = run_cells(cfg, cells)
-    path = write_report(cfg, results, time.perf_counter() - start)
+    path = write_report(cfg, results, _add_wall_time(cfg, time.perf_counter() - start))
     print(f"wrote {path} (and study.json, eval_loss_vs_length.png, loss_vs_position.png, training_curves.png)")
     return 0
