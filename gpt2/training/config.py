@@ -46,6 +46,12 @@ class TrainConfig:
     tokenizer: str = field(default="data/tokenizer.json", metadata={"help": "tokenizer.json the data was encoded with"})
     out_dir: str = field(default="runs/gpt2", metadata={"help": "run folder: checkpoints, metrics.jsonl"})
     resume: bool = field(default=False, metadata={"help": "continue the run in out_dir from its newest checkpoint"})
+    # Not recorded (see to_dict): trust is given to one checkpoint, never inherited from one.
+    trust_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "with --resume: also load trainer state that older versions pickled, which runs any code "
+                          "the file holds; only for checkpoints from a source you trust", "recorded": False},
+    )  # fmt: skip
     # Model.
     preset: str | None = field(
         default=None,
@@ -81,4 +87,6 @@ class TrainConfig:
                non_negative=("max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings a run records (in its run config and checkpoints)."""
+        unrecorded = {f.name for f in dataclasses.fields(self) if f.metadata.get("recorded") is False}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in unrecorded}

@@ -8,6 +8,7 @@ import dataclasses
 
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
+from gpt2.io import check_output_dir
 from gpt2.model import ModelConfig, model_config_from_preset
 from gpt2.tokenizer import Tokenizer
 from gpt2.training.config import DEFAULT_PRESET, OptimConfig, TrainConfig
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print("note: --softplus_length_base is now --length_base (it applies to every attention kind)")
         args.length_base = args.softplus_length_base
     cfg, optim_cfg = from_flags(TrainConfig, args), from_flags(OptimConfig, args)
+    check_output_dir(cfg.out_dir)
     tokenizer = Tokenizer.load(cfg.tokenizer)
     # A --preset or model flag describes a model; when resuming, the checkpoint's must be that one.
     explicit = args.preset is not None or any(getattr(args, name) is not None for name in _MODEL_FIELDS)
