@@ -5,7 +5,8 @@ Layout of a run directory::
     RUN/checkpoints/step_00001000/
         model.safetensors   weights (tied LM head stored once)
         tokenizer.json      the tokenizer the model was trained with
-        trainer.pt          optimizer state, step, RNG states (only what resume needs)
+        trainer.pt          optimizer state, step, RNG states (only what resume needs), as tensors and
+                            plain containers: read with ``torch.load(weights_only=True)``, which runs no code
         meta.json           configs, step, tokenizer hash and a sha256 of every file above
 
 A sharded (FSDP) run writes ``dcp/`` (model and optimizer through
@@ -28,6 +29,12 @@ exports: deleting it is the user's call. Saving the same step again (a run that
 resumed from an older checkpoint has come back to it) replaces the folder, but
 moves its ``export/`` into the new one: every export records the identity of the
 weights it came from, and a backend refuses one that no longer matches them.
+
+The hashes in ``meta.json`` catch damage, not tampering: whoever can write a checkpoint folder can rewrite them.
+So the trainer state is read with ``weights_only``, which runs no code from the file; trainer state it cannot
+read (that of older versions, which pickled numpy's RNG state, or a file made to run code) is refused unless
+``--trust_checkpoint`` says the checkpoint comes from a trusted source. (A sharded checkpoint's ``dcp/`` is
+read by ``torch.distributed.checkpoint``, which unpickles its metadata: not covered.)
 """
 
 from __future__ import annotations
@@ -35,12 +42,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -263,7 +272,7 @@ def read_checkpoint(path: str | Path, verify: bool = True, resume: bool = False)
     path = Path(path)
     meta_path = path / META_FILE
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(_not_a_folder(path))
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
@@ -287,6 +296,16 @@ def read_checkpoint(path: str | Path, verify: bool = True, resume: bool = False)
             if sha256_file(file) != digest:
                 raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its recorded sha256")
     return Checkpoint(path, meta["step"], model_config, meta)
+
+
+def _not_a_folder(path: Path) -> str:
+    """Why ``path``, given as a checkpoint, is none: it does not exist, or it is a file (say, a checkpoint's
+    ``model.safetensors``, whose folder is the checkpoint)."""
+    if not path.exists():
+        return f"checkpoint {path} does not exist"
+    if (path.parent / META_FILE).is_file():
+        return f"{path} is a file of a checkpoint, not a checkpoint: give its folder, {path.parent}"
+    return f"{path} is a file; a checkpoint is a folder (or give a run folder: its newest checkpoint)"
 
 
 # What meta.json must hold, and of which type (optional keys: only if present).
@@ -344,6 +363,13 @@ def find_checkpoint(path: str | Path, verify: bool = True, resume: bool = False)
             errors.append(str(e))
             print(f"warning: skipping {candidate}: {e}")
     raise CheckpointError(f"no valid checkpoint in {path}:\n  " + "\n  ".join(errors))
+
+
+def weights_sha256(ckpt: Checkpoint) -> str:
+    """What the weights are: a hash of the recorded hashes of every file but the trainer state and the tokenizer
+    (reports and exports record it, to tell the weights of a step saved again apart)."""
+    weights = {k: v for k, v in ckpt.meta["files"].items() if not k.startswith("trainer") and k != TOKENIZER_FILE}
+    return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()
 
 
 def as_checkpoint(checkpoint: str | Path | Checkpoint) -> Checkpoint:
@@ -410,7 +436,11 @@ def _check_dcp_fits(ckpt: Checkpoint, shapes: dict[str, torch.Size]) -> dict[str
 def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """The full (unsharded) model state dict of a checkpoint, on the CPU, tied LM head included."""
     if MODEL_FILE in ckpt.meta["files"]:  # the weights verification covered (not a stray unrecorded file)
-        state = load_file(str(ckpt.path / MODEL_FILE))
+        try:
+            state = load_file(str(ckpt.path / MODEL_FILE))
+        except SafetensorError as e:  # matches its recorded hash, yet malformed: written so, or both replaced
+            problem = f"{MODEL_FILE} is not a valid safetensors file ({e})"
+            raise CheckpointError(f"checkpoint {ckpt.path}: {problem}") from None
         state[TIED_KEY] = state["tok_emb.weight"]
         return state
     if (ckpt.path / DCP_DIR).is_dir():
@@ -427,9 +457,17 @@ def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
 
 def load_training_state(
-    ckpt: Checkpoint, model: GPT, optimizer: torch.optim.Optimizer, env: DistEnv | None = None
+    ckpt: Checkpoint,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    env: DistEnv | None = None,
+    trust: bool = False,
 ) -> dict[str, Any]:
-    """Restore model and optimizer in place (sharded or not) and return this rank's trainer state."""
+    """Restore model and optimizer in place (sharded or not) and return this rank's trainer state.
+
+    The trainer state is read with ``torch.load(weights_only=True)``; one that needs more (pickled objects) is a
+    ``CheckpointError`` unless ``trust`` (``--trust_checkpoint``) allows loading it, code and all.
+    """
     env = env or DistEnv()
     if ckpt.meta.get("sharded", False) != env.distributed or ckpt.meta.get("world_size", 1) != env.world_size:
         raise CheckpointError(
@@ -440,24 +478,61 @@ def load_training_state(
         file = ckpt.path / TRAINER_FILE
         if not file.is_file():
             raise CheckpointError(f"checkpoint {ckpt.path} has no trainer state; it cannot be resumed")
-        state = torch.load(file, map_location="cpu", weights_only=False)
+        state = load_trainer_state(file, trust, announce=env.is_main)
         _load_weights(model, load_model_state(ckpt), ckpt)
         optimizer.load_state_dict(state.pop("optimizer"))
         return state
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    # The trainer state first: a refused one must stop the run before the (long) load of the weights.
+    state = load_trainer_state(ckpt.path / f"trainer_rank{env.rank}.pt", trust, announce=env.is_main)
     model_state, optim_state = get_state_dict(model, optimizer)
     _check_dcp_fits(ckpt, {k: v.shape for k, v in model_state.items()})  # DTensors: their global shapes
     dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=ckpt.path / DCP_DIR)
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
-    return torch.load(ckpt.path / f"trainer_rank{env.rank}.pt", map_location="cpu", weights_only=False)
+    return state
 
 
-def consolidate(path: str | Path) -> Path:
-    """Add a ``model.safetensors`` to a sharded checkpoint (for tools that do not read DCP)."""
-    ckpt = find_checkpoint(path)
-    if (ckpt.path / MODEL_FILE).is_file():
+def load_trainer_state(file: Path, trust: bool = False, announce: bool = True) -> dict[str, Any]:
+    """A ``trainer.pt``/``trainer_rank<r>.pt``, read without running any code from it.
+
+    ``weights_only`` refuses a file that holds more than tensors and plain containers, before it builds
+    anything: an older version's trainer state (numpy's RNG state pickled as is), or a file made to run code
+    when loaded. ``trust`` loads such a file as pickle (with a warning, if ``announce``).
+    """
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust:
+            raise CheckpointError(
+                f"{file} holds Python objects that loading would have to run as code (an older version wrote "
+                "trainer state so, and so can someone who altered it); refused. If you trust where the checkpoint "
+                "came from, resume with --trust_checkpoint"
+            ) from None
+        if announce:
+            print(f"warning: --trust_checkpoint: loading {file} as pickle, which runs any code it holds; the next "
+                  "checkpoint of this run stores its trainer state safely")  # fmt: skip
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError) as e:  # not a torch.save file at all (its recorded hash matched even so)
+        raise CheckpointError(f"{file} is not a readable trainer state ({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file} is not a trainer state (it holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def is_consolidated(ckpt: Checkpoint) -> bool:
+    """Whether a checkpoint's weights are one ``model.safetensors`` (a single-process one's always are)."""
+    return MODEL_FILE in ckpt.meta["files"]
+
+
+def consolidate(checkpoint: str | Path | Checkpoint) -> Path:
+    """Add a ``model.safetensors`` to a sharded checkpoint (for tools that do not read DCP); its path.
+
+    A checkpoint that has one already (see :func:`is_consolidated`) is left as it is.
+    """
+    ckpt = as_checkpoint(checkpoint)
+    if is_consolidated(ckpt):
         return ckpt.path / MODEL_FILE
     with atomic_path(ckpt.path / MODEL_FILE) as tmp:
         _save_weights(load_model_state(ckpt), tmp)

@@ -111,6 +111,30 @@ def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
     return path
 
 
+def check_output_dir(path: str | os.PathLike, flag: str = "--out_dir") -> Path:
+    """``path`` if it is a folder or one can be made there, else a clear ``UserError`` now (not an OS error at the
+    first write)."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing == path and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; give a folder (new, or one of an earlier run)")
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{flag} {path} cannot be made: {existing} is a file, not a folder")
+    return path
+
+
+def file_problem(path: Path) -> str | None:
+    """None if ``path`` is a (readable) file; else what it is instead, to complete "<what> <path> ...": "does not
+    exist", "is a folder, not a file"..."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder, not a file"
+    if path.exists():
+        return "is not a regular file"
+    return "does not exist"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield ``path.tmp`` to write to (for writers that take a file name); on success fsync it and rename

@@ -29,7 +29,7 @@ from gpt2.data.text_shards import corpus_split, iter_documents
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.interrupt import exit_on_signals
-from gpt2.io import atomic_write
+from gpt2.io import atomic_write, file_problem
 
 EOT = "<|endoftext|>"
 MIN_VOCAB_SIZE = 257  # the 256 bytes + EOT
@@ -81,10 +81,8 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(
-                f"tokenizer file {path} does not exist; run `python -m gpt2 train-tokenizer` first"
-            )
+        if problem := file_problem(path):
+            raise UserError(f"tokenizer file {path} {problem}; {_missing_tokenizer_hint(path)}")
         data = path.read_bytes()
         try:
             hf = HFTokenizer.from_str(data.decode("utf-8"))
@@ -125,6 +123,14 @@ class Tokenizer:
                 lengths[i] = len(token)
             self._byte_lengths = lengths
         return self._byte_lengths.copy()
+
+
+def _missing_tokenizer_hint(path: Path) -> str:
+    """What to give instead of ``path``, which is not a tokenizer file."""
+    if not path.exists():
+        return "run `python -m gpt2 train-tokenizer` first"
+    inside = path / "tokenizer.json"
+    return f"give the file {inside}" if inside.is_file() else "give a tokenizer.json file"
 
 
 def _batched_documents(corpus_dir: Path, max_bytes: int, batch: int = 1000) -> Iterator[list[str]]:

@@ -1,8 +1,12 @@
 """Checkpoints: round trip, atomicity, retention, corruption detection and fallback."""
 
 import hashlib
+import io
 import json
+import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,10 +17,13 @@ from gpt2.checkpoint import (
     find_checkpoint,
     list_checkpoints,
     load_model,
+    load_training_state,
     read_checkpoint,
     save_checkpoint,
 )
+from gpt2.cli import main as cli
 from gpt2.model import GPT, ModelConfig
+from gpt2.training.rng import capture_rng, restore_rng
 
 
 @pytest.fixture
@@ -174,11 +181,16 @@ def test_meta_records_hashes_of_every_file(tmp_path, model, tokenizer_file):
     assert meta["sharded"] is False and meta["world_size"] == 1
 
 
-def test_consolidate_is_a_no_op_for_single_file_checkpoints(tmp_path, model, tokenizer_file):
+def test_consolidate_is_a_no_op_for_single_file_checkpoints(tmp_path, model, tokenizer_file, capsys):
     path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
     before = {name: (path / name).read_bytes() for name in ("meta.json", "model.safetensors")}
     assert consolidate(path) == path / "model.safetensors"
     assert {name: (path / name).read_bytes() for name in before} == before  # nothing rewritten
+    # The command says so, rather than "wrote" a file it did not write.
+    assert cli(["consolidate", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path} is already consolidated" in out and "nothing written" in out and "wrote" not in out
+    assert {name: (path / name).read_bytes() for name in before} == before
 
 
 def test_resaving_a_step_keeps_the_exports_deploy_put_in_its_folder(tmp_path, model, tokenizer_file):
@@ -268,3 +280,77 @@ def test_a_sharded_checkpoint_is_sealed_only_with_every_ranks_trainer_state(tmp_
     (tmp_path / "trainer_rank1.pt").write_bytes(b"state")
     (tmp_path / "trainer_rank3.pt").write_bytes(b"state")
     _check_every_rank_wrote(tmp_path, world_size=4)
+
+
+def rewrite(checkpoint: Path, name: str, data: bytes) -> None:
+    """Replace a checkpoint's file and its recorded hash, as someone who can write the folder can."""
+    (checkpoint / name).write_bytes(data)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta["files"][name] = hashlib.sha256(data).hexdigest()
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+
+
+class Payload:
+    """Unpickling this creates ``marker``: what any code a pickle carries could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def torch_saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def seed_every_rng(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def test_trainer_state_loads_as_plain_data_and_restores_every_rng(tmp_path, model, tokenizer_file):
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randint(0, 300, (1, 8))).sum().backward()
+    optimizer.step()
+    seed_every_rng(1)
+    np.random.standard_normal()  # numpy caches a second Gaussian: that must travel too
+    state = {"step": 1, "rng": capture_rng()}
+    expected = (random.random(), np.random.standard_normal(), float(torch.rand(())))
+    path = save_checkpoint(tmp_path, 1, model, optimizer, tokenizer_file, trainer_state=state)
+    torch.load(path / "trainer.pt", weights_only=True)  # tensors and plain containers only
+    loaded = load_training_state(read_checkpoint(path, resume=True), model, torch.optim.AdamW(model.parameters()))
+    seed_every_rng(0)
+    restore_rng(loaded["rng"])
+    assert (random.random(), np.random.standard_normal(), float(torch.rand(()))) == expected
+
+
+def test_trainer_state_that_would_run_code_is_refused_without_running_it(tmp_path, model, tokenizer_file):
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = save_checkpoint(tmp_path, 1, model, optimizer, tokenizer_file, trainer_state={"step": 1})
+    marker = tmp_path / "payload-ran"
+    rewrite(path, "trainer.pt", torch_saved({"step": 1, "optimizer": Payload(marker)}))
+    ckpt = read_checkpoint(path, resume=True)  # its hashes match: they protect against damage, not tampering
+    with pytest.raises(CheckpointError, match="trainer.pt holds Python objects .* --trust_checkpoint") as error:
+        load_training_state(ckpt, model, optimizer)
+    assert "\n" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_a_malformed_safetensors_file_with_a_matching_hash_is_a_checkpoint_error(tmp_path, model, tokenizer_file):
+    path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+    for data in (b"not a safetensors file", (path / "model.safetensors").read_bytes()[:-100]):
+        rewrite(path, "model.safetensors", data)
+        with pytest.raises(CheckpointError, match="model.safetensors is not a valid safetensors file"):
+            load_model(path)
+
+
+def test_a_file_given_as_the_checkpoint_names_its_folder(tmp_path, model, tokenizer_file):
+    path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
+    with pytest.raises(CheckpointError, match=f"is a file of a checkpoint, not a checkpoint: give its folder, {path}$"):
+        find_checkpoint(path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="is a file; a checkpoint is a folder"):
+        find_checkpoint(tokenizer_file)

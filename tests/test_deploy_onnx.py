@@ -549,6 +549,26 @@ def test_deploy_command_exports_skips_tensorrt_clearly_and_benchmarks(checkpoint
     assert rows["tensorrt"]["status"].startswith("skipped:")
 
 
+def test_a_run_of_some_stages_keeps_the_earlier_results_of_the_others(checkpoints, tmp_path, capsys):
+    report_file = tmp_path / "report.json"
+    deploy = ["deploy", str(checkpoints["softmax"]), "--device", "cpu", "--output", str(report_file)]
+    bench = ["--stages", "benchmark", "--bench_backends", "pytorch", "--compile", "false", "--batch_size", "2",
+             "--seq_len", "16", "--iters", "2", "--warmup", "1", "--decode_steps", "2"]  # fmt: skip
+    assert cli([*deploy, *bench]) == 0
+    benchmark = json.loads(report_file.read_text())["benchmark"]
+    assert cli([*deploy, "--stages", "tensorrt"]) == 0  # skipped without TensorRT: a status, not a measurement
+    assert f"kept the results of benchmark from the earlier report in {report_file}" in capsys.readouterr().out
+    report = json.loads(report_file.read_text())
+    assert report["benchmark"] == benchmark and report["tensorrt"]["status"].startswith("skipped:")
+    assert set(report["stages"]) == {"benchmark", "tensorrt"} and report["stages"]["benchmark"]["device"] == "cpu"
+    assert cli([*deploy, *bench]) == 0  # the stage run again replaces its own results, and says so
+    out = capsys.readouterr().out
+    assert f"kept the results of tensorrt from the earlier report in {report_file}" in out
+    assert f"replaced the earlier results of benchmark in {report_file}" in out
+    report = json.loads(report_file.read_text())
+    assert report["benchmark"] != benchmark and report["tensorrt"]["status"].startswith("skipped:")
+
+
 def test_each_command_verifies_its_checkpoint_once(checkpoints, exported, tmp_path, monkeypatch, capsys):
     """Verifying a checkpoint hashes all its files (1.5 GB for GPT-2 124M): a command resolves its checkpoint
     once and passes it on, whatever backends and stages it opens."""

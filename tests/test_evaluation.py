@@ -110,6 +110,29 @@ def test_the_command_line_writes_the_position_loss_and_the_sink_share(corpus, tm
     assert evaluate_checkpoint(ckpt, seq_len=80, batch_size=2, max_batches=2, device="cpu")["loss"] == report["loss"]
 
 
+def test_a_rerun_keeps_what_the_earlier_report_measured_and_it_did_not(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    save(corpus, run, tiny_model(corpus))
+    flags = ["--max_batches", "2", "--batch_size", "2", "--device", "cpu"]
+    report_file = run / "eval_step_00000001_pytorch_first2x2.json"
+    assert cli(["evaluate", str(run), *flags, "--unigram_baseline", "--sink_share"]) == 0
+    first = json.loads(report_file.read_text())
+    capsys.readouterr()
+    assert cli(["evaluate", str(run), *flags]) == 0
+    [kept] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("kept ")]
+    assert kept.endswith(f"from the earlier report in {report_file} (not measured this time)")
+    assert all(key in kept for key in ("unigram_baseline_loss", "attention_sink_share", "attention_sink"))
+    second = json.loads(report_file.read_text())
+    assert {k: second[k] for k in first if k != "seconds"} == {k: first[k] for k in first if k != "seconds"}
+    # Other weights saved as the same step: the earlier report is of another model, kept whole.
+    save(corpus, run, tiny_model(corpus, dim=64))
+    assert cli(["evaluate", str(run), *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"{report_file} held a report of another model or setting; it is kept under 'previous'" in out
+    third = json.loads(report_file.read_text())
+    assert third["previous"] == second and "unigram_baseline_loss" not in third and third["loss"] != second["loss"]
+
+
 @pytest.mark.parametrize(
     "attention, alibi, length_base",
     [("softmax", False, None), ("softmax_naive", True, 64.0), ("softplus", False, 16.0), ("softplus", True, None)],

@@ -169,6 +169,35 @@ def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
     assert find_checkpoint(work / "run").step == STEPS  # nothing above touched the run
 
 
+def test_a_folder_or_an_empty_file_where_a_file_is_expected_says_what_it_is(work, tmp_path, capsys):
+    folder, empty, blank = tmp_path / "folder", tmp_path / "empty.txt", tmp_path / "blank.txt"
+    folder.mkdir()
+    empty.write_text("")
+    blank.write_text("  \n\t\n")
+    ckpt = find_checkpoint(work / "run").path
+    train = ["train", "--data_dir", str(work / "tokens"), "--out_dir", str(tmp_path / "run")]
+    for argv, message in (
+        ([*train, "--tokenizer", str(work)],
+         f"tokenizer file {work} is a folder, not a file; give the file {work / 'tokenizer.json'}"),
+        (["generate", str(work / "run"), "--prompt_file", str(folder)],
+         f"prompt file {folder} is a folder, not a file"),
+        (["evaluate", str(work / "run"), "--eval_tokens", str(folder)],
+         f"token file {folder} is a folder, not a file"),
+        (["prepare", "--dump", str(folder), "--out_dir", str(tmp_path / "wiki")],
+         f"dump file {folder} is a folder, not a file"),
+        (["evaluate", str(ckpt / "model.safetensors")],
+         f"{ckpt / 'model.safetensors'} is a file of a checkpoint, not a checkpoint: give its folder, {ckpt}"),
+        (["generate", str(work / "run"), "--prompt_file", str(empty)], f"prompt file {empty} holds no prompt"),
+        (["generate", str(work / "run"), "--prompt_file", str(blank)], f"prompt file {blank} holds no prompt"),
+    ):  # fmt: skip
+        assert cli([*argv, "--device", "cpu"] if argv[0] != "prepare" else argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "wiki").exists()
+    # An explicit empty prompt is still an unconditional sample.
+    assert cli(["generate", str(work / "run"), "--prompt", "", "--max_new_tokens", "2", "--device", "cpu"]) == 0
+
+
 def test_another_eval_set_gets_its_own_report(work):
     run, flags = work / "run", ["--max_batches", "2", "--batch_size", "4", "--device", "cpu"]
     assert cli(["evaluate", str(run), *flags]) == 0

@@ -1,9 +1,11 @@
 """The trainer on real data: learning, exact resume, signals, bad states, precision modes."""
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -81,7 +83,7 @@ def test_exact_resume_matches_an_uninterrupted_run_bit_for_bit(corpus, tmp_path,
     assert find_checkpoint(tmp_path / "split").step == 4  # stopped after finishing the interrupted step
     resumed = Trainer(config("split", resume=True), optim_cfg)
     # Power-of-two loss scales change no fp32 gradient bit, so the losses alone would not notice a reset scaler.
-    saved = torch.load(find_checkpoint(tmp_path / "split").path / "trainer.pt", weights_only=False)["scaler"]
+    saved = torch.load(find_checkpoint(tmp_path / "split").path / "trainer.pt", weights_only=True)["scaler"]
     if precision:
         assert saved != torch.amp.GradScaler("cpu").state_dict()  # 4 steps on: not a fresh scaler's state
     assert resumed.scaler.state_dict() == (saved or {})
@@ -332,7 +334,7 @@ def test_precision_modes_train_and_checkpoint(corpus, tmp_path, precision):
     assert ckpt.meta["precision"] == precision.lstrip("-")
     losses = train_losses(tmp_path / "run")
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses.values())
-    state = torch.load(ckpt.path / "trainer.pt", weights_only=False)
+    state = torch.load(ckpt.path / "trainer.pt", weights_only=True)
     assert (state["scaler"] is not None) == (precision == "--amp_fp16")
 
 
@@ -639,3 +641,87 @@ def test_the_old_softplus_length_base_flag_is_the_length_base(corpus, tmp_path, 
     assert find_checkpoint(tmp_path / "run").model_config.length_base == 64.0
     assert cli([*args, "--softplus_length_base", "64", "--length_base", "32"]) == 2
     assert "old name of --length_base" in capsys.readouterr().err
+
+
+def _rewrite(checkpoint: Path, name: str, obj) -> None:
+    """Replace a checkpoint's file with ``torch.save(obj)`` and its recorded hash (whoever can write the folder
+    can do both)."""
+    torch.save(obj, checkpoint / name)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta["files"][name] = hashlib.sha256((checkpoint / name).read_bytes()).hexdigest()
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what any code a pickle carries could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_resume_refuses_trainer_state_that_would_run_code_without_running_it(corpus, tmp_path, capsys):
+    run, marker = tmp_path / "run", tmp_path / "payload-ran"
+    assert cli(train_args(corpus, run, "--max_steps", "1")) == 0
+    ckpt = find_checkpoint(run).path
+    state = torch.load(ckpt / "trainer.pt", weights_only=True)
+    _rewrite(ckpt, "trainer.pt", {**state, "rng": {**state["rng"], "python": _Payload(marker)}})
+    capsys.readouterr()
+    assert cli(train_args(corpus, run, "--max_steps", "2", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {ckpt / 'trainer.pt'} holds Python objects") and "--trust_checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+    assert find_checkpoint(run).step == 1  # nothing trained
+
+
+def test_an_old_checkpoint_resumes_exactly_only_with_trust_checkpoint(corpus, tmp_path, capsys):
+    # Older versions pickled numpy's RNG state as is (an ndarray), which weights_only cannot read.
+    args = ["--max_steps", "4", "--checkpoint_every", "2", "--dropout", "0.1"]  # dropout: the RNGs must travel
+    assert cli(train_args(corpus, tmp_path / "full", *args)) == 0
+    shutil.copytree(tmp_path / "full", tmp_path / "old")
+    shutil.rmtree(tmp_path / "old" / "checkpoints" / "step_00000004")
+    ckpt = find_checkpoint(tmp_path / "old").path
+    state = torch.load(ckpt / "trainer.pt", weights_only=True)
+    numpy = state["rng"]["numpy"]
+    numpy = (numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+             numpy["cached_gaussian"])  # fmt: skip
+    _rewrite(ckpt, "trainer.pt", {**state, "rng": {**state["rng"], "numpy": numpy}})
+    capsys.readouterr()
+    assert cli(train_args(corpus, tmp_path / "old", *args, "--resume")) == 2
+    assert "--trust_checkpoint" in capsys.readouterr().err
+    assert cli(train_args(corpus, tmp_path / "old", *args, "--resume", "--trust_checkpoint")) == 0
+    assert "warning: --trust_checkpoint: loading" in capsys.readouterr().out
+    full = load_file(find_checkpoint(tmp_path / "full").path / "model.safetensors")
+    resumed = find_checkpoint(tmp_path / "old", resume=True)
+    assert resumed.step == 4 and "trust_checkpoint" not in resumed.train_config  # never inherited by a resume
+    weights = load_file(resumed.path / "model.safetensors")
+    assert all(torch.equal(full[k], weights[k]) for k in full)
+    torch.load(resumed.path / "trainer.pt", weights_only=True)  # saved in the safe format from then on
+
+
+def test_an_out_dir_that_is_a_file_is_a_clear_error(corpus, tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("")
+    for out_dir, message in (
+        (file, f"--out_dir {file} is a file, not a folder"),
+        (file / "run", f"--out_dir {file / 'run'} cannot be made: {file} is a file"),
+    ):
+        assert cli(train_args(corpus, out_dir, "--max_steps", "1")) == 2
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+def test_the_training_log_says_what_its_eval_loss_covers(corpus, tmp_path, capsys):
+    assert cli(train_args(corpus, tmp_path / "run", "--max_steps", "2", "--eval_every", "1", "--eval_batches",
+                          "2")) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    targets = len(corpus.eval) - 1
+    prefix = f"over the first 2 batches of seq_len 32: 256 of the eval set's {targets:,} tokens (--eval_batches;"
+    assert re.search(rf"step 1: eval loss [0-9.]+, bits per byte [0-9.]+ {re.escape(prefix)}", out), out
+    assert re.search(rf"step 2: eval loss [0-9.]+, perplexity [0-9.]+, bits per byte [0-9.]+ {re.escape(prefix)}", out)
+    assert "bpb" not in out
+    whole = f"over the whole eval set: {targets:,} tokens in "
+    assert cli(["evaluate", str(tmp_path / "run"), "--seq_len", "32", "--device", "cpu"]) == 0
+    assert whole in capsys.readouterr().out

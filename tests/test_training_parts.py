@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gpt2.training.trainer as trainer_module
+from gpt2.cli import main as cli
 from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig
 from gpt2.training.config import OptimConfig, TrainConfig
@@ -94,6 +95,24 @@ def test_plot_reads_runs_and_keeps_the_last_record_of_a_replayed_step(tmp_path):
 def test_plot_of_a_folder_without_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no metrics.jsonl"):
         loss_curves(tmp_path)
+
+
+def test_plot_prints_the_file_it_wrote_and_refuses_what_it_cannot_write(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"kind": kind, "step": s, "loss": 5.0 - s / 10} for s in (1, 2) for kind in ("train", "eval")]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "somefolder").mkdir()
+    for output, written in (("curves", "curves.png"), ("somefolder", "somefolder.png"), ("c.svg", "c.svg")):
+        assert cli(["plot", str(run), "--output", str(tmp_path / output)]) == 0
+        assert capsys.readouterr().out == f"wrote {tmp_path / written}\n" and (tmp_path / written).is_file()
+    unknown, missing = tmp_path / "curves.xyz", tmp_path / "missing"
+    for output, message in (
+        (unknown, f"--output {unknown}: cannot write .xyz images; use .png, .pdf"),
+        (missing / "c.png", f"--output {missing / 'c.png'}: the folder {missing} does not exist"),
+    ):
+        assert cli(["plot", str(run), "--output", str(output)]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {message}")
 
 
 @pytest.mark.parametrize(("cls", "field", "value"), [

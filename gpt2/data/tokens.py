@@ -40,7 +40,7 @@ from gpt2.data.text_shards import corpus_split, iter_documents, list_shards
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.interrupt import ignore_signals, raise_on_signals
-from gpt2.io import atomic_write, fsync_dir, staging_dir
+from gpt2.io import atomic_write, file_problem, fsync_dir, staging_dir
 from gpt2.tokenizer import Tokenizer
 
 MAGIC = b"GPT2TOKS"
@@ -141,8 +141,9 @@ class TokenFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"token file {self.path} does not exist; run `python -m gpt2 encode` first")
+        if problem := file_problem(self.path):
+            hint = "give a .bin file that encode wrote" if self.path.exists() else "run `python -m gpt2 encode` first"
+            raise UserError(f"token file {self.path} {problem}; {hint}")
         with open(self.path, "rb") as f:
             self.header = TokenFileHeader.unpack(f.read(HEADER_SIZE), self.path)
         expected = HEADER_SIZE + self.header.n_tokens * self.header.itemsize

@@ -54,7 +54,7 @@ from gpt2.data.text_shards import MANIFEST, SPLITS, ShardWriter
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.interrupt import ignore_signals, raise_on_signals
-from gpt2.io import atomic_write, fsync_dir, staging_dir
+from gpt2.io import atomic_write, file_problem, fsync_dir, staging_dir
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -128,8 +128,8 @@ def resolve_dump(spec: str, download_dir: str | Path = "data/dumps") -> Path:
     if re.match(r"^[a-z]+://", spec):
         return download_dump(spec, download_dir)
     path = Path(spec)
-    if not path.is_file():
-        raise DumpError(f"dump file {path} does not exist (--dump takes a path, an https URL or 'sample')")
+    if problem := file_problem(path):
+        raise DumpError(f"dump file {path} {problem} (--dump takes a file's path, an https URL or 'sample')")
     return path
 
 

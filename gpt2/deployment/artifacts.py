@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2.checkpoint import CHECKPOINTS_DIR, EXPORT_DIR, Checkpoint
+from gpt2.checkpoint import CHECKPOINTS_DIR, EXPORT_DIR, Checkpoint, weights_sha256
 from gpt2.dtypes import DTYPES
 from gpt2.errors import UserError
 
@@ -74,15 +74,11 @@ def _sha256_json(value: object) -> str:
 def checkpoint_identity(ckpt: Checkpoint, precision: str) -> dict[str, str]:
     """String metadata that identifies (checkpoint, precision); stored in ONNX ``metadata_props``."""
     check_precision(precision)
-    # The weights: every recorded file except the trainer state (optimizer/RNG) and the tokenizer.
-    weights = {
-        k: v for k, v in ckpt.meta["files"].items() if not k.startswith("trainer") and k != "tokenizer.json"
-    }
     return {
         "gpt2.format": EXPORT_FORMAT,
         "gpt2.model_config": json.dumps(ckpt.model_config.to_dict(), sort_keys=True),
         "gpt2.config_sha256": _sha256_json(ckpt.model_config.to_dict()),
-        "gpt2.weights_sha256": _sha256_json(weights),
+        "gpt2.weights_sha256": weights_sha256(ckpt),
         "gpt2.tokenizer_sha256": ckpt.tokenizer_sha256,
         "gpt2.checkpoint_step": str(ckpt.step),
         "gpt2.precision": precision,

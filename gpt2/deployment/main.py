@@ -8,13 +8,15 @@ Stages (``--stages``, in this order):
                 TensorRT or a GPU this stage says so and is skipped;
 * ``benchmark`` every available backend on the same inputs: prefill and cached decode.
 
-Everything is printed and written to ``CKPT/export/deploy_report.<precision>.json``.
+Everything is printed and written to ``CKPT/export/deploy_report.<precision>.json``. A run of some stages
+replaces those stages' results in an earlier report of the same weights and keeps the others' (``stages``
+records the device and environment each stage's results were measured on).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import os
 import platform
 import time
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model
+from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model, weights_sha256
 from gpt2.deployment.artifacts import (
     PRECISIONS,
     check_identity,
@@ -42,9 +44,19 @@ from gpt2.deployment.validate import validation_calls
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.inference import InferenceBackend, TorchBackend, resolve_device
-from gpt2.io import atomic_write
+from gpt2.io import file_problem
+from gpt2.reports import PREVIOUS, describes_the_same, keep_as_previous, read_earlier, write_report
 
 STAGES = ("export", "validate", "tensorrt", "benchmark")
+# Where each stage puts its results in the report: a rerun of the stage replaces them, other runs keep them.
+STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "export": (("export",),),
+    "validate": (("validation", "onnxruntime"),),
+    "tensorrt": (("tensorrt",), ("validation", "tensorrt")),
+    "benchmark": (("benchmark",),),
+}
+# Two reports with these equal describe the same weights at the same precision: their stages can be merged.
+SAME_DEPLOYMENT = ("checkpoint", "step", "weights_sha256", "precision")
 BENCH_BACKENDS = ("pytorch", "pytorch-compile", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
 
 
@@ -145,8 +157,8 @@ def load_validation_batches(ckpt: Checkpoint, cfg: DeployConfig) -> list[tuple[t
             f"checkpoint {ckpt.path} records no eval set; pass --eval_tokens FILE for the accuracy check "
             "(or leave validate out of --stages)"
         )
-    if not Path(path).is_file():
-        raise UserError(f"eval token file {path} does not exist; pass --eval_tokens FILE")
+    if problem := file_problem(Path(path)):
+        raise UserError(f"eval token file {path} {problem}; pass --eval_tokens FILE (a .bin file that encode wrote)")
     token_file = TokenFile(path)
     check_tokenizer_matches(token_file, Tokenizer.load(ckpt.tokenizer_path))
     seq_len = validation_seq_len(cfg, ckpt.model_config.max_seq_len)
@@ -171,10 +183,12 @@ class Deployment:
         self.report: dict[str, Any] = {
             "checkpoint": str(ckpt.path),
             "step": ckpt.step,
+            "weights_sha256": weights_sha256(ckpt),
             "model_config": ckpt.model_config.to_dict(),
             "precision": cfg.precision,
             "device": str(self.device),
             "environment": _environment(),
+            "stages": {},  # stage -> the device and environment its results were measured on
         }
         self._reference: TorchBackend | None = None
         self._batches: list | None = None
@@ -346,6 +360,59 @@ class Deployment:
         return lambda: load_backend("tensorrt", self.ckpt, str(self.device), self.cfg.precision), ""
 
 
+def _section(report: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(report, dict) or key not in report:
+            return None
+        report = report[key]
+    return report
+
+
+def _set_section(report: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        report = report.setdefault(key, {})
+    report[path[-1]] = value
+
+
+def _failure_stage(failure: str) -> str | None:
+    """The stage a ``failed`` entry (``"<backend> validation"``) belongs to."""
+    key = failure.removesuffix(" validation")
+    return next((stage for stage, paths in STAGE_SECTIONS.items() if ("validation", key) in paths), None)
+
+
+def merge_with_earlier(report: dict[str, Any], output: Path, stages: list[str]) -> dict[str, Any]:
+    """``report`` (of ``stages``) with the results of the other stages an earlier report at ``output`` holds,
+    if it describes the same weights (else the earlier one is kept under ``"previous"``); said so."""
+    earlier = read_earlier(output)
+    if earlier is None:
+        return report
+    if not describes_the_same(earlier, report, SAME_DEPLOYMENT):
+        return keep_as_previous(earlier, report, output)
+    merged = copy.deepcopy(report)
+    kept, replaced = [], []
+    for stage, paths in STAGE_SECTIONS.items():
+        found = [(path, section) for path in paths if (section := _section(earlier, path)) is not None]
+        if not found:
+            continue
+        if stage in stages:
+            replaced.append(stage)
+            continue
+        kept.append(stage)
+        for path, section in found:
+            _set_section(merged, path, section)
+        # An older report records one device and environment for all its stages.
+        measured_on = {"device": earlier.get("device"), "environment": earlier.get("environment")}
+        merged["stages"][stage] = earlier.get("stages", {}).get(stage, measured_on)
+    merged["failed"] = [f for f in earlier.get("failed", []) if _failure_stage(f) in kept] + report["failed"]
+    if PREVIOUS in earlier:
+        merged[PREVIOUS] = earlier[PREVIOUS]
+    if kept:
+        print(f"kept the results of {', '.join(kept)} from the earlier report in {output}")
+    if replaced:
+        print(f"replaced the earlier results of {', '.join(replaced)} in {output}")
+    return merged
+
+
 def _environment() -> dict[str, Any]:
     env: dict[str, Any] = {
         "torch": torch.__version__,
@@ -401,12 +468,13 @@ def run(args: argparse.Namespace) -> int:
         deployment.tensorrt()
     if "benchmark" in stages:
         deployment.benchmark(seq_len)
+    measured_on = {"device": str(deployment.device), "environment": deployment.report["environment"]}
+    deployment.report["stages"] = {stage: measured_on for stage in STAGES if stage in stages}
 
     output = Path(cfg.output) if cfg.output else export_dir(ckpt) / f"deploy_report.{cfg.precision}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     deployment.report["failed"] = deployment.failed
-    with atomic_write(output) as f:
-        json.dump(deployment.report, f, indent=2)
+    write_report(output, merge_with_earlier(deployment.report, output, stages))
     print(f"wrote {output}")
     if deployment.failed:
         print(f"error: {', '.join(deployment.failed)} failed (see above)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,10 +14,12 @@ from typing import Any
 from gpt2.checkpoint import CHECKPOINTS_DIR, Checkpoint, find_checkpoint
 from gpt2.data.tokens import TokenFile
 from gpt2.evaluation.attention_sink import SINK_THRESHOLD
+from gpt2.evaluation.metrics import coverage
 from gpt2.evaluation.run import check_eval_sizes, evaluate_checkpoint, recorded_eval_set, training_seq_len
 from gpt2.flags import add_flags, from_flags
 from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP
-from gpt2.io import atomic_write, check_output_path
+from gpt2.io import check_output_path
+from gpt2.reports import describes_the_same, keep_as_previous, read_earlier, write_report
 
 
 @dataclass
@@ -110,6 +111,31 @@ def position_summary(report: dict[str, Any]) -> str:
     return f"loss by position: {buckets}"
 
 
+# Two reports with these equal measured the same model on the same targets: a later run keeps the earlier one's
+# measurements it did not make itself (--unigram_baseline, --sink_share).
+SAME_EVALUATION = ("checkpoint", "step", "weights_sha256", "eval_tokens", "seq_len", "tokens", "backend", "precision")
+
+
+def merge_with_earlier(report: dict[str, Any], output: Path) -> dict[str, Any]:
+    """``report`` with what an earlier report at ``output`` measured and this run did not (see
+    :mod:`gpt2.reports`); this run's numbers replace those both measured."""
+    earlier = read_earlier(output)
+    if earlier is None:
+        return report
+    if not describes_the_same(earlier, report, SAME_EVALUATION):
+        return keep_as_previous(earlier, report, output)
+    kept = [key for key in earlier if key not in report]
+    if kept:
+        print(f"kept {', '.join(kept)} from the earlier report in {output} (not measured this time)")
+    return {**report, **{key: earlier[key] for key in kept}}
+
+
+def _coverage(report: dict[str, Any]) -> str:
+    """What the evaluation scored; a prefix (--max_batches) is named so, as the trainer names its own."""
+    eval_set_tokens = len(TokenFile(report["eval_tokens"]))
+    return coverage(report["tokens"], report["batches"], eval_set_tokens, report["seq_len"])
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = from_flags(EvalConfig, args)
     output = check_output_path(cfg.output) if cfg.output else None  # before minutes of evaluation
@@ -131,8 +157,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"unigram baseline: loss {report['unigram_baseline_loss']:.4f} (the model must beat this)")
     print(
         f"{ckpt.path} (step {ckpt.step}, {cfg.backend}): loss {report['loss']:.4f}, perplexity "
-        f"{report['perplexity']:.2f}, bits per byte {report['bits_per_byte']:.4f} over {report['tokens']:,} tokens "
-        f"({report['batches']} batches of seq_len {report['seq_len']})"
+        f"{report['perplexity']:.2f}, bits per byte {report['bits_per_byte']:.4f} over {_coverage(report)}"
     )
     print(position_summary(report))
     if "attention_sink_share" in report:
@@ -144,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
     output = output or default_output(
         ckpt, cfg.backend, report["precision"], report["seq_len"], max_batches, cfg.batch_size, eval_tag
     )
-    with atomic_write(output) as f:
-        json.dump(report, f, indent=2)
+    write_report(output, merge_with_earlier(report, output))
     print(f"wrote {output}")
     return 0

@@ -55,6 +55,15 @@ class EvalResult:
         return asdict(self)
 
 
+def coverage(tokens: int, batches: int, eval_set_tokens: int, seq_len: int) -> str:
+    """Which part of an eval set of ``eval_set_tokens`` tokens an evaluation scored ``tokens`` targets of: a
+    loss over the first batches (the trainer's --eval_batches) differs from one over the whole set."""
+    targets = eval_set_tokens - 1  # every token but the first is a target, once
+    if tokens >= targets:
+        return f"the whole eval set: {tokens:,} tokens in {batches} batches of seq_len {seq_len}"
+    return f"the first {batches} batches of seq_len {seq_len}: {tokens:,} of the eval set's {targets:,} tokens"
+
+
 def position_buckets(length: int, first_size: int = FIRST_BUCKET) -> list[tuple[int, int]]:
     """``(first, last)`` 1-based position ranges 1-64, 65-128, 129-256, ..., the last one cut at ``length``."""
     buckets, first, last = [], 1, first_size

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gpt2.checkpoint import Checkpoint, find_checkpoint
+from gpt2.checkpoint import Checkpoint, find_checkpoint, weights_sha256
 from gpt2.data.loader import count_eval_batches, eval_batches
 from gpt2.data.tokens import TokenFile, check_tokenizer_matches
 from gpt2.errors import UserError
@@ -88,8 +88,8 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """The evaluation report of a checkpoint (or a run folder's newest): ``loss``, ``perplexity``,
     ``bits_per_byte``, ``tokens``, ``bytes``, ``batches``, ``seconds``, ``position_loss`` (buckets of positions
-    ``{"first", "last", "loss", "tokens"}``), and what was evaluated (``checkpoint``, ``step``, ``eval_tokens``,
-    ``seq_len``, ``training_seq_len``, ``backend``, ``precision``, ``whole_eval_set``); with
+    ``{"first", "last", "loss", "tokens"}``), and what was evaluated (``checkpoint``, ``step``, ``weights_sha256``,
+    ``eval_tokens``, ``seq_len``, ``training_seq_len``, ``backend``, ``precision``, ``whole_eval_set``); with
     ``unigram_baseline`` also ``unigram_baseline_loss``, with ``sink_share`` also ``attention_sink_share``
     and ``attention_sink``.
 
@@ -125,6 +125,7 @@ def evaluate_checkpoint(
     report: dict[str, Any] = {
         "checkpoint": str(ckpt.path),
         "step": ckpt.step,
+        "weights_sha256": weights_sha256(ckpt),
         "eval_tokens": str(token_file.path),
         "seq_len": seq_len,
         "training_seq_len": training_seq_len(ckpt),

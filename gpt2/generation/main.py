@@ -13,7 +13,7 @@ from gpt2.flags import add_flags, from_flags
 from gpt2.generation.generate import generate
 from gpt2.generation.sampling import SamplingConfig
 from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP, open_backend
-from gpt2.io import atomic_write, check_output_path
+from gpt2.io import atomic_write, check_output_path, file_problem
 from gpt2.tokenizer import Tokenizer
 
 
@@ -45,15 +45,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_prompts(args: argparse.Namespace, cfg: GenerateConfig) -> list[str]:
     prompts = list(args.prompt)
     if cfg.prompt_file:
-        path = Path(cfg.prompt_file)
-        if not path.is_file():
-            raise UserError(f"prompt file {path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"prompt file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-        prompts += [line for line in text.splitlines() if line.strip()]
-    return prompts or [""]
+        prompts += read_prompt_file(Path(cfg.prompt_file))
+    return prompts or [""]  # no prompt at all: one unconditional sample
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """The file's non-blank lines; a file without any is an error (not a silent unconditional sample)."""
+    if problem := file_problem(path):
+        raise UserError(f"prompt file {path} {problem}; give a text file of prompts, one a line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompt file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"prompt file {path} holds no prompt (it is empty or blank); for an unconditional "
+                        "sample, pass --prompt ''")  # fmt: skip
+    return prompts
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,6 +49,12 @@ class TrainConfig:
         default=False,
         metadata={"help": "continue the run in out_dir from its newest checkpoint, with its training and optimizer "
                           "settings (a flag given overrides the checkpoint's value, and says so)"},
+    )
+    # Not recorded (see to_dict): trust is given to one checkpoint, never inherited from one.
+    trust_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "with --resume: also load trainer state that older versions pickled, which runs any code "
+                          "the file holds; only for checkpoints from a source you trust", "recorded": False},
     )  # fmt: skip
     # Model.
     preset: str | None = field(
@@ -85,4 +91,6 @@ class TrainConfig:
                non_negative=("max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings a run records (in its run config and checkpoints)."""
+        unrecorded = {f.name for f in dataclasses.fields(self) if f.metadata.get("recorded") is False}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in unrecorded}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gpt2.checkpoint import consolidate
+from gpt2.checkpoint import MODEL_FILE, consolidate, find_checkpoint, is_consolidated
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,5 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"wrote {consolidate(args.checkpoint)}")
+    ckpt = find_checkpoint(args.checkpoint)
+    if is_consolidated(ckpt):
+        print(f"{ckpt.path} is already consolidated: its weights are one file, {ckpt.path / MODEL_FILE} "
+              "(nothing written)")  # fmt: skip
+        return 0
+    print(f"wrote {consolidate(ckpt)}")
     return 0

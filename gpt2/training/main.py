@@ -8,6 +8,7 @@ import dataclasses
 
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, given_values
+from gpt2.io import check_output_dir
 from gpt2.model import ModelConfig, model_config_from_preset
 from gpt2.tokenizer import Tokenizer
 from gpt2.training.config import DEFAULT_PRESET, OptimConfig, TrainConfig
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     # Flags left out take the dataclass defaults here, and the checkpoint's values when resuming.
     train_given, optim_given = given_values(TrainConfig, args), given_values(OptimConfig, args)
     cfg, optim_cfg = TrainConfig(**train_given), OptimConfig(**optim_given)
+    check_output_dir(cfg.out_dir)
     tokenizer = Tokenizer.load(cfg.tokenizer)
     # A --preset or model flag describes a model; when resuming, the checkpoint's must be that one.
     explicit = args.preset is not None or any(getattr(args, name) is not None for name in _MODEL_FIELDS)

@@ -20,7 +20,8 @@ C = TypeVar("C", TrainConfig, OptimConfig)
 # Where this launch finds its inputs and how it runs on this machine: never taken from the checkpoint (the run
 # may have moved, or resume on other hardware). The model (--preset) is checked against the checkpoint apart.
 PER_LAUNCH = frozenset(
-    {"data_dir", "tokenizer", "out_dir", "resume", "preset", "device", "allow_tf32", "compile", "progress"}
+    {"data_dir", "tokenizer", "out_dir", "resume", "trust_checkpoint", "preset", "device", "allow_tf32", "compile",
+     "progress"}
 )
 # One choice spread over three flags: giving any of them chooses the precision anew (all three from the flags).
 PRECISION = frozenset({"amp_fp16", "amp_bf16", "bf16"})

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import random
 import resource
 import shutil
 import sys
@@ -24,7 +23,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
@@ -41,6 +39,7 @@ from gpt2.data.loader import IGNORE_INDEX, TrainBatches, count_eval_batches, eva
 from gpt2.data.tokens import TokenFile, check_tokenizer_matches
 from gpt2.errors import UserError
 from gpt2.evaluation import EvalResult, evaluate_loss
+from gpt2.evaluation.metrics import coverage
 from gpt2.inference import resolve_device
 from gpt2.io import atomic_write
 from gpt2.model import GPT, ModelConfig, model_config_from_preset
@@ -51,6 +50,7 @@ from gpt2.training.optim import build_optimizer, lr_at
 from gpt2.training.parallel import all_reduce_mean, apply_fsdp, barrier, init_distributed
 from gpt2.training.precision import resolve_precision
 from gpt2.training.resume import resumed_configs
+from gpt2.training.rng import capture_rng, restore_rng
 from gpt2.training.run_lock import lock_run_dir
 from gpt2.training.run_log import MetricsLog
 from gpt2.training.signals import StopRequest
@@ -232,15 +232,11 @@ class Trainer:
         return problems
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        state = load_training_state(ckpt, self.model, self.optimizer, self.env)
+        state = load_training_state(ckpt, self.model, self.optimizer, self.env, trust=self.cfg.trust_checkpoint)
         self.step = state["step"]
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        restore_rng(state["rng"])
         if self.env.is_main:
             print(f"resumed from {ckpt.path} at step {self.step}")
 
@@ -309,8 +305,8 @@ class Trainer:
                     if cfg.eval_every and self.step % cfg.eval_every == 0 and not final:
                         last_eval = self.evaluate()
                         if self.env.is_main:
-                            bar.write(f"step {self.step}: eval loss {last_eval.loss:.4f}, "
-                                      f"bpb {last_eval.bits_per_byte:.4f}")  # fmt: skip
+                            bar.write(f"step {self.step}: eval loss {last_eval.loss:.4f}, bits per byte "
+                                      f"{last_eval.bits_per_byte:.4f} over {self._coverage(last_eval)}")  # fmt: skip
             bar.close()
             # Save before the final evaluation, which can take minutes: a stop during it then loses nothing.
             path = self._save_if_sound()
@@ -320,7 +316,7 @@ class Trainer:
         if self.env.is_main:
             print(
                 f"step {self.step}: eval loss {last_eval.loss:.4f}, perplexity {last_eval.perplexity:.2f}, "
-                f"bits per byte {last_eval.bits_per_byte:.4f}\n{self._saved(path)}"
+                f"bits per byte {last_eval.bits_per_byte:.4f} over {self._coverage(last_eval)}\n{self._saved(path)}"
             )
         return last_eval
 
@@ -450,16 +446,19 @@ class Trainer:
         self.metrics.write("eval", self.step, **result.to_dict())
         return result
 
+    def _coverage(self, result: EvalResult) -> str:
+        """What an evaluation scored: with --eval_batches, a prefix of the eval set, so its loss is not the
+        whole-set number ``evaluate`` reports."""
+        scored = coverage(result.tokens, result.batches, len(self.eval_tokens), self.cfg.seq_len)
+        if scored.startswith("the whole"):
+            return scored
+        return f"{scored} (--eval_batches; `python -m gpt2 evaluate` scores the whole set)"
+
     def save(self) -> Path:
         trainer_state: dict[str, Any] = {
             "step": self.step,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": capture_rng(),  # tensors and plain values: trainer.pt loads with weights_only
         }
         meta = {
             "train_config": self.cfg.to_dict(),
