@@ -600,13 +600,6 @@ def test_a_second_trainer_on_a_run_folder_in_use_stops_at_once_naming_the_holder
     assert (run / ".lock").read_text() == ""  # released as the run ended: it names no holder any more
 
 
-def test_an_out_dir_that_is_a_file_is_a_one_line_error(corpus, tmp_path, capsys):
-    (tmp_path / "run").write_text("not a folder")
-    assert cli(train_args(corpus, tmp_path / "run", "--max_steps", "1")) == 2  # was 1, from mkdir
-    err = capsys.readouterr().err
-    assert err == f"error: --out_dir {tmp_path / 'run'} is a file; the run folder must be a folder (or not exist yet)\n"
-
-
 def test_token_ids_outside_the_vocabulary_stop_training_with_a_clear_error(corpus, tmp_path, capsys):
     data = tmp_path / "tokens"  # train.bin of another tokenizer's ids under an intact header
     shutil.copytree(corpus.tokens, data)

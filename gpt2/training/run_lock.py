@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from gpt2.errors import UserError
+from gpt2.io import check_output_dir
 from gpt2.training.parallel import DistEnv, from_main
 
 LOCK_FILE = ".lock"
@@ -35,9 +36,7 @@ class RunLock:
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
         """Lock ``run_dir`` (created if missing), or a one-line ``UserError`` naming the trainer that holds it."""
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UserError(f"--out_dir {run_dir} is a file; the run folder must be a folder (or not exist yet)")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_output_dir(run_dir).mkdir(parents=True, exist_ok=True)
         path = run_dir / LOCK_FILE
         # Not O_TRUNC: the file may hold a live holder's record, which the message below reads.
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
