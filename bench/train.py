@@ -26,6 +26,7 @@ from gpt2.io import atomic_write
 from gpt2.model import GPT, model_config_from_preset
 from gpt2.model.config import ATTENTION_KINDS, POSITIONS
 from gpt2.training.config import OptimConfig
+from gpt2.training.memory import GIB, estimate_memory
 from gpt2.training.mfu import compute_kind, peak_flops
 from gpt2.training.optim import build_optimizer
 from gpt2.training.precision import resolve_precision
@@ -81,6 +82,8 @@ def measure(args: argparse.Namespace, attention: str, position: str, compile_mod
         "tokens_per_s": tokens_per_s,
         "mfu": tokens_per_s * model.flops_per_token(args.seq_len) / peak if peak else None,
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        # The trainer's estimate (eager) next to the measurement, so that its accuracy on a GPU is on record.
+        "estimate_gb": estimate_memory(cfg, args.batch_size, args.seq_len, args.precision, device.type).total / GIB,
     }
 
 
@@ -101,7 +104,7 @@ def run_one(args: argparse.Namespace, attention: str, position: str, compile_mod
 
 
 HEADER = (f"{'attention':<14} {'position':<9} {'compile':<8} {'step ms':>9} {'tokens/s':>12} {'MFU':>7} "
-          f"{'peak GB':>8}")
+          f"{'peak GB':>8} {'est GB':>7}")
 
 
 def format_row(r: dict) -> str:
@@ -110,7 +113,7 @@ def format_row(r: dict) -> str:
         return f"{key} {r['error']}"
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
     mem = f"{r['peak_memory_gb']:.2f}" if r["peak_memory_gb"] is not None else "-"
-    return f"{key} {r['step_ms']:>9.1f} {r['tokens_per_s']:>12,.0f} {mfu:>7} {mem:>8}"
+    return f"{key} {r['step_ms']:>9.1f} {r['tokens_per_s']:>12,.0f} {mfu:>7} {mem:>8} {r['estimate_gb']:>7.2f}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -84,6 +84,11 @@ class TrainConfig:
     bf16: bool = field(default=False, metadata={"help": "pure bf16: weights and optimizer state in bf16"})
     allow_tf32: bool = field(default=False, metadata={"help": "TF32 tensor cores for fp32 matmuls (CUDA)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    check_memory: bool = field(
+        default=True,
+        metadata={"help": "refuse to start a run whose estimated peak memory does not fit in what the device has "
+                          "free (the estimate is printed and recorded either way)"},
+    )  # fmt: skip
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:

@@ -45,6 +45,7 @@ from gpt2.io import atomic_write
 from gpt2.model import GPT, ModelConfig, model_config_from_preset
 from gpt2.tokenizer import Tokenizer
 from gpt2.training.config import DEFAULT_PRESET, OptimConfig, TrainConfig
+from gpt2.training.memory_check import check_training_memory
 from gpt2.training.mfu import compute_kind, peak_flops
 from gpt2.training.optim import build_optimizer, lr_at
 from gpt2.training.parallel import all_reduce_mean, apply_fsdp, barrier, init_distributed
@@ -96,7 +97,11 @@ class Trainer:
             saved = resume_from.train_config.get("preset") if resume_from is not None else None
             self.cfg = cfg = dataclasses.replace(cfg, preset=saved or DEFAULT_PRESET)
         barrier()  # every rank has looked at the run folder before rank 0 writes to it
-        self._build_model(self._model_config(resume_from, model_cfg))
+        model_cfg = self._model_config(resume_from, model_cfg)
+        self.memory_estimate = check_training_memory(
+            model_cfg, cfg, self.precision.name, self.device, self.env.world_size, announce=self.env.is_main
+        )
+        self._build_model(model_cfg)
         self.batches = TrainBatches(
             self.train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed,
             rank=self.env.rank, world_size=self.env.world_size, accum_steps=cfg.accum_steps,
@@ -248,6 +253,7 @@ class Trainer:
             "model_config": self.model.cfg.to_dict(),
             "world_size": self.env.world_size,
             "precision": self.precision.name,
+            "memory_estimate": self.memory_estimate,
             "torch": torch.__version__,
         }
         with atomic_write(self.run_dir / f"run_config_step{self.step}.json") as f:
