@@ -81,7 +81,9 @@ def test_estimate_matches_the_measured_peak_rss(name):
     # glibc's malloc keeps freed blocks under its dynamic mmap threshold (up to 32 MiB) in its heap, so the
     # RSS of shapes this small would measure the allocator's retention; a fixed 64 KiB threshold returns every
     # tensor's memory when it is freed, and the RSS follows the live tensor bytes that the estimate counts.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(REPO)}
+    # A minimal environment of its own, and one thread: what the test suite set up before cannot change the RSS.
+    env = {"PATH": os.environ["PATH"], "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
     done = subprocess.run([sys.executable, __file__, json.dumps(shape)], capture_output=True, text=True, env=env,
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr

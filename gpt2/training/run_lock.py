@@ -29,14 +29,16 @@ _HOLDER_WAIT_S = 2.0  # a holder records itself just after locking: how long to 
 class RunLock:
     """An exclusive lock on a run folder, held until :meth:`release` or the process ends."""
 
-    def __init__(self, path: Path, fd: int | None) -> None:
+    def __init__(self, path: Path, fd: int | None, made_folder: bool = False) -> None:
         self.path = path
         self._fd = fd  # None: the file system cannot lock (warned), or released
+        self.made_folder = made_folder  # the folder did not exist before this lock
 
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
         """Lock ``run_dir`` (created if missing), or a one-line ``UserError`` naming the trainer that holds it."""
-        check_output_dir(run_dir).mkdir(parents=True, exist_ok=True)
+        made_folder = not check_output_dir(run_dir).exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / LOCK_FILE
         # Not O_TRUNC: the file may hold a live holder's record, which the message below reads.
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
@@ -51,7 +53,7 @@ class RunLock:
                 "stop it, or choose another --out_dir"
             ) from None
         _record_holder(fd)
-        return cls(path, fd)
+        return cls(path, fd, made_folder)
 
     @classmethod
     def _unlocked(cls, run_dir: Path, error: OSError) -> RunLock:
@@ -67,6 +69,15 @@ class RunLock:
             os.ftruncate(self._fd, 0)
         os.close(self._fd)
         self._fd = None
+
+    def abandon(self) -> None:
+        """Release after a run that never started: a folder this lock made, holding nothing else, is removed,
+        so that a refused run leaves nothing behind."""
+        self.release()
+        folder = self.path.parent
+        if self.made_folder and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            self.path.unlink()
+            folder.rmdir()
 
 
 def lock_run_dir(run_dir: Path, env: DistEnv) -> RunLock | None:

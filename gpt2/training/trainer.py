@@ -79,7 +79,8 @@ class Trainer:
         try:
             self._setup(model_cfg, tokenizer, given)
         except BaseException:
-            self.close()
+            if self.run_lock is not None:
+                self.run_lock.abandon()
             raise
 
     def _setup(self, model_cfg: ModelConfig | None, tokenizer: Tokenizer | None, given: Collection[str] | None) -> None:
