@@ -10,14 +10,14 @@ from gpt2.model.config import ATTENTION_KINDS
 
 def test_attention_benchmark_writes_its_table_json_and_plot(tmp_path, capsys):
     attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "64", "--cache_lens", "256",
-                    "--score_mods", "plain", "alibi+length", "--out_dir", str(tmp_path)])  # fmt: skip
+                    "--score_mods", "alibi+length", "--out_dir", str(tmp_path)])  # fmt: skip
     rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
     providers = set(attention.PROVIDERS)
     assert "softplus (Triton, atomic dQ)" in providers
     assert {(r["provider"], r["mode"], r["score_mod"]) for r in rows if r["kind"] == "train"} == {
-        (p, mode, s) for p in providers for mode in ("fwd", "fwd+bwd") for s in ("plain", "alibi+length")
+        (p, mode, "alibi+length") for p in providers for mode in ("fwd", "fwd+bwd")
     }
-    assert len([r for r in rows if r["kind"] == "decode"]) == 3 * 2
+    assert len([r for r in rows if r["kind"] == "decode"]) == 3
     assert all(r["status"] == "ok" and r["ms"] > 0 for r in rows)
     assert (tmp_path / "attention.png").stat().st_size > 10_000
     assert "softplus decode (split-K)" in capsys.readouterr().out
