@@ -173,11 +173,7 @@ def plots(cfg: StudyConfig, variants: dict[str, dict[str, Any]], curves: dict[st
     ax.set_xlabel("eval length (tokens)")
     ax.set_ylabel("eval loss (nats/token)")
     ax.set_title(f"trained at {cfg.seq_len} tokens; mean ± std over {len(cfg.seeds)} seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "eval_loss_vs_length.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, out / "eval_loss_vs_length.png")
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for name, v in variants.items():
@@ -190,11 +186,7 @@ def plots(cfg: StudyConfig, variants: dict[str, dict[str, Any]], curves: dict[st
     ax.set_ylabel("loss (nats/token)")
     ax.axvline(cfg.seq_len, color="grey", linewidth=0.8)
     ax.set_title("loss by position at each variant's longest eval length (grey: training length)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_position.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, out / "loss_vs_position.png")
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for name, points in curves.items():
@@ -204,8 +196,12 @@ def plots(cfg: StudyConfig, variants: dict[str, dict[str, Any]], curves: dict[st
                 linestyle=styles.get(variants[name]["position"], "-"))
     ax.set_xlabel("step")
     ax.set_ylabel("eval loss during training (nats/token)")
+    _save(plt, fig, ax, out / "training_curves.png")
+
+
+def _save(plt, fig, ax, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
