@@ -1,7 +1,6 @@
 """The trainer on real data: learning, exact resume, signals, bad states, precision modes."""
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_checkpoint import Payload, rewrite, torch_saved
 from torch._dynamo.utils import counters
 
 from gpt2.checkpoint import Checkpoint, find_checkpoint, list_checkpoints
@@ -636,31 +636,12 @@ def test_the_old_softplus_length_base_flag_is_the_length_base(corpus, tmp_path, 
     assert "old name of --length_base" in capsys.readouterr().err
 
 
-def _rewrite(checkpoint: Path, name: str, obj) -> None:
-    """Replace a checkpoint's file with ``torch.save(obj)`` and its recorded hash (whoever can write the folder
-    can do both)."""
-    torch.save(obj, checkpoint / name)
-    meta = json.loads((checkpoint / "meta.json").read_text())
-    meta["files"][name] = hashlib.sha256((checkpoint / name).read_bytes()).hexdigest()
-    (checkpoint / "meta.json").write_text(json.dumps(meta))
-
-
-class _Payload:
-    """Unpickling this creates ``marker``: what any code a pickle carries could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
 def test_resume_refuses_trainer_state_that_would_run_code_without_running_it(corpus, tmp_path, capsys):
     run, marker = tmp_path / "run", tmp_path / "payload-ran"
     assert cli(train_args(corpus, run, "--max_steps", "1")) == 0
     ckpt = find_checkpoint(run).path
     state = torch.load(ckpt / "trainer.pt", weights_only=True)
-    _rewrite(ckpt, "trainer.pt", {**state, "rng": {**state["rng"], "python": _Payload(marker)}})
+    rewrite(ckpt, "trainer.pt", torch_saved({**state, "rng": {**state["rng"], "python": Payload(marker)}}))
     capsys.readouterr()
     assert cli(train_args(corpus, run, "--max_steps", "2", "--resume")) == 2
     err = capsys.readouterr().err
@@ -681,7 +662,7 @@ def test_an_old_checkpoint_resumes_exactly_only_with_trust_checkpoint(corpus, tm
     numpy = state["rng"]["numpy"]
     numpy = (numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
              numpy["cached_gaussian"])  # fmt: skip
-    _rewrite(ckpt, "trainer.pt", {**state, "rng": {**state["rng"], "numpy": numpy}})
+    rewrite(ckpt, "trainer.pt", torch_saved({**state, "rng": {**state["rng"], "numpy": numpy}}))
     capsys.readouterr()
     assert cli(train_args(corpus, tmp_path / "old", *args, "--resume")) == 2
     assert "--trust_checkpoint" in capsys.readouterr().err
