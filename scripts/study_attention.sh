@@ -3,7 +3,7 @@
 # seeds, trained on the same data and budget, evaluated at 1x-16x the training length; writes study.md,
 # study.json and PNGs to OUT_DIR. Rerun the same command to continue a stopped study.
 # Edit the variables below, or set them in the environment. The defaults are the study published in
-# docs/results.md: the bundled Wikipedia excerpt on a CPU (prepared here first if DATA_DIR is not there).
+# docs/study.md: the bundled Wikipedia excerpt on a CPU (prepared here first if DATA_DIR is not there).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
