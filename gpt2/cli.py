@@ -91,11 +91,10 @@ def exit_process(entry_point: Callable[[], int]) -> NoReturn:
 
     A process that joined a process group (a torchrun worker) ends with ``os._exit`` instead, once the exit
     handlers have run and the output is flushed, skipping the interpreter's teardown; an exception that escapes
-    ``entry_point`` there is printed as the interpreter would, and the status is 1. torch keeps references to
-    the group past ``destroy_process_group``, so gloo's worker threads live on, and one may still be releasing
-    the tensors of its last collectives, which takes the GIL. During the teardown, taking the GIL ends that thread
-    inside a C++ destructor: "terminate called without an active exception", SIGABRT (after a run that succeeded,
-    seen on a loaded machine, or in place of a failed run's status 1).
+    ``entry_point`` there is printed as the interpreter would, and the status is 1. The teardown is not safe
+    there: torch keeps references to the group past ``destroy_process_group``, so gloo's worker threads live
+    on, and one that takes the GIL to release its last tensors during the teardown dies inside a C++
+    destructor and aborts the process (SIGABRT) in place of its exit status.
     """
     try:
         code = entry_point()

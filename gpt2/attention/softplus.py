@@ -143,8 +143,8 @@ def softplus_attention_export(
 ) -> torch.Tensor:
     """The reference in ops ONNX runtimes run fast (what the ONNX export traces).
 
-    ONNX Runtime's ``Softplus`` kernel is scalar code, about 6 ns per score on a CPU core: a third of the
-    small preset's prefill. Here ``softplus(s) = max(s, 0) + log1p(exp(-|s|))`` is spelled in vectorised
+    ONNX Runtime's ``Softplus`` kernel is scalar code (slow on a CPU: docs/results.md, "Deployment on CPU").
+    Here ``softplus(s) = max(s, 0) + log1p(exp(-|s|))`` is spelled in vectorised
     elementwise ops; masked scores get -inf added (softplus(-inf) = 0: an Add, not a Where over the
     weights), and the scale and length factor multiply q, not the score matrix. Rows whose every score is very
     negative are shifted as the reference shifts them (:func:`shift_low_rows`).

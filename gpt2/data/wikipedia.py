@@ -18,8 +18,8 @@ and pages the markup parser failed on (listed on stderr).
 
 Throughput: cleaning the markup is the bottleneck, so this scales with workers until the parent, which
 alone decompresses and parses the dump, is saturated; past that, decompress the dump first with a
-parallel tool (``lbzip2 -dk``) and pass the ``.xml``. The measured rates (``python -m bench.data``) are
-in the README ("Data pipeline").
+parallel tool (``lbzip2 -dk``) and pass the ``.xml``. ``python -m bench.data`` measures the rates
+(docs/results.md).
 """
 
 from __future__ import annotations

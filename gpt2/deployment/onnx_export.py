@@ -45,8 +45,8 @@ from gpt2.io import fsync_dir, fsync_file
 from gpt2.model import GPT, ModelConfig
 
 # opset 18: LayerNormalization (17) and everything else we emit; parsed by every TensorRT 10.x (opset <= 20)
-# and ONNX Runtime. From opset 23 the exporter emits SDPA as the ONNX ``Attention`` op (TensorRT >= 10.15);
-# ONNX Runtime 1.32's CPU kernel for it was 2x slower than the decomposition in our prefill benchmark.
+# and ONNX Runtime. From opset 23 the exporter emits SDPA as the ONNX ``Attention`` op (TensorRT >= 10.15),
+# which ONNX Runtime's CPU runs slower than the decomposition (docs/results.md, "Deployment on CPU").
 DEFAULT_OPSET = 18
 
 

@@ -31,12 +31,11 @@ stream (autocast keeps it in fp32). Counted in full although not always all aliv
 counted: forward-only temporaries (no larger than the backward's), the optimizer's per-tensor temporaries,
 what ``--compile`` saves, the allocator's rounding, caching and fragmentation, the CUDA context and libraries.
 
-Calibrated on the CPU for fp32, amp_bf16 and bf16 and every attention kind: 1.00-1.04x the live tensor bytes
-of real steps (PyTorch's profiler), 0.98-1.01x the process's peak RSS with glibc returning freed blocks at once
-(tests/test_memory.py). With glibc's default malloc, blocks under 32 MiB stay in its heap after they are freed:
-the RSS ran 8-15% above the estimate at 0.3-0.6 GB peaks, up to 30% at 0.15 GB (tensors of runs big enough to
-matter are mmap'ed and returned). The CUDA paths (the fused softplus kernel, FlashAttention, CUDA autocast's
-fp32 ops) are derived from what their ops save for the backward, not yet measured.
+Checked on the CPU for fp32, amp_bf16 and bf16 and every attention kind against the live tensor bytes of real
+steps and the process's peak RSS (tests/test_memory.py; the ratios measured are in docs/results.md). glibc's
+default malloc keeps freed blocks under 32 MiB in its heap, so a small run's RSS can exceed the estimate;
+tensors of runs big enough to matter are mmap'ed and returned. The CUDA paths (the fused softplus kernel,
+FlashAttention, CUDA autocast's fp32 ops) are derived from what their ops save for the backward, not measured.
 
 ``python -m gpt2.training.memory`` prints the estimate for a preset and each attention kind.
 """
