@@ -3,9 +3,15 @@ Wikipedia dump. The text is real: pages of the bundled excerpt (the wiki_corpus 
 tests in each format."""
 
 import bz2
+import contextlib
 import gzip
 import json
 import lzma
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from test_wikipedia import child_pids
 
 from gpt2.cli import main as cli
 from gpt2.data.corpus_writer import split_of
@@ -297,6 +304,10 @@ def test_a_folder_of_text_is_not_called_an_unfinished_corpus(tmp_path, pages, ca
     err = capsys.readouterr().err
     assert "is not a prepared corpus" in err and f"python -m gpt2 prepare --text {tmp_path / 'texts'}" in err
     assert "unfinished" not in err
+    (tmp_path / "nothing").mkdir()
+    assert cli(["encode", "--corpus_dir", str(tmp_path / "nothing"), "--out_dir", str(tmp_path / "tokens")]) == 2
+    err = capsys.readouterr().err
+    assert f"corpus directory {tmp_path / 'nothing'} is empty; run `python -m gpt2 prepare` first" in err
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -317,3 +328,33 @@ def test_prepare_text_then_train_tokenizer_then_encode(tmp_path, pages, capsys):
         # One end-of-text, after the document: its blank lines are text, not document boundaries.
         assert np.flatnonzero(ids == tok.eot_id).tolist() == [len(ids) - 1]
         assert tok.decode(ids[:-1].tolist()) == doc and doc.count("\n\n") > 20
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table in /proc")
+def test_sigterm_ends_prepare_text_and_its_workers_and_writes_nothing(tmp_path, pages):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(16):  # 40 MB of JSONL: seconds of work for 2 workers
+        write(folder / f"{i:02d}.jsonl", jsonl([{"text": page} for page in pages]) * 6)
+    out = tmp_path / "out"
+    args = ["prepare", "--text", str(folder), "--out_dir", str(out), "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).parents[1])  # fmt: skip
+    workers = []
+    try:
+        deadline = time.time() + 60
+        while len(workers) < 2 or not list(out.glob("prepare.tmp-*/parts/*")):  # the pool is reading files
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+            workers = child_pids(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert err.splitlines()[-1] == f"interrupted by SIGTERM: nothing written to {out}" and "Traceback" not in err
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # the pool ended with it
+        assert not out.exists()  # no corpus, no staging folder, no empty folder
+    finally:
+        proc.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

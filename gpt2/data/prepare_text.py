@@ -18,6 +18,7 @@ stream cannot be split), so the workers speed up a corpus of many files.
 from __future__ import annotations
 
 import functools
+import itertools
 import multiprocessing.pool
 import time
 from collections import Counter
@@ -104,27 +105,21 @@ def _write_corpus(cfg: TextCorpusConfig, options: ReadOptions, files: list[TextF
     start = time.perf_counter()
     writer = CorpusWriter(out_dir, cfg.shard_size_mb, TEXT_DOC_SEPARATOR)
     counts: Counter[str] = Counter()
-    first: tuple[str, str] | None = None  # held back until a second document shows that hashes can split
-    n_docs = 0
     with worker_pool(cfg.workers) as pool, tqdm(unit=" docs", desc="prepare", disable=not progress) as bar:
-        for split, doc in _split_documents(pool, cfg.workers, files, options, cfg.eval_fraction, out_dir, counts):
-            n_docs += 1
-            bar.update()
-            if n_docs == 1:
-                first = (split, doc)
-                continue
-            if first is not None:
-                writer.add(*first)
-                first = None
-            writer.add(split, doc)
-    if n_docs == 0:
-        raise UserError(
-            f"the corpus is empty: no document in --text {' '.join(cfg.text)} ({len(files):,} files read; "
-            f"{counts['empty']:,} empty documents or records skipped)"
-        )
-    split_rule = {"by": "hash", "of": "the document's text (blake2b)"}
-    if first is not None:
-        split_rule = _split_one_document(writer, first[1], cfg.eval_fraction)
+        docs = _split_documents(pool, cfg.workers, files, options, cfg.eval_fraction, out_dir, counts)
+        head = list(itertools.islice(docs, 2))  # a document alone cannot be split by a hash
+        if not head:
+            raise UserError(
+                f"the corpus is empty: no document in --text {' '.join(cfg.text)} ({len(files):,} files read; "
+                f"{counts['empty']:,} empty documents or records skipped)"
+            )
+        if len(head) == 1:
+            split_rule = _split_one_document(writer, head[0][1], cfg.eval_fraction)
+        else:
+            split_rule = {"by": "hash", "of": "the document's text (blake2b)"}
+            for split, doc in itertools.chain(head, docs):
+                writer.add(split, doc)
+                bar.update()
 
     manifest = {
         "source": "text",

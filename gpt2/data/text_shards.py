@@ -45,6 +45,8 @@ def corpus_split(corpus_dir: str | Path, split: str) -> Path:
     if not corpus_dir.is_dir():
         raise UserError(f"corpus directory {corpus_dir} does not exist; run `python -m gpt2 prepare` first")
     if not (corpus_dir / MANIFEST).is_file():
+        if not any(corpus_dir.iterdir()):
+            raise UserError(f"corpus directory {corpus_dir} is empty; run `python -m gpt2 prepare` first")
         if not any((corpus_dir / s).is_dir() for s in SPLITS):
             raise UserError(
                 f"{corpus_dir} is not a prepared corpus (no {MANIFEST}, no train/ or eval/ shards); to use the "
@@ -58,8 +60,8 @@ def corpus_split(corpus_dir: str | Path, split: str) -> Path:
     record = _split_record(corpus_dir, split)
     if record["docs"] == 0:
         raise UserError(
-            f"the {split} split of corpus {corpus_dir} is empty: prepare's --eval_fraction picked no article of "
-            "this dump (or all went to eval); prepare it again with another --eval_fraction (--overwrite)"
+            f"the {split} split of corpus {corpus_dir} is empty: prepare's --eval_fraction picked no document of "
+            "this corpus (or all went to eval); prepare it again with another --eval_fraction (--overwrite)"
         )
     _check_shards(corpus_dir / split, record)
     return corpus_dir / split
