@@ -23,7 +23,7 @@ from gpt2.interrupt import Interrupted
 
 # name -> (module, one-line help), in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("gpt2.data.wikipedia", "Wikipedia XML dump -> clean plain-text train/eval shards"),
+    "prepare": ("gpt2.commands.prepare", "Wikipedia XML dump or your own text -> plain-text train/eval shards"),
     "train-tokenizer": ("gpt2.tokenizer", "train a byte-level BPE tokenizer on the train shards"),
     "encode": ("gpt2.data.tokens", "encode text shards into binary token files"),
     "train": ("gpt2.training.main", "train GPT-2 (one process; FSDP under torchrun)"),

@@ -73,6 +73,8 @@ def add_flags(
         choices = f.metadata.get("choices")
         if typing.get_origin(tp) is list:  # a list field is one flag taking one or more values
             kwargs["nargs"] = "+"
+            if f.metadata.get("repeatable"):  # given again, the flag adds its values (to an empty default)
+                kwargs["action"] = "extend"
             (tp,) = typing.get_args(tp)
             if tp is bool:
                 tp = _parse_bool

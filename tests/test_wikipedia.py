@@ -237,7 +237,7 @@ def test_a_failed_overwrite_keeps_the_earlier_corpus(tmp_path, capsys):
     (tmp_path / "cut.xml.bz2").write_bytes(raw[: len(raw) // 4])
     (tmp_path / "nopages.xml").write_text('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/"/>')
     for args, message in (
-        (["--dump", str(tmp_path / "notadump.xml")], "malformed XML"),
+        (["--dump", str(tmp_path / "notadump.xml")], "is not XML (syntax error: line 1, column 0); --dump reads"),
         (["--dump", str(tmp_path / "cut.xml.bz2")], "truncated or corrupt compressed data"),
         (["--dump", str(tmp_path / "nopages.xml")], f"no articles found in {tmp_path / 'nopages.xml'}"),
         (["--shard_size_mb", "nan"], "--shard_size_mb must be a positive number of MB, got nan"),
@@ -352,8 +352,8 @@ def test_documents_read_back_exactly_as_written(tmp_path):
         writer.add(doc)
     writer.close()
     assert list(iter_documents(tmp_path / "train")) == docs  # "\r" is text: no document is split in two
-    for bad in ("a\n\nb", "ends with a newline\n"):  # would not read back as one document
-        with pytest.raises(ValueError, match="blank line"):
+    for bad in ("a\n\nb", "ends with a newline\n", " \n "):  # would not read back as one document
+        with pytest.raises(ValueError, match="must not"):
             writer.add(bad)
 
 

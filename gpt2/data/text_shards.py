@@ -1,16 +1,18 @@
-"""Plain-text shards: the hand-off between Wikipedia preparation and tokenisation.
+"""Plain-text shards: the hand-off between ``prepare`` and tokenisation.
 
 Layout of a prepared corpus directory::
 
     CORPUS/train/train_00000.txt ...   UTF-8 text
     CORPUS/eval/eval_00000.txt ...
-    CORPUS/manifest.json               what was written, from which dump
+    CORPUS/manifest.json               what was written, from which source
 
-Inside a shard, documents are separated by one blank line (``"\\n\\n"``); a
-document never contains a blank line itself (its paragraphs are separated by
-single newlines), and its first line is the article title. Shards are read and
-written without newline translation: a ``"\\r"`` in a document is text, so a
-document reads back exactly as it was written.
+Inside a shard, every document is followed by the corpus's document separator, which the manifest records as
+``document_separator``: one blank line (``"\\n\\n"``, the default, for a manifest without the field) in a
+Wikipedia corpus, whose documents never contain a blank line (their paragraphs are separated by single
+newlines, and their first line is the article title); a NUL character (``"\\0"``) in a corpus of your own
+text, whose documents keep their blank lines as text and never contain a NUL. Shards are read and written
+without newline translation: a ``"\\r"`` in a document is text, so a document reads back exactly as it was
+written.
 
 ``manifest.json`` is written last: a corpus without one is unfinished, and the
 commands that read a corpus (``corpus_split``) refuse it. It records the
@@ -29,7 +31,8 @@ from pathlib import Path
 from gpt2.errors import UserError
 from gpt2.io import atomic_write
 
-DOC_SEPARATOR = "\n\n"
+DOC_SEPARATOR = "\n\n"  # Wikipedia corpora, and corpora whose manifest names no separator
+TEXT_DOC_SEPARATOR = "\0"  # corpora of your own text: their documents keep their blank lines
 SPLITS = ("train", "eval")
 MANIFEST = "manifest.json"
 _SHARD_NAME = re.compile(r"(.+)_\d{5,}\.txt")
@@ -42,26 +45,38 @@ def corpus_split(corpus_dir: str | Path, split: str) -> Path:
     if not corpus_dir.is_dir():
         raise UserError(f"corpus directory {corpus_dir} does not exist; run `python -m gpt2 prepare` first")
     if not (corpus_dir / MANIFEST).is_file():
+        if not any(corpus_dir.iterdir()):
+            raise UserError(f"corpus directory {corpus_dir} is empty; run `python -m gpt2 prepare` first")
+        if not any((corpus_dir / s).is_dir() for s in SPLITS):
+            raise UserError(
+                f"{corpus_dir} is not a prepared corpus (no {MANIFEST}, no train/ or eval/ shards); to use the "
+                f"text files in it, prepare them first: `python -m gpt2 prepare --text {corpus_dir} --out_dir "
+                "CORPUS`, then give CORPUS"
+            )
         raise UserError(
             f"corpus {corpus_dir} is unfinished (no {MANIFEST}: its prepare run was interrupted or failed); "
-            f"run `python -m gpt2 prepare --out_dir {corpus_dir} --overwrite` again"
+            "run the prepare command that made it again, with --overwrite"
         )
     record = _split_record(corpus_dir, split)
     if record["docs"] == 0:
         raise UserError(
-            f"the {split} split of corpus {corpus_dir} is empty: prepare's --eval_fraction picked no article of "
-            "this dump (or all went to eval); prepare it again with another --eval_fraction (--overwrite)"
+            f"the {split} split of corpus {corpus_dir} is empty: prepare's --eval_fraction picked no document of "
+            "this corpus (or all went to eval); prepare it again with another --eval_fraction (--overwrite)"
         )
     _check_shards(corpus_dir / split, record)
     return corpus_dir / split
 
 
-def _split_record(corpus_dir: Path, split: str) -> dict[str, int]:
-    """The manifest's record of a split: ``{"docs": ..., "bytes": ..., "shards": ...}``."""
+def _read_manifest(corpus_dir: Path) -> object:
     try:
-        manifest = json.loads((corpus_dir / MANIFEST).read_text(encoding="utf-8"))
+        return json.loads((corpus_dir / MANIFEST).read_text(encoding="utf-8"))
     except ValueError as e:  # not JSON, or not UTF-8
         raise UserError(f"corpus {corpus_dir} has a corrupt {MANIFEST} ({e}); prepare it again (--overwrite)") from None
+
+
+def _split_record(corpus_dir: Path, split: str) -> dict[str, int]:
+    """The manifest's record of a split: ``{"docs": ..., "bytes": ..., "shards": ...}``."""
+    manifest = _read_manifest(corpus_dir)
     record = manifest.get("splits", {}).get(split) if isinstance(manifest, dict) else None
     keys = ("docs", "bytes", "shards")
     if not (isinstance(record, dict) and all(type(record.get(k)) is int and record[k] >= 0 for k in keys)):
@@ -120,11 +135,28 @@ def list_shards(split_dir: str | Path) -> list[Path]:
     return shards
 
 
+def document_separator(split_dir: str | Path) -> str:
+    """What follows every document in the shards of ``split_dir``: the ``document_separator`` of its corpus's
+    manifest, or ``DOC_SEPARATOR`` when the manifest (or the corpus) names none."""
+    corpus_dir = Path(split_dir).parent
+    if not (corpus_dir / MANIFEST).is_file():
+        return DOC_SEPARATOR
+    manifest = _read_manifest(corpus_dir)
+    separator = manifest.get("document_separator", DOC_SEPARATOR) if isinstance(manifest, dict) else DOC_SEPARATOR
+    if separator not in (DOC_SEPARATOR, TEXT_DOC_SEPARATOR):
+        raise UserError(
+            f"corpus {corpus_dir} has a corrupt {MANIFEST}: document_separator {separator!r} is none of "
+            f"{DOC_SEPARATOR!r} and {TEXT_DOC_SEPARATOR!r}; prepare it again (--overwrite)"
+        )
+    return separator
+
+
 def iter_documents(split_dir: str | Path) -> Iterator[str]:
     """Yield every document of a split, shard by shard, one shard in memory at a time."""
+    separator = document_separator(split_dir)
     for shard in list_shards(split_dir):
         try:
-            docs = shard.read_bytes().decode("utf-8").split(DOC_SEPARATOR)  # no newline translation: "\r" is text
+            docs = shard.read_bytes().decode("utf-8").split(separator)  # no newline translation: "\r" is text
         except UnicodeDecodeError as e:
             raise UserError(
                 f"shard {shard} is damaged: not UTF-8 at byte {e.start:,} ({e.reason}); prepare the corpus again "
@@ -134,17 +166,19 @@ def iter_documents(split_dir: str | Path) -> Iterator[str]:
 
 
 class ShardWriter:
-    """Append documents to numbered shards of about ``shard_bytes`` each.
+    """Append documents to numbered shards of about ``shard_bytes`` each, each document followed by
+    ``separator`` (``DOC_SEPARATOR`` or ``TEXT_DOC_SEPARATOR``, which the corpus's manifest must record).
 
     Each shard is written under a temporary name and renamed when complete, so
     an interrupted run leaves only whole shards behind.
     """
 
-    def __init__(self, split_dir: str | Path, prefix: str, shard_bytes: int) -> None:
+    def __init__(self, split_dir: str | Path, prefix: str, shard_bytes: int, separator: str = DOC_SEPARATOR) -> None:
         self.split_dir = Path(split_dir)
         self.split_dir.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         self.shard_bytes = shard_bytes
+        self.separator = separator
         self.n_shards = 0
         self.n_docs = 0
         self.n_bytes = 0
@@ -152,10 +186,14 @@ class ShardWriter:
         self._buffered_bytes = 0
 
     def add(self, doc: str) -> None:
-        if DOC_SEPARATOR in doc or doc.endswith("\n"):  # a final "\n" would join the separator after it
-            raise ValueError("a document must not contain a blank line or end with a newline")
+        # The separator must be found first right after the document: not inside it, nor across its end (a
+        # final "\n" would join a blank-line separator after it).
+        if (doc + self.separator).find(self.separator) != len(doc):
+            raise ValueError(f"a document must not contain {self.separator!r} nor end with a part of it")
+        if not doc.strip():
+            raise ValueError("a document must not be empty or only white space: reading skips it")
         self._buffer.append(doc)
-        size = len(doc.encode("utf-8")) + len(DOC_SEPARATOR)
+        size = len(doc.encode("utf-8")) + len(self.separator)
         self._buffered_bytes += size
         self.n_docs += 1
         self.n_bytes += size
@@ -167,7 +205,7 @@ class ShardWriter:
             return
         path = self.split_dir / shard_name(self.prefix, self.n_shards)
         with atomic_write(path, "w", encoding="utf-8", newline="") as f:
-            f.write(DOC_SEPARATOR.join(self._buffer) + DOC_SEPARATOR)
+            f.write(self.separator.join(self._buffer) + self.separator)
         self.n_shards += 1
         self._buffer, self._buffered_bytes = [], 0
 

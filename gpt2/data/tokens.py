@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from gpt2.data.text_shards import corpus_split, iter_documents, list_shards
+from gpt2.data.text_shards import corpus_split, document_separator, iter_documents, list_shards
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, from_flags
 from gpt2.interrupt import ignore_signals, raise_on_signals
@@ -208,6 +208,7 @@ def encode_split(
     )
     start = time.perf_counter()
     n_tokens = n_docs = 0
+    separator_bytes = len(document_separator(split_dir).encode("utf-8"))
 
     def chunks() -> Iterator[TokenChunk]:
         nonlocal n_tokens, n_docs
@@ -220,7 +221,7 @@ def encode_split(
             n_bytes = sum(len(doc.encode("utf-8")) for doc in docs)
             n_tokens += len(ids)
             n_docs += len(docs)
-            bar.update(n_bytes + 2 * len(docs))  # + the blank line after each document in its shard
+            bar.update(n_bytes + separator_bytes * len(docs))  # + the separator after each document in its shard
             bar.set_postfix(docs=f"{n_docs:,}", tok_s=f"{n_tokens / (time.perf_counter() - start):,.0f}")
             yield TokenChunk(np.array(ids, dtype=np.int64), len(docs), n_bytes)
 

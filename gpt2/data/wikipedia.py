@@ -1,4 +1,4 @@
-"""``python -m gpt2 prepare``: a MediaWiki XML dump -> clean plain-text train/eval shards.
+"""A MediaWiki XML dump -> clean plain-text train/eval shards (``python -m gpt2 prepare --dump``).
 
     python -m gpt2 prepare --dump sample --out_dir data/wiki --eval_fraction 0.1
     python -m gpt2 prepare --dump https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2
@@ -7,10 +7,8 @@ The parent process streams the dump (``.xml`` or ``.xml.bz2``, detected from its
 ``iterparse`` in constant memory, keeps articles (namespace 0, no redirects, non-empty), and hands them in
 batches to a pool of workers that clean the markup (``gpt2.data.markup``); results come back in dump
 order, so the output does not depend on the number of workers. Each article goes to ``eval`` or ``train``
-by a hash of its title (stable across runs, dumps and machines) and is written through ``ShardWriter``.
-``manifest.json`` is written last: a corpus without one is unfinished, and train-tokenizer and encode
-refuse it. The corpus is built in a staging folder inside ``--out_dir`` and moved into place once complete,
-so a run that fails or is stopped (SIGINT, SIGTERM) leaves ``--out_dir`` as it was.
+by a hash of its title (stable across runs, dumps and machines) and is written through ``CorpusWriter``
+(``gpt2.data.corpus_writer``: a staging folder, ``manifest.json`` last, all or nothing).
 
 Also skipped, and counted in the manifest: disambiguation pages (lists of links, not prose), documents
 under ``--min_chars`` characters of text once cleaned (stubs whose content was all tables or templates),
@@ -24,40 +22,28 @@ parallel tool (``lbzip2 -dk``) and pass the ``.xml``. ``python -m bench.data`` m
 
 from __future__ import annotations
 
-import argparse
 import bz2
 import contextlib
 import functools
-import hashlib
-import json
-import math
-import multiprocessing
-import multiprocessing.pool
-import os
 import re
-import signal
-import sys
 import time
 import xml.etree.ElementTree as ET
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, TypeVar
+from typing import BinaryIO, NamedTuple
 
 from tqdm import tqdm
 
+from gpt2.data.corpus_writer import CorpusConfig, CorpusWriter, build_corpus, check_corpus_config, split_of
 from gpt2.data.download import download_dump
 from gpt2.data.markup import clean_wikitext
 from gpt2.data.sample import SAMPLE_NAME, sample_dump_path
-from gpt2.data.text_shards import MANIFEST, SPLITS, ShardWriter
+from gpt2.data.text_shards import SPLITS
+from gpt2.data.workers import map_in_order, worker_pool
 from gpt2.errors import UserError
-from gpt2.flags import add_flags, from_flags
-from gpt2.interrupt import ignore_signals, raise_on_signals
-from gpt2.io import atomic_write, file_problem, fsync_dir, staging_dir
-
-T = TypeVar("T")
-R = TypeVar("R")
+from gpt2.io import file_problem
 
 BATCH_PAGES = 256  # pages per task sent to a worker, or fewer when they reach BATCH_BYTES of wikitext
 BATCH_BYTES = 1 << 20
@@ -70,47 +56,37 @@ _DISAMBIGUATION = re.compile(
 )
 
 
-def _available_cpus() -> int:
-    """Cores this process may run on (respects taskset / container cpusets, unlike ``os.cpu_count``)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @dataclass
-class PrepareConfig:
-    dump: str = field(
-        default=SAMPLE_NAME,
-        metadata={"help": "pages-articles dump: a .xml or .xml.bz2 path, an https URL (downloaded to "
-                          "--download_dir, resumable), or 'sample' (206-page excerpt bundled with gensim)"},
+class DumpConfig:
+    """The Wikipedia input of ``prepare``."""
+
+    dump: str | None = field(
+        default=None,
+        metadata={"help": "pages-articles dump (MediaWiki XML): a .xml or .xml.bz2 path, an https URL (downloaded "
+                          "to --download_dir, resumable), or 'sample' (206-page excerpt bundled with gensim) "
+                          "(default: sample, when no --text is given)"},
     )  # fmt: skip
-    out_dir: str = field(
-        default="data/wiki", metadata={"help": "corpus directory: train/, eval/, manifest.json"}
-    )
-    eval_fraction: float = field(
-        default=0.005,
-        metadata={"help": "fraction of articles in the eval split, chosen by a hash of the title; 0.005 of "
-                          "English Wikipedia is ~100 MB of text (the sample's 98 articles need ~0.1)"},
-    )  # fmt: skip
-    shard_size_mb: float = field(default=100.0, metadata={"help": "text per shard file, in MB"})
     min_chars: int = field(
         default=200,
         metadata={"help": "skip articles with fewer characters of text once cleaned (title excluded)"},
     )
-    workers: int = field(
-        default_factory=_available_cpus,
-        metadata={"help": "processes cleaning markup (1: no pool, all in this process)"},
-    )
     max_pages: int | None = field(
         default=None, metadata={"help": "stop after this many <page>s of the dump, any namespace (None: all)"}
-    )
-    overwrite: bool = field(
-        default=False,
-        metadata={"help": "replace the corpus of an earlier run in out_dir (once the new one is complete)"},
     )
     download_dir: str = field(default="data/dumps", metadata={"help": "where a dump given as a URL is saved"})
 
 
+@dataclass
+class PrepareConfig(CorpusConfig, DumpConfig):
+    """``prepare`` from a Wikipedia dump: the dump, and where and how its corpus is written."""
+
+
 class DumpError(UserError):
     """The dump is missing, truncated or not a MediaWiki XML export."""
+
+
+# What to do with a file that is not a dump (plain text, JSONL...): the likeliest mistake.
+NOT_A_DUMP = "--dump reads Wikipedia XML dumps only: for plain text, JSONL or Parquet, give --text instead"
 
 
 class Page(NamedTuple):
@@ -121,15 +97,16 @@ class Page(NamedTuple):
 
 
 # -------------------------------------------------------------------------------- reading the dump
-def resolve_dump(spec: str, download_dir: str | Path = "data/dumps") -> Path:
-    """The local path of ``--dump``: 'sample', an https URL (downloaded first) or a file path."""
-    if spec == SAMPLE_NAME:
+def resolve_dump(spec: str | None, download_dir: str | Path = "data/dumps") -> Path:
+    """The local path of ``--dump``: 'sample' (or None), an https URL (downloaded first) or a file path."""
+    if spec in (SAMPLE_NAME, None):
         return sample_dump_path()
     if re.match(r"^[a-z]+://", spec):
         return download_dump(spec, download_dir)
     path = Path(spec)
     if problem := file_problem(path):
-        raise DumpError(f"dump file {path} {problem} (--dump takes a file's path, an https URL or 'sample')")
+        hint = NOT_A_DUMP if path.is_dir() else "--dump takes a file's path, an https URL or 'sample'"
+        raise DumpError(f"dump file {path} {problem} ({hint})")
     return path
 
 
@@ -141,7 +118,7 @@ def open_dump(path: Path) -> Iterator[tuple[BinaryIO, BinaryIO]]:
         raw.seek(0)
         if magic[:2] == b"\x1f\x8b" or magic == b"7z\xbc\xaf":
             raise DumpError(
-                f"{path} is gzip or 7z compressed; give the .xml.bz2 dump or the decompressed .xml"
+                f"{path} is gzip or 7z compressed; give the .xml.bz2 dump or the decompressed .xml ({NOT_A_DUMP})"
             )
         if magic[:3] != b"BZh":
             yield raw, raw
@@ -164,7 +141,9 @@ def iter_pages(stream: BinaryIO, name: str | Path) -> Iterator[Page]:
                 root = elem
                 namespace, _, local = elem.tag.rpartition("}")
                 if local != "mediawiki":
-                    raise DumpError(f"{name} is not a MediaWiki XML export: its root element is <{local}>")
+                    raise DumpError(
+                        f"{name} is not a MediaWiki XML export: its root element is <{local}> ({NOT_A_DUMP})"
+                    )
                 ns = namespace + "}" if namespace else ""
                 tags = {t: ns + t for t in ("page", "title", "ns", "redirect", "revision", "text")}
             elif event == "end" and elem.tag == tags["page"]:
@@ -179,6 +158,8 @@ def iter_pages(stream: BinaryIO, name: str | Path) -> Iterator[Page]:
                 )
                 root.clear()  # drop the page (and everything before it): memory stays flat
     except (ET.ParseError, EOFError, OSError) as e:
+        if root is None and isinstance(e, ET.ParseError):
+            raise DumpError(f"dump {name} is not XML ({e}); {NOT_A_DUMP}") from None
         where = (
             f"after article {last_title!r} (page {n_pages:,})"
             if last_title is not None
@@ -195,12 +176,6 @@ def _namespace(text: str | None, title: str, n_page: int, name: str | Path) -> i
         raise DumpError(
             f"dump {name} is malformed: article {title!r} (page {n_page:,}) has namespace {text!r}, not a number"
         ) from None
-
-
-def split_of(title: str, eval_fraction: float) -> str:
-    """'eval' or 'train' for an article, from a hash of its title: the same on every run, in any order."""
-    digest = hashlib.blake2b(title.encode("utf-8"), digest_size=8).digest()
-    return "eval" if int.from_bytes(digest, "big") / 2**64 < eval_fraction else "train"
 
 
 # ------------------------------------------------------------------------------ cleaning (workers)
@@ -227,11 +202,6 @@ def _clean_batch(batch: list[tuple[str, str]], min_chars: int) -> list[Cleaned]:
     return [make_document(title, text, min_chars) for title, text in batch]
 
 
-def _init_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which terminates the pool
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate's SIGTERM ends a worker, whatever it inherited
-
-
 def _batches(pages: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
     batch, size = [], 0
     for page in pages:
@@ -244,103 +214,24 @@ def _batches(pages: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]
         yield batch
 
 
-def _worker_pool(workers: int) -> contextlib.AbstractContextManager[multiprocessing.pool.Pool | None]:
-    """A pool of ``workers`` processes, or None for 1 (all in this process). Start it before any thread
-    (tqdm's monitor), since forking a process that has threads can deadlock the children."""
-    if workers == 1:
-        return contextlib.nullcontext()
-    return multiprocessing.get_context().Pool(workers, initializer=_init_worker)
-
-
-def _map_in_order(
-    pool: multiprocessing.pool.Pool | None, fn: Callable[[T], R], items: Iterable[T], max_in_flight: int
-) -> Iterator[tuple[T, R]]:
-    """``(item, fn(item))`` in input order, on the pool's processes (here without one).
-
-    Unlike ``Pool.imap``, which drains its input as fast as it can, at most ``max_in_flight`` items are
-    sent ahead, so the parent never reads the dump far ahead of the workers (memory stays bounded), and
-    an error reading the dump is raised here, in the parent, when it happens.
-    """
-    if pool is None:
-        for item in items:
-            yield item, fn(item)
-        return
-    pending: deque = deque()
-    for item in items:
-        pending.append((item, pool.apply_async(fn, (item,))))
-        if len(pending) >= max_in_flight:
-            item, result = pending.popleft()
-            yield item, result.get()
-    while pending:
-        item, result = pending.popleft()
-        yield item, result.get()
-
-
-# ------------------------------------------------------------------------------------- the command
-def _check_config(cfg: PrepareConfig) -> None:
-    if not 0 <= cfg.eval_fraction < 1:
-        raise UserError(f"--eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
-    if not (math.isfinite(cfg.shard_size_mb) and cfg.shard_size_mb > 0):
-        raise UserError(f"--shard_size_mb must be a positive number of MB, got {cfg.shard_size_mb}")
-    if cfg.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {cfg.workers}")
-    if cfg.max_pages is not None and cfg.max_pages < 1:
-        raise UserError(f"--max_pages must be at least 1 (or None for all), got {cfg.max_pages}")
-
-
-def _check_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace an earlier corpus unless asked; nothing is removed here (see ``_install``)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out_dir {out_dir} is a file, not a directory")
-    old = [p for split in SPLITS for p in sorted((out_dir / split).glob(f"{split}_*.txt*"))]
-    if (out_dir / MANIFEST).exists():
-        old.append(out_dir / MANIFEST)
-    if old and not overwrite:
-        raise UserError(
-            f"{out_dir} already holds a corpus ({len(old)} shard/manifest files); "
-            "pass --overwrite to replace it"
-        )
-
-
-def _install(staging: Path, out_dir: Path) -> None:
-    """Move the finished corpus in ``staging`` into ``out_dir``, and the earlier one, if any, into
-    ``staging/old`` (deleted with it). The old manifest goes first and the new one comes last: a corpus
-    caught in between (only by a crash: signals are ignored meanwhile) is unfinished, never mixed."""
-    old = staging / "old"
-    old.mkdir()
-    for name in (MANIFEST, *SPLITS):
-        if (out_dir / name).exists():
-            os.replace(out_dir / name, old / name)
-    for name in (*SPLITS, MANIFEST):
-        os.replace(staging / name, out_dir / name)
-    fsync_dir(out_dir)
-
-
+# ---------------------------------------------------------------------------------------- the corpus
 def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     """Write the train/eval shards and ``manifest.json`` of ``cfg.out_dir``; return the manifest.
 
-    The corpus is built in ``out_dir/prepare.tmp-HOST-PID`` and moved into place only once complete: a run that
-    fails or is interrupted (SIGINT, SIGTERM) leaves ``out_dir`` as it was, an earlier corpus included.
+    All or nothing: a run that fails or is interrupted (SIGINT, SIGTERM) leaves ``out_dir`` as it was.
     """
-    _check_config(cfg)
+    check_corpus_config(cfg)
+    if cfg.max_pages is not None and cfg.max_pages < 1:
+        raise UserError(f"--max_pages must be at least 1 (or None for all), got {cfg.max_pages}")
     out_dir = Path(cfg.out_dir)
-    _check_output(out_dir, cfg.overwrite)
     dump = resolve_dump(cfg.dump, cfg.download_dir)
-    with staging_dir(out_dir, "prepare") as staging, raise_on_signals(f"nothing written to {out_dir}"):
-        try:
-            manifest = _write_corpus(cfg, dump, staging, progress)
-        except DumpError as e:
-            raise DumpError(f"{e}; nothing written to {out_dir}") from None
-        with ignore_signals():
-            _install(staging, out_dir)
-    return manifest
+    return build_corpus(out_dir, lambda staging: _write_corpus(cfg, dump, staging, progress))
 
 
 def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool) -> dict:
     """The corpus of ``dump`` in ``out_dir``, ``manifest.json`` last; return the manifest."""
     start = time.perf_counter()
-    shard_bytes = max(1, int(cfg.shard_size_mb * 1e6))
-    writers = {split: ShardWriter(out_dir / split, split, shard_bytes) for split in SPLITS}
+    writer = CorpusWriter(out_dir, cfg.shard_size_mb)
     articles_seen: Counter[str] = Counter()
     counts: Counter[str] = Counter()  # what happened to every <page> read
     wikitext_bytes = 0
@@ -363,35 +254,32 @@ def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool)
 
     clean = functools.partial(_clean_batch, min_chars=cfg.min_chars)
     with (
-        _worker_pool(cfg.workers) as pool,
+        worker_pool(cfg.workers) as pool,
         open_dump(dump) as (raw, stream),
         tqdm(  # bytes of the dump file as stored (compressed for .bz2)
             total=dump.stat().st_size, unit="B", unit_scale=True, desc="prepare", disable=not progress
         ) as bar,
     ):
         # Two batches per worker: one being cleaned, one waiting, so that no worker idles.
-        batches = _map_in_order(pool, clean, _batches(articles(stream)), max_in_flight=2 * cfg.workers)
+        batches = map_in_order(pool, clean, _batches(articles(stream)), max_in_flight=2 * cfg.workers)
         for batch, results in batches:
             for (title, _), cleaned in zip(batch, results, strict=True):
                 split = split_of(title, cfg.eval_fraction)
                 articles_seen[split] += 1
                 counts[cleaned.outcome] += 1
                 if cleaned.doc is not None:
-                    writers[split].add(cleaned.doc)
+                    writer.add(split, cleaned.doc)
                 elif cleaned.error:
                     tqdm.write(f"warning: skipped article {title!r}: markup parser failed: {cleaned.error}")
             bar.update(raw.tell() - bar.n)
             bar.set_postfix({"pages": f"{counts['read']:,}", "docs": f"{counts['kept']:,}"}, refresh=False)
-        for writer in writers.values():
-            writer.close()
         bytes_read = raw.tell()
     if not counts["kept"]:
         raise DumpError(f"no articles found in {dump} ({counts['read']:,} pages read, none kept)")
 
-    elapsed = time.perf_counter() - start
     manifest = {
         "dump": str(dump.resolve()),
-        "dump_spec": cfg.dump,
+        "dump_spec": cfg.dump or SAMPLE_NAME,
         "dump_bytes": dump.stat().st_size,
         "dump_bytes_read": bytes_read,  # less than dump_bytes with max_pages
         "eval_fraction": cfg.eval_fraction,
@@ -400,47 +288,8 @@ def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool)
         "max_pages": cfg.max_pages,
         "pages": {key: counts[key] for key in PAGE_COUNTS},
         "wikitext_bytes": wikitext_bytes,
-        "splits": {
-            split: {
-                "articles": articles_seen[split],  # articles hashed into the split, before skips
-                "docs": w.n_docs,
-                "bytes": w.n_bytes,  # of its shard files, which corpus_split checks
-                "shards": w.n_shards,
-            }
-            for split, w in writers.items()
-        },
-        "elapsed_seconds": round(elapsed, 3),
+        # Articles hashed into each split, before skips; the writer adds what each split holds.
+        "splits": {split: {"articles": articles_seen[split]} for split in SPLITS},
+        "elapsed_seconds": round(time.perf_counter() - start, 3),
     }
-    with atomic_write(out_dir / MANIFEST, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    return manifest
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flags(parser, PrepareConfig, "prepare")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = from_flags(PrepareConfig, args)
-    m = prepare(cfg)
-    p, seconds = m["pages"], m["elapsed_seconds"]
-    for split, s in m["splits"].items():
-        print(f"{split}: {s['docs']:,} documents, {s['bytes'] / 1e6:,.1f} MB in {s['shards']} shards")
-        if s["docs"] == 0:
-            print(
-                f"warning: the {split} split is empty; raise --eval_fraction or use a bigger dump",
-                file=sys.stderr,
-            )
-    print(
-        f"{p['read']:,} pages read: {p['kept']:,} kept; skipped {p['not_article']:,} outside the article "
-        f"namespace, {p['redirect']:,} redirects, {p['empty']:,} empty, {p['disambiguation']:,} "
-        f"disambiguation pages, {p['too_short']:,} under {cfg.min_chars} characters, "
-        f"{p['markup_error']:,} unparsable"
-    )
-    print(
-        f"wrote {Path(cfg.out_dir) / MANIFEST} in {seconds:.1f}s with {cfg.workers} workers: "
-        f"{m['dump_bytes_read'] / 1e6 / seconds:.1f} MB/s of dump file, "
-        f"{m['wikitext_bytes'] / 1e6 / seconds:.1f} MB/s of wikitext"
-    )
-    return 0
+    return writer.close(manifest)
