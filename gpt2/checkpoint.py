@@ -33,8 +33,8 @@ weights it came from, and a backend refuses one that no longer matches them.
 The hashes in ``meta.json`` catch damage, not tampering: whoever can write a checkpoint folder can rewrite them.
 So the trainer state is read with ``weights_only``, which runs no code from the file; trainer state it cannot
 read (that of older versions, which pickled numpy's RNG state, or a file made to run code) is refused unless
-``--trust_checkpoint`` says the checkpoint comes from a trusted source. (A sharded checkpoint's ``dcp/`` is
-read by ``torch.distributed.checkpoint``, which unpickles its metadata: not covered.)
+``--trust_checkpoint`` says the checkpoint comes from a trusted source. A sharded checkpoint's ``dcp/`` is read
+the same way (see :mod:`gpt2.safe_dcp`): its metadata with an allow-list of DCP's own types, its values as plain data.
 """
 
 from __future__ import annotations
@@ -221,10 +221,16 @@ def _save_sharded(
     try:
         dcp.save(state, checkpoint_id=tmp / DCP_DIR)
     except CheckpointException as e:
-        # DCP raises every rank's failures gathered into one CheckpointException, a BaseException that callers
-        # catching a full disk's OSError would miss: raise the first rank's failure instead, on every rank alike.
-        raise e.failures[min(e.failures)][0] from e
+        # A BaseException that callers catching a full disk's OSError would miss: raise the failure itself.
+        raise _first_failure(e) from e
     torch.save(trainer_state or {}, tmp / f"trainer_rank{env.rank}.pt")
+
+
+def _first_failure(e: BaseException) -> BaseException:
+    """The first rank's failure out of DCP's ``CheckpointException``, which gathers every rank's: the same one
+    on every rank alike."""
+    failures = e.failures  # type: ignore[attr-defined]
+    return failures[min(failures)][0]
 
 
 def _check_every_rank_wrote(tmp: Path, world_size: int) -> None:
@@ -408,29 +414,71 @@ def _misfit(ckpt: Checkpoint, detail: str) -> CheckpointError:
     )
 
 
-def _dcp_model_metadata(ckpt: Checkpoint) -> dict[str, Any]:
-    """The storage metadata (global shape, dtype) of every model tensor in ``dcp/``, by state dict key."""
-    import torch.distributed.checkpoint as dcp
+def _dcp_metadata(ckpt: Checkpoint, trust: bool = False, resuming: bool = False, announce: bool = True) -> Any:
+    """The DCP metadata of a sharded checkpoint, unpickled without running code from it (see :mod:`gpt2.safe_dcp`);
+    metadata that needs more is a ``CheckpointError`` unless ``trust`` (``--trust_checkpoint``) allows it."""
+    from gpt2 import safe_dcp  # imports torch.distributed.checkpoint (a second), which only sharded runs need
 
-    saved = dcp.FileSystemReader(str(ckpt.path / DCP_DIR)).read_metadata().state_dict_metadata
-    return {k.removeprefix("model."): v for k, v in saved.items() if k.startswith("model.")}
+    file = ckpt.path / DCP_DIR / safe_dcp.METADATA_FILE
+    try:
+        try:
+            return safe_dcp.read_metadata(file.parent)
+        except safe_dcp.RefusedPickle as e:
+            if not trust:
+                raise CheckpointError(_refused(file, e, resuming)) from None
+            _warn_trusted(file, announce)
+            return safe_dcp.read_metadata(file.parent, trusted=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # unpickling a damaged file raises about anything; the hashes in meta.json matched
+        raise CheckpointError(f"{file} is not readable DCP metadata ({type(e).__name__}: {e})") from None
 
 
-def _check_dcp_fits(ckpt: Checkpoint, shapes: dict[str, torch.Size]) -> dict[str, Any]:
-    """The model tensors' metadata of ``dcp/`` (see :func:`_dcp_model_metadata`); a ``CheckpointError`` unless
-    they are exactly these (global) shapes: DCP itself raises an exception of its own for a missing key or
-    another shape, and loads the first layers of a deeper model without a word."""
-    metadata = _dcp_model_metadata(ckpt)
-    saved = {k: v.size for k, v in metadata.items()}
+def _refused(file: Path, why: Exception, resuming: bool) -> str:
+    hint = " If you trust where the checkpoint came from, resume with --trust_checkpoint" if resuming else ""
+    return (f"{file} holds Python objects that loading would have to run as code ({why}): someone may have altered "
+            f"it; refused.{hint}")  # fmt: skip
+
+
+def _warn_trusted(file: Path, announce: bool) -> None:
+    if announce:
+        print(f"warning: --trust_checkpoint: loading {file} as pickle, which runs any code it holds")
+
+
+def _dcp_load(ckpt: Checkpoint, state: dict[str, Any], metadata: Any, trust: bool = False, resuming: bool = False,
+              announce: bool = True) -> None:  # fmt: skip
+    """Load ``state`` in place from a sharded checkpoint's ``dcp/`` (see :func:`gpt2.safe_dcp.load`)."""
+    from torch.distributed.checkpoint import CheckpointException
+
+    from gpt2 import safe_dcp
+
+    try:
+        trusted_any = safe_dcp.load(state, ckpt.path / DCP_DIR, metadata, trusted=trust)
+    except CheckpointException as e:
+        failure = _first_failure(e)
+        if isinstance(failure, safe_dcp.RefusedPickle):
+            raise CheckpointError(_refused(ckpt.path / DCP_DIR, failure, resuming)) from None
+        raise
+    if trusted_any:
+        _warn_trusted(ckpt.path / DCP_DIR, announce)
+
+
+def _check_dcp_fits(ckpt: Checkpoint, metadata: Any, shapes: dict[str, torch.Size]) -> dict[str, Any]:
+    """The storage metadata (global shape, dtype) of the model tensors in ``dcp/``, by state dict key; a
+    ``CheckpointError`` unless they are exactly these (global) shapes: DCP itself raises an exception of its own
+    for a missing key or another shape, and loads the first layers of a deeper model without a word."""
+    saved = {k.removeprefix("model."): v for k, v in metadata.state_dict_metadata.items() if k.startswith("model.")}
     if missing := [k for k in shapes if k not in saved]:
         raise _misfit(ckpt, f"{DCP_DIR}/ lacks {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
     if unexpected := [k for k in saved if k not in shapes]:
         more = ", ..." if len(unexpected) > 3 else ""
         raise _misfit(ckpt, f"{DCP_DIR}/ holds unexpected {', '.join(unexpected[:3])}{more}")
     for key, shape in shapes.items():
-        if saved[key] != shape:
-            raise _misfit(ckpt, f"{key} is {tuple(saved[key])} in {DCP_DIR}/, {tuple(shape)} in the model")
-    return metadata
+        size = getattr(saved[key], "size", None)  # None: saved as bytes, not as a tensor
+        if size != shape:
+            raise _misfit(ckpt, f"{key} is {tuple(size) if size else 'no tensor'} in {DCP_DIR}/, {tuple(shape)} in "
+                                "the model")  # fmt: skip
+    return saved
 
 
 def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
@@ -444,14 +492,13 @@ def load_model_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
         state[TIED_KEY] = state["tok_emb.weight"]
         return state
     if (ckpt.path / DCP_DIR).is_dir():
-        import torch.distributed.checkpoint as dcp
-
         # DCP loads into pre-allocated tensors; without a process group it reads every shard. They are
         # allocated in the dtypes saved (bf16 for a --bf16 run), so that the weights come back as they were.
+        metadata = _dcp_metadata(ckpt)
         state = GPT(ckpt.model_config).state_dict()
-        saved = _check_dcp_fits(ckpt, {k: v.shape for k, v in state.items()})
+        saved = _check_dcp_fits(ckpt, metadata, {k: v.shape for k, v in state.items()})
         state = {k: v.to(saved[k].properties.dtype) for k, v in state.items()}
-        dcp.load({"model": state}, checkpoint_id=ckpt.path / DCP_DIR)
+        _dcp_load(ckpt, {"model": state}, metadata)
         return state
     raise CheckpointError(f"checkpoint {ckpt.path} has neither {MODEL_FILE} nor {DCP_DIR}/")
 
@@ -465,8 +512,9 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Restore model and optimizer in place (sharded or not) and return this rank's trainer state.
 
-    The trainer state is read with ``torch.load(weights_only=True)``; one that needs more (pickled objects) is a
-    ``CheckpointError`` unless ``trust`` (``--trust_checkpoint``) allows loading it, code and all.
+    The trainer state is read with ``torch.load(weights_only=True)``, and a sharded checkpoint's ``dcp/`` as
+    :mod:`gpt2.safe_dcp` does; one that needs more (pickled objects) is a ``CheckpointError`` unless ``trust``
+    (``--trust_checkpoint``) allows loading it, code and all.
     """
     env = env or DistEnv()
     if ckpt.meta.get("sharded", False) != env.distributed or ckpt.meta.get("world_size", 1) != env.world_size:
@@ -482,14 +530,14 @@ def load_training_state(
         _load_weights(model, load_model_state(ckpt), ckpt)
         optimizer.load_state_dict(state.pop("optimizer"))
         return state
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    # The trainer state first: a refused one must stop the run before the (long) load of the weights.
+    # The trainer state and the metadata first: a refused one must stop the run before the (long) load of the weights.
     state = load_trainer_state(ckpt.path / f"trainer_rank{env.rank}.pt", trust, announce=env.is_main)
+    metadata = _dcp_metadata(ckpt, trust, resuming=True, announce=env.is_main)
     model_state, optim_state = get_state_dict(model, optimizer)
-    _check_dcp_fits(ckpt, {k: v.shape for k, v in model_state.items()})  # DTensors: their global shapes
-    dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=ckpt.path / DCP_DIR)
+    _check_dcp_fits(ckpt, metadata, {k: v.shape for k, v in model_state.items()})  # DTensors: their global shapes
+    _dcp_load(ckpt, {"model": model_state, "optimizer": optim_state}, metadata, trust, True, announce=env.is_main)
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
     return state
 

@@ -1,8 +1,11 @@
 """FSDP2 under torchrun (gloo, 2 CPU processes): same losses as one process, sharded checkpoints."""
 
+import datetime
 import json
 import os
+import pickle
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +14,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_checkpoint import Payload, rewrite, torch_saved
 from test_training import _without_model_flags, train_args
 
 from gpt2.checkpoint import (
@@ -19,9 +23,15 @@ from gpt2.checkpoint import (
     list_checkpoints,
     load_model,
     load_model_state,
+    load_training_state,
     read_checkpoint,
 )
 from gpt2.cli import main as cli
+from gpt2.model import GPT
+from gpt2.safe_dcp import read_metadata
+from gpt2.training.config import OptimConfig
+from gpt2.training.optim import build_optimizer, lr_at
+from gpt2.training.parallel import DistEnv
 from gpt2.training.run_lock import RunLock
 from gpt2.training.run_log import read_metrics
 
@@ -38,6 +48,21 @@ def torchrun(args, nproc=2):
     proc = run_torchrun(args, nproc)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+SHARDED_RUN_FLAGS = ("--batch_size", "2", "--eval_batches", "1")
+
+
+@pytest.fixture(scope="module")
+def sharded_run(corpus, tmp_path_factory):
+    """A run folder with the sharded checkpoint of one step, made once: tests alter copies of it."""
+    run = tmp_path_factory.mktemp("sharded") / "run"
+    torchrun([*train_args(corpus, run, *SHARDED_RUN_FLAGS), "--max_steps", "1"])
+    return run
+
+
+def copy_of(run, tmp_path):
+    return shutil.copytree(run, tmp_path / "run")
 
 
 def test_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tmp_path):
@@ -100,10 +125,10 @@ def test_sharded_bf16_run_resumes_and_consolidates_in_bf16(corpus, tmp_path):
     assert {t.dtype for t in saved.values()} == {torch.bfloat16}
 
 
-def test_a_sharded_checkpoint_whose_weights_do_not_fit_its_config_is_a_checkpoint_error(corpus, tmp_path):
-    run = tmp_path / "run"
-    args = train_args(corpus, run, "--batch_size", "2", "--eval_batches", "1")
-    torchrun([*args, "--max_steps", "1"])
+def test_a_sharded_checkpoint_whose_weights_do_not_fit_its_config_is_a_checkpoint_error(corpus, sharded_run,
+                                                                                          tmp_path):  # fmt: skip
+    run = copy_of(sharded_run, tmp_path)
+    args = train_args(corpus, run, *SHARDED_RUN_FLAGS)
     path = find_checkpoint(run).path
     meta = json.loads((path / "meta.json").read_text())
     config = meta["model_config"]
@@ -162,3 +187,63 @@ def test_a_run_folder_in_use_stops_every_rank_at_once(corpus, tmp_path):
     assert proc.returncode != 0 and proc.stderr.count(message) == 2, proc.stderr[-3000:]  # one line per rank
     assert proc.stderr.count("Traceback") <= 1  # the launcher's own report of its failed ranks
     assert not (run / "metrics.jsonl").exists() and not list_checkpoints(run)
+
+
+def resume_in_this_process(path, trust=False):
+    """``load_training_state`` of a 2-rank checkpoint as rank 0 of a resume, without a process group (DCP then
+    reads every shard into whole tensors); the model and optimizer it filled."""
+    ckpt = read_checkpoint(path, resume=True)
+    model = GPT(ckpt.model_config)
+    optimizer = build_optimizer(model, OptimConfig(lr=1.0), "cpu")
+    state = load_training_state(ckpt, model, optimizer, DistEnv(rank=0, world_size=2), trust=trust)
+    assert state["step"] == 1
+    return model, optimizer
+
+
+def test_a_sharded_checkpoint_that_would_run_code_is_refused_without_running_it(sharded_run, tmp_path, capsys):
+    path = find_checkpoint(copy_of(sharded_run, tmp_path)).path
+    metadata = read_metadata(path / "dcp")
+    # As it was written: it loads, weights and optimizer settings (values DCP saves as pickled bytes) alike.
+    model, optimizer = resume_in_this_process(path)
+    weights, _ = load_model(path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), weights.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # The learning rate step 1 ran at (train_args' --lr 3e-3, 2 warmup steps), not the 1.0 it was built with.
+    assert {g["lr"] for g in optimizer.param_groups} == {lr_at(0, OptimConfig(lr=3e-3, warmup_steps=2), 1)}
+
+    # DCP's .metadata carrying a payload (whoever can write the folder can rewrite its hashes too).
+    marker = tmp_path / "payload-ran"
+    metadata.planner_data = {"model.tok_emb.weight": Payload(marker)}
+    rewrite(path, "dcp/.metadata", pickle.dumps(metadata))
+    refused = r"dcp/\.metadata holds Python objects that loading would have to run as code \(it names \w+\.open,"
+    with pytest.raises(CheckpointError, match=rf"{refused}.*refused\.$"):
+        load_model(path)  # evaluate, generate, deploy
+    assert cli(["consolidate", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}/dcp/.metadata holds Python objects")
+    with pytest.raises(CheckpointError, match=rf"{refused}.*resume with --trust_checkpoint$") as error:
+        resume_in_this_process(path)
+    assert "\n" not in str(error.value)
+    assert not marker.exists()
+
+    # A value of the optimizer's, saved as bytes in a shard, carrying a payload.
+    (key, where), *_ = [(k, v) for k, v in metadata.storage_data.items() if k.fqn.endswith("param_groups.0.lr")]
+    shard_name, shard = f"dcp/{where.relative_path}", (path / "dcp" / where.relative_path).read_bytes()
+    stored = where.offset, where.length
+    payload = torch_saved(Payload(marker))
+    where.offset, where.length = len(shard), len(payload)
+    rewrite(path, shard_name, shard + payload)
+    metadata.planner_data = None
+    rewrite(path, "dcp/.metadata", pickle.dumps(metadata))
+    with pytest.raises(CheckpointError, match=f"value of {key.fqn} is not plain data.*--trust_checkpoint$"):
+        resume_in_this_process(path)
+    assert not marker.exists()
+
+    # --trust_checkpoint loads what the allow-list does not know (here a date among the metadata), and says so.
+    rewrite(path, shard_name, shard)
+    where.offset, where.length = stored
+    metadata.planner_data = {"written": datetime.date(2026, 12, 1)}
+    rewrite(path, "dcp/.metadata", pickle.dumps(metadata))
+    with pytest.raises(CheckpointError, match="it names datetime.date"):
+        resume_in_this_process(path)
+    resume_in_this_process(path, trust=True)
+    assert "warning: --trust_checkpoint: loading" in capsys.readouterr().out

@@ -321,6 +321,29 @@ def test_every_launcher_runs_from_the_callers_folder_with_the_repos_defaults(fak
     assert value == (str(REPO / default) if default else "quick/wiki")
 
 
+@pytest.mark.parametrize("launcher", ["train_gpt2.sh", "multitrain_gpt2.sh"])
+def test_a_resuming_launcher_passes_only_the_variables_set_in_the_environment(fake_python, tmp_path, launcher):
+    env, calls = fake_python
+    run = tmp_path / "run"
+    env = {**env, "OUT_DIR": str(run), "RESUME": "true", "MAX_STEPS": "40000", "LR": ""}  # empty: not set
+
+    def trainer_args():
+        done = subprocess.run(["bash", str(REPO / "scripts" / launcher)], env=env, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        args = json.loads(calls.read_text().splitlines()[-1])
+        return done.stdout, args[args.index("train") + 1 :]
+
+    # No checkpoint yet: the trainer starts the run anew, with every setting (the launcher's defaults).
+    (run / "checkpoints" / "step_00000100.tmp").mkdir(parents=True)  # a save cut short is no checkpoint
+    out, args = trainer_args()
+    assert "RESUME=true" not in out and args[args.index("--lr") + 1] == "6e-4" and "--preset" in args
+    # A checkpoint: the paths, RESUME and the variable set; the checkpoint's value of every other setting.
+    (run / "checkpoints" / "step_00000100").mkdir()
+    out, args = trainer_args()
+    assert out == "RESUME=true: the checkpoint's settings, but for those set in the environment: MAX_STEPS\n"
+    assert args[args.index("--resume") :] == ["--resume", "true", "--max_steps", "40000"]
+
+
 def test_quickstart_empties_only_a_folder_it_made(fake_python, tmp_path):
     env, calls = fake_python
     launcher = ["bash", str(REPO / "scripts" / "quickstart.sh")]

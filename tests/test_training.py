@@ -281,6 +281,33 @@ def test_sigterm_to_the_launcher_reaches_the_trainer(corpus, tmp_path):
     assert max(train_losses(run_dir)) == find_checkpoint(run_dir).step
 
 
+def test_the_launcher_resumes_with_the_checkpoints_settings_and_announces_the_ones_set(corpus, tmp_path):
+    # On RESUME=true the launcher passes only the variables set in the environment: its defaults (a new run's:
+    # PRESET gpt2, SEQ_LEN 1024, LR 6e-4, WARMUP_STEPS 700 ...) must not replace those the run was started with.
+    run_dir = tmp_path / "run"
+    assert cli(train_args(corpus, run_dir, "--max_steps", "2")) == 0
+    launcher = Path(__file__).parents[1] / "scripts" / "train_gpt2.sh"
+    env = {**os.environ, "DATA_DIR": str(corpus.tokens), "TOKENIZER": str(corpus.tokenizer), "OUT_DIR": str(run_dir),
+           "DEVICE": "cpu", "PRECISION_FLAGS": "", "RESUME": "true", "MAX_STEPS": "4", "WEIGHT_DECAY": "0.05"}
+    resumed = subprocess.run(["bash", str(launcher), "--progress", "false"], env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    out = resumed.stdout
+    assert "RESUME=true: the checkpoint's settings, but for those set in the environment: MAX_STEPS WEIGHT_DECAY" in out
+    assert [line for line in out.splitlines() if line.startswith("resume: ")] == [
+        "resume: --max_steps 2 -> 4 (given on the command line; the learning-rate schedule changes from here)",
+        "resume: --weight_decay 0.1 -> 0.05 (given on the command line)",
+    ]
+    ckpt = find_checkpoint(run_dir)
+    assert ckpt.step == 4 and ckpt.meta["model_config"]["n_layers"] == 2
+    assert {k: ckpt.train_config[k] for k in ("preset", "seq_len", "eval_batches", "log_every")} == {
+        "preset": "small", "seq_len": 32, "eval_batches": 4, "log_every": 1}  # fmt: skip
+    used = OptimConfig(**ckpt.meta["optim_config"])
+    assert (used.lr, used.warmup_steps, used.weight_decay) == (3e-3, 2, 0.05)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
+    assert [lrs[3], lrs[4]] == [lr_at(2, used, 4), lr_at(3, used, 4)]  # the step logged N ran at lr_at(N - 1)
+
+
 def _file_size_limit(limit):
     def set_limit():  # in the child: files past `limit` bytes fail to write, as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

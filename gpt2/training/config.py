@@ -53,8 +53,9 @@ class TrainConfig:
     # Not recorded (see to_dict): trust is given to one checkpoint, never inherited from one.
     trust_checkpoint: bool = field(
         default=False,
-        metadata={"help": "with --resume: also load trainer state that older versions pickled, which runs any code "
-                          "the file holds; only for checkpoints from a source you trust", "recorded": False},
+        metadata={"help": "with --resume: also load trainer state (or a sharded checkpoint's DCP metadata) that "
+                          "holds more than plain data, as older versions pickled it, which runs any code the file "
+                          "holds; only for checkpoints from a source you trust", "recorded": False},
     )  # fmt: skip
     # Model.
     preset: str | None = field(
