@@ -19,9 +19,10 @@ def run(args: argparse.Namespace) -> int:
     ckpt = find_checkpoint(args.checkpoint)
     model, _ = load_model(ckpt)
     exported = export_hf(model, Tokenizer.load(ckpt.tokenizer_path), args.out_dir, overwrite=args.overwrite)
-    trust = ", trust_remote_code=True" if exported.remote_code else ""
-    print(f"exported {ckpt.path} (step {ckpt.step}) -> {exported.path} ({exported.architecture}"
-          f"{', with its modeling code' if exported.remote_code else ''})\n"
-          f"load it with AutoModelForCausalLM.from_pretrained({str(exported.path)!r}{trust}) and AutoTokenizer; "
-          f"lm_eval --model hf --model_args pretrained={exported.path}{trust.replace(' ', '')}")  # fmt: skip
+    path, remote = exported.path, exported.remote_code
+    trust = ", trust_remote_code=True" if remote else ""
+    print(f"exported {ckpt.path} (step {ckpt.step}) -> {path} ({exported.architecture}"
+          f"{', with its modeling code' if remote else ''})\n"
+          f"load it with AutoModelForCausalLM and AutoTokenizer .from_pretrained({str(path)!r}{trust}); "
+          f"evaluate it with lm_eval --model hf --model_args pretrained={path}{trust.replace(' ', '')}")  # fmt: skip
     return 0

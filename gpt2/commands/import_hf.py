@@ -29,9 +29,8 @@ def run(args: argparse.Namespace) -> int:
             os.replace(file, staging / file.name)
         shutil.rmtree(staging / "run")
     cfg = imported.model.cfg
-    print(f"imported {args.src} ({imported.source['architecture']}, {cfg.n_layers} layers x {cfg.dim}, "
-          f"{imported.model.num_params() / 1e6:.1f}M parameters without embeddings, {cfg.attention} attention, "
-          f"{cfg.position} positions) -> checkpoint {out}\n"
+    print(f"imported {args.src} ({imported.source['architecture']}: {cfg.n_layers} layers, dim {cfg.dim}, "
+          f"{cfg.n_heads} heads, {cfg.attention} attention, {cfg.position} positions) -> checkpoint {out}\n"
           f"its tokenizer is {out / 'tokenizer.json'}: encode data with it to evaluate or fine-tune "
           f"(train --init_from {out})")  # fmt: skip
     return 0
