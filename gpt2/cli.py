@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("gpt2.study.main", "softmax vs softplus: train and evaluate a grid of variants over seeds, report"),
     "plot": ("gpt2.training.plot", "loss curves of several runs in one PNG"),
     "consolidate": ("gpt2.training.consolidate", "turn a sharded (FSDP) checkpoint into one safetensors file"),
+    "export-hf": ("gpt2.commands.export_hf", "a checkpoint as a Hugging Face transformers folder"),
+    "import-hf": ("gpt2.commands.import_hf", "a Hugging Face GPT-2 (folder or hub id) as a checkpoint"),
 }
 
 # Failures of the machine or of a path the user gave, not of the code: one line, no traceback. (Other

@@ -96,6 +96,51 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def check_new_dir(
+    path: str | os.PathLike, what: str, replaceable: str | None = None, overwrite: bool = False
+) -> Path:
+    """``path`` if it is a folder that may be written as a whole: absent or empty; else a one-line ``UserError``
+    (the folder holds something else, which is not merged with). ``replaceable`` names a file whose presence
+    marks the folder as an earlier output of the same kind, which ``overwrite`` (``--overwrite``) replaces."""
+    path = Path(path)
+    check_output_dir(path, what)
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    names = sorted(p.name for p in path.iterdir())
+    if overwrite and replaceable in names:
+        return path
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    hint = ""
+    if replaceable in names:
+        hint = " (or --overwrite to replace an earlier one)"
+    elif overwrite:
+        hint = f" (--overwrite replaces only an earlier one, a folder with a {replaceable})"
+    raise UserError(f"{what} {path} is not empty (it holds {shown}); give a new or empty folder{hint}")
+
+
+@contextlib.contextmanager
+def building_dir(out: Path, replace: bool = False) -> Iterator[Path]:
+    """A staging folder beside ``out`` to build a whole output folder in; on success it is renamed to ``out``
+    (absent or empty, or, with ``replace``, an earlier output, removed once the new one is in place). On error
+    nothing is left: neither the staging folder nor a half-written ``out``."""
+    with staging_dir(out.parent, out.name) as staging:
+        yield staging
+        for file in staging.rglob("*"):
+            if file.is_file():
+                fsync_file(file)
+        old = out.with_name(f"{staging.name}.old")
+        if replace and out.is_dir() and any(out.iterdir()):
+            os.replace(out, old)
+        try:  # rename(2) replaces an empty folder
+            os.replace(staging, out)
+        except BaseException:
+            if old.exists():
+                os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(out.parent)
+
+
 def check_output_path(path: str | os.PathLike, flag: str = "--output") -> Path:
     """``path`` if a file can be written there, else a clear ``UserError`` now, before the work whose result it
     is to hold (not a bare OS error once it is done, its result lost)."""

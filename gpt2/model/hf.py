@@ -74,8 +74,20 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
     return ModelConfig(**values)
 
 
+SOFTMAX_KINDS = ("softmax", "softmax_naive")  # the same function of the weights, computed two ways
+
+
+def is_gpt2(cfg: ModelConfig) -> bool:
+    """Whether ``transformers``' own ``GPT2LMHeadModel`` computes this model (else it needs code of its own)."""
+    try:
+        _check_interoperable(cfg)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_interoperable(cfg: ModelConfig) -> None:
-    if cfg.attention != "softmax" or cfg.position != "learned" or cfg.length_base is not None:
+    if cfg.attention not in SOFTMAX_KINDS or cfg.position != "learned" or cfg.length_base is not None:
         raise ValueError(
             f"HF GPT-2 is softmax attention with learned positions and no length scale; this model has "
             f"{cfg.attention} attention, {cfg.position} positions, length_base {cfg.length_base}"
@@ -134,15 +146,18 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
+def gpt2_shape(cfg: ModelConfig) -> dict[str, int]:
+    """The model's shape under ``GPT2Config``'s names."""
+    return dict(
+        vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.dim, n_layer=cfg.n_layers, n_head=cfg.n_heads
+    )
+
+
 def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     """Keyword arguments for ``transformers.GPT2Config`` describing this model."""
     _check_interoperable(cfg)
     return dict(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.max_seq_len,
-        n_embd=cfg.dim,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
+        **gpt2_shape(cfg),
         activation_function="gelu_new",
         resid_pdrop=cfg.dropout,
         embd_pdrop=cfg.dropout,

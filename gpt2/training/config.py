@@ -57,6 +57,12 @@ class TrainConfig:
                           "holds more than plain data, as older versions pickled it, which runs any code the file "
                           "holds; only for checkpoints from a source you trust", "recorded": False},
     )  # fmt: skip
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "start a new run from the weights of this checkpoint (or run folder's newest; e.g. one "
+                          "import-hf wrote): its model and tokenizer, a new optimizer at step 0 (fine-tuning); only "
+                          "--dropout of the model flags may change"},
+    )  # fmt: skip
     # Model.
     preset: str | None = field(
         default=None,

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 
+from gpt2.checkpoint import find_checkpoint
 from gpt2.errors import UserError
 from gpt2.flags import add_flags, given_values
 from gpt2.io import check_output_dir
@@ -34,6 +35,18 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: int) -> ModelCo
     return model_config_from_preset(args.preset or DEFAULT_PRESET, vocab_size=vocab_size, **overrides)
 
 
+def init_model_config(init_from: str, args: argparse.Namespace) -> ModelConfig:
+    """The model config of the checkpoint ``--init_from`` names, with ``--dropout`` if given (no other model flag:
+    the weights are that model's)."""
+    given = [f"--{name}" for name in _MODEL_FIELDS if name != "dropout" and getattr(args, name) is not None]
+    if args.preset is not None or given:
+        flags = ", ".join((["--preset"] if args.preset is not None else []) + given)
+        raise UserError(f"--init_from starts from the model of its checkpoint: leave out {flags} (of the model "
+                        "flags only --dropout may change)")  # fmt: skip
+    model_cfg = find_checkpoint(init_from, verify=False).model_config  # the trainer verifies the weights it reads
+    return model_cfg if args.dropout is None else dataclasses.replace(model_cfg, dropout=args.dropout)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.softplus_length_base is not None:
         if args.length_base is not None:
@@ -48,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     # A --preset or model flag describes a model; when resuming, the checkpoint's must be that one.
     explicit = args.preset is not None or any(getattr(args, name) is not None for name in _MODEL_FIELDS)
     model_cfg = None
-    if not cfg.resume or explicit:
+    if cfg.init_from is not None:
+        model_cfg = init_model_config(cfg.init_from, args)
+    elif not cfg.resume or explicit:
         model_cfg = model_config_from_args(args, tokenizer.vocab_size)
     try:
         Trainer(cfg, optim_cfg, model_cfg, tokenizer, given=train_given.keys() | optim_given.keys()).fit()

@@ -32,6 +32,7 @@ from gpt2.checkpoint import (
     Checkpoint,
     find_checkpoint,
     list_checkpoints,
+    load_model_state,
     load_training_state,
     save_checkpoint,
 )
@@ -94,9 +95,18 @@ class Trainer:
             raise UserError("--amp_fp16 is not supported with FSDP; use --amp_bf16 or --bf16")
         self._load_data(tokenizer or Tokenizer.load(cfg.tokenizer))
 
+        # A resumed run has its weights in its own checkpoint; --init_from starts a new run only.
+        self.init_from = find_checkpoint(cfg.init_from) if cfg.init_from and resume_from is None else None
+        if self.init_from is not None:
+            model_cfg = model_cfg or self.init_from.model_config
+            self._check_init_compatible(self.init_from, model_cfg)
         if cfg.preset is None:  # recorded as what the model is: the checkpoint's preset, or the default
-            saved = resume_from.train_config.get("preset") if resume_from is not None else None
-            self.cfg = cfg = dataclasses.replace(cfg, preset=saved or DEFAULT_PRESET)
+            if self.init_from is not None:  # its model, whatever it was (an imported one has no preset)
+                preset = self.init_from.train_config.get("preset")
+            else:
+                saved = resume_from.train_config.get("preset") if resume_from is not None else None
+                preset = saved or DEFAULT_PRESET
+            self.cfg = cfg = dataclasses.replace(cfg, preset=preset)
         barrier()  # every rank has looked at the run folder before rank 0 writes to it
         model_cfg = self._model_config(resume_from, model_cfg)
         self.memory_estimate = check_training_memory(
@@ -169,7 +179,12 @@ class Trainer:
         """The model (sharded under FSDP, compiled with --compile), its optimizer and loss scaler."""
         # Initialise on the CPU from the seed: every rank (and a single-process run) starts identical.
         torch.manual_seed(self.cfg.seed)
-        model = GPT(model_cfg).to(self.device, dtype=self.precision.param_dtype)
+        model = GPT(model_cfg)
+        if self.init_from is not None:
+            model.load_state_dict(load_model_state(self.init_from))
+            if self.env.is_main:
+                print(f"initialised from {self.init_from.path} (step {self.init_from.step})")
+        model = model.to(self.device, dtype=self.precision.param_dtype)
         # Under FSDP, bf16 compute is FSDP's mixed-precision policy (bf16 params, fp32 reduction), not autocast.
         fsdp_bf16 = self.env.distributed and self.precision.compute_dtype == torch.bfloat16
         if self.env.distributed:
@@ -197,6 +212,20 @@ class Trainer:
                 print(f"--resume: {self.run_dir} has no checkpoint yet; starting from step 0")
             return None
         return find_checkpoint(self.run_dir, resume=True)
+
+    def _check_init_compatible(self, ckpt: Checkpoint, model_cfg: ModelConfig) -> None:
+        """A one-line error unless the ``--init_from`` checkpoint has this run's tokenizer and model (dropout
+        aside)."""
+        if ckpt.tokenizer_sha256 != self.tokenizer.sha256:
+            raise UserError(
+                f"--init_from {ckpt.path} was trained with tokenizer {ckpt.tokenizer_sha256[:12]}, but --tokenizer "
+                f"{self.cfg.tokenizer} is {self.tokenizer.sha256[:12]}: encode the data with {ckpt.tokenizer_path}"
+            )
+        if dataclasses.replace(model_cfg, dropout=ckpt.model_config.dropout) != ckpt.model_config:
+            raise UserError(
+                f"--init_from {ckpt.path}: the model config differs from the checkpoint's (only --dropout may)\n"
+                f"  checkpoint: {ckpt.model_config}\n  requested:  {model_cfg}"
+            )
 
     def _check_resume_compatible(self, ckpt: Checkpoint, requested: ModelConfig | None) -> ModelConfig:
         if ckpt.tokenizer_sha256 != self.tokenizer.sha256:
