@@ -41,9 +41,8 @@ def add_flags(
     title: str | None = None,
     unset_means: str | None = None,
     track_given: bool = False,
-) -> argparse._ArgumentGroup:
-    """Add one ``--name`` option per field of dataclass ``cls`` (help from field metadata), in a group titled
-    ``title`` (returned, for options added by hand).
+) -> None:
+    """Add one ``--name`` option per field of dataclass ``cls`` (help from field metadata).
 
     With ``unset_means`` every option defaults to None (not given) and its help says where the value then
     comes from (e.g. "the --preset") instead of naming the field's default. With ``track_given`` every option
@@ -90,7 +89,6 @@ def add_flags(
         if choices:
             kwargs["choices"] = choices
         group.add_argument(f"--{f.name}", **kwargs)
-    return group
 
 
 def from_flags(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

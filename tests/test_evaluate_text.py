@@ -17,6 +17,7 @@ import zstandard
 from test_evaluation import TRAIN_LEN, save, tiny_model
 
 from gpt2.cli import main as cli
+from gpt2.data.prepare_text import TextConfig
 from gpt2.data.text_shards import corpus_split, iter_documents
 from gpt2.data.tokens import TokenChunk, write_token_file
 from gpt2.errors import UserError
@@ -58,16 +59,16 @@ def brute_force_nll(model, tokens, seq_len, stride):
     return total
 
 
-@pytest.mark.parametrize("position, seq_len, stride", [("learned", TRAIN_LEN, 5), ("rope", 2 * TRAIN_LEN, 7)])
+@pytest.mark.parametrize("position, seq_len, stride", [("learned", TRAIN_LEN, 5), ("rope", TRAIN_LEN + 4, 7)])
 def test_a_stride_evaluation_is_the_per_token_loss_with_the_stated_context(corpus, tmp_path, documents, position,
                                                                            seq_len, stride):  # fmt: skip
     model = tiny_model(corpus, position=position)
     ckpt = save(corpus, tmp_path / "run", model)
-    docs = [doc[:160].strip() for doc in documents]
+    docs = [doc[:100].strip() for doc in documents]
     path = tmp_path / "docs.txt"
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     report = evaluate_checkpoint(ckpt, seq_len=seq_len, stride=stride, batch_size=3, device="cpu",
-                                 text=[path], text_documents="blank_lines")  # fmt: skip
+                                 text=TextConfig(text=[str(path)], documents="blank_line"))  # fmt: skip
     tokenizer = Tokenizer.load(corpus.tokenizer)
     streams = [stream(tokenizer, doc) for doc in docs]
     assert report["documents"] == 3 and report["whole_eval_set"]
@@ -99,7 +100,7 @@ def test_stride_equal_to_seq_len_is_the_evaluation_of_consecutive_windows(corpus
     tokens = tmp_path / "doc.bin"  # the same stream as a token file: the loader's eval batches cut it
     write_token_file(tokens, [TokenChunk(stream(tokenizer, doc), 1, len(doc.encode()))], tokenizer.vocab_size,
                      tokenizer.sha256)  # fmt: skip
-    by_text = evaluate_checkpoint(ckpt, batch_size=4, device="cpu", text=[path])
+    by_text = evaluate_checkpoint(ckpt, batch_size=4, device="cpu", text=TextConfig(text=[str(path)]))
     by_tokens = evaluate_checkpoint(ckpt, batch_size=4, device="cpu", eval_tokens=tokens)
     assert by_text["stride"] == by_text["seq_len"] == TRAIN_LEN
     for key in ("tokens", "bytes", "batches"):
@@ -107,7 +108,7 @@ def test_stride_equal_to_seq_len_is_the_evaluation_of_consecutive_windows(corpus
     assert by_text["loss"] == pytest.approx(by_tokens["loss"], rel=1e-6)
     # And a stride on the token file is the text's stride evaluation.
     strided = evaluate_checkpoint(ckpt, batch_size=4, device="cpu", eval_tokens=tokens, stride=6)
-    text_strided = evaluate_checkpoint(ckpt, batch_size=4, device="cpu", text=[path], stride=6)
+    text_strided = evaluate_checkpoint(ckpt, batch_size=4, device="cpu", text=TextConfig(text=[str(path)]), stride=6)
     assert strided["tokens"] == text_strided["tokens"] and strided["loss"] == pytest.approx(text_strided["loss"])
     assert strided["loss"] != pytest.approx(by_tokens["loss"], rel=1e-6)  # more context per target
 
@@ -116,8 +117,9 @@ def test_jsonl_parquet_and_compressed_files_give_the_numbers_of_the_plain_text(c
     run = tmp_path / "run"
     save(corpus, run, tiny_model(corpus))
     plain = []
+    (tmp_path / "folder").mkdir()
     for i, doc in enumerate(documents):  # one document per file: the plain-text default
-        plain.append(tmp_path / f"doc{i}.txt")
+        plain.append(tmp_path / "folder" / f"doc{i}.txt")
         plain[-1].write_text(doc, encoding="utf-8")
     blank_lines = tmp_path / "docs.txt"
     blank_lines.write_text("\n\n\n".join(documents) + "\n", encoding="utf-8")
@@ -140,8 +142,9 @@ def test_jsonl_parquet_and_compressed_files_give_the_numbers_of_the_plain_text(c
     assert reference["documents"] == 3 and reference["text"] == list(map(str, plain))
     out = capsys.readouterr().out
     assert f"{plain[0]}, {plain[1]}, {plain[2]}: {reference['tokens']:,} tokens" in out and "stride 8" in out
-    for flags in (["--text", str(blank_lines), "--text_documents", "blank_lines"],
-                  ["--text", str(tmp_path / "docs.txt.bz2"), "--text_documents", "blank_lines"],
+    for flags in (["--text", str(tmp_path / "folder")],  # its files in path order
+                  ["--text", str(blank_lines), "--documents", "blank_line"],
+                  ["--text", str(tmp_path / "docs.txt.bz2"), "--documents", "blank_line"],
                   ["--text", str(tmp_path / "docs.jsonl"), "--text_field", "body"],
                   ["--text", str(tmp_path / "docs.jsonl.gz"), "--text_field", "body"],
                   ["--text", str(tmp_path / "docs.jsonl.zst"), "--text_field", "body"],
@@ -184,24 +187,24 @@ def test_bad_text_inputs_are_one_line_errors_and_write_nothing(corpus, tmp_path,
 
     jsonl = tmp_path / "a.jsonl"
     jsonl.write_text('{"text": "fine"}\n{"content": "no text field"}\n')
-    assert "a.jsonl line 2 has no field 'text' (its fields: 'content'); name the text field with --text_field" in (
-        error(jsonl)
-    )
+    assert "a.jsonl, line 2 has no 'text' field (its fields: 'content')" in error(jsonl)
     jsonl.write_text('{"text": "fine"}\n\n{"text": "fine",\n')
-    assert "a.jsonl line 3 is not JSON" in error(jsonl)
+    assert "a.jsonl, line 3 is not JSON" in error(jsonl)
     parquet = tmp_path / "a.parquet"
     pq.write_table(pa.table({"content": ["x"]}), parquet)
     assert "a.parquet has no column 'text' (its columns: 'content')" in error(parquet)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("first line\ncaf\u00e9\n".encode("latin-1"))
-    assert "latin1.txt is not UTF-8 text: byte 0xe9 at byte offset 14 (line 2)" in error(latin1)
+    assert "latin1.txt is not UTF-8 text: byte 0xe9 at byte offset 14 " in error(latin1)
     compressed = tmp_path / "later.txt.gz"  # a bad byte after the first document: found while evaluating
     compressed.write_bytes(gzip.compress(b"one\n\ntwo\n\nthree \xff\n"))
-    assert "at byte offset 16 of the decompressed text (line 5)" in error(compressed, "--text_documents", "blank_lines")
+    assert "at byte offset 16 of its decompressed content" in error(compressed, "--documents", "blank_line")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert "no text to evaluate on" in error(empty)
     assert "--stride 17 must be between 1 and --seq_len 16" in error(latin1, "--stride", "17")
+    assert cli(["evaluate", str(run), "--text_field", "body", "--device", "cpu"]) == 2  # no --text to read
+    assert "say how to read --text; give --text FILE" in capsys.readouterr().err
     assert not list(run.glob("eval_*.json"))
     # A text file given as a token file: what to do instead.
     text = tmp_path / "test.txt"

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from gpt2.checkpoint import CHECKPOINTS_DIR, Checkpoint, find_checkpoint
+from gpt2.data.prepare_text import TextConfig
 from gpt2.data.tokens import TokenFile
 from gpt2.errors import UserError
 from gpt2.evaluation.attention_sink import SINK_THRESHOLD
 from gpt2.evaluation.metrics import coverage
 from gpt2.evaluation.run import check_eval_sizes, evaluate_checkpoint, recorded_eval_set, training_seq_len
-from gpt2.evaluation.text_source import DOCUMENT_MODES
 from gpt2.flags import add_flags, from_flags
 from gpt2.inference import BACKEND_PRECISIONS, BACKENDS, PRECISION_HELP
 from gpt2.io import check_output_path
@@ -25,20 +25,22 @@ from gpt2.reports import describes_the_same, keep_as_previous, read_earlier, wri
 
 
 @dataclass
+class EvalTextConfig(TextConfig):
+    text: list[str] = field(
+        default_factory=list,
+        metadata={"repeatable": True,
+                  "help": "evaluate on this text instead of a token file: a file, a folder or a quoted glob; plain "
+                          "text, JSONL (.jsonl/.json) or Parquet, optionally .gz/.zst/.bz2/.xz compressed; tokenized "
+                          "with the checkpoint's tokenizer, each document scored on its own; repeat the flag for "
+                          "more (default: none)"},
+    )  # fmt: skip
+
+
+@dataclass
 class EvalConfig:
     eval_tokens: str | None = field(
         default=None, metadata={"help": "token file to evaluate on (default: the eval.bin the model was trained with)"}
     )
-    # --text is added by add_arguments: it may be given several times.
-    text: list[str] | None = field(default=None, metadata={"cli": False})
-    text_field: str = field(
-        default="text", metadata={"help": "with --text: the field of a JSONL record, or the Parquet column, to read"}
-    )
-    text_documents: str = field(
-        default="file",
-        metadata={"help": "with --text: how plain text splits into documents: file (one per file) or blank_lines "
-                          "(separated by blank lines)", "choices": DOCUMENT_MODES},
-    )  # fmt: skip
     max_batches: int = field(default=0, metadata={"help": "evaluate the first N batches (0: the whole eval set once)"})
     seq_len: int | None = field(
         default=None,
@@ -67,8 +69,7 @@ class EvalConfig:
         default=None,
         metadata={"help": "JSON file for the results (default: RUN/eval_<checkpoint>_<backend>[_<precision>]"
                           "[_<eval tokens or text>-<hash>][_seq<S>][_stride<R>][_first<N>x<B>].json, or next to a "
-                          "checkpoint that is "
-                          "not in a run)"},
+                          "checkpoint that is not in a run)"},
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -79,12 +80,8 @@ class EvalConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
-    group = add_flags(parser, EvalConfig, "evaluation")
-    group.add_argument(
-        "--text", nargs="+", action="extend", metavar="FILE",
-        help="evaluate on these text files instead of a token file (repeatable): plain UTF-8 text, JSONL (.jsonl) or "
-             "Parquet (.parquet), optionally .gz/.zst/.bz2 compressed; tokenized with the checkpoint's tokenizer",
-    )  # fmt: skip
+    add_flags(parser, EvalConfig, "evaluation")
+    add_flags(parser, EvalTextConfig, "text to evaluate on instead of a token file (read as prepare --text reads it)")
 
 
 def eval_set_tag(ckpt: Checkpoint, token_file: TokenFile) -> str | None:
@@ -99,19 +96,21 @@ def eval_set_tag(ckpt: Checkpoint, token_file: TokenFile) -> str | None:
             pass
     h = token_file.header
     identity = f"{token_file.path.resolve()}|{h.n_tokens}|{h.n_docs}|{h.n_bytes}|{h.tokenizer_sha256}"
-    return _tag(token_file.path, identity)
+    return _tag(token_file.path.stem, identity)
 
 
 def text_set_tag(report: dict[str, Any]) -> str:
     """``<first file's stem>-<hash>`` of the text files a report scored (their paths, how they were read and
     the sha256 of the text)."""
     paths = [str(Path(p).resolve()) for p in report["text"]]
-    identity = "|".join([*paths, report["text_field"], report["text_documents"], report["text_sha256"]])
-    return _tag(Path(report["text"][0]), identity)
+    how = [report["text_field"], report["text_documents"], str(report["text_separator"])]
+    identity = "|".join([*paths, *how, report["text_sha256"]])
+    first = Path(report["text"][0]).name
+    return _tag(first.split(".")[0] or first, identity)  # wiki.test.jsonl.gz: wiki
 
 
-def _tag(path: Path, identity: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9.-]+", "-", path.name.split(".")[0] or path.stem)[:40]
+def _tag(stem: str, identity: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9.-]+", "-", stem)[:40]
     return f"{stem}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
@@ -157,8 +156,8 @@ def position_summary(report: dict[str, Any]) -> str:
 # written before it existed have windows that do not overlap.
 SAME_EVALUATION = ("checkpoint", "step", "weights_sha256", "eval_tokens", "seq_len", "tokens", "backend", "precision")
 SAME_TEXT_EVALUATION = (
-    "checkpoint", "step", "weights_sha256", "text", "text_field", "text_documents", "text_sha256", "seq_len",
-    "tokens", "backend", "precision",
+    "checkpoint", "step", "weights_sha256", "text", "text_field", "text_documents", "text_separator", "text_sha256",
+    "seq_len", "tokens", "backend", "precision",
 )  # fmt: skip
 
 
@@ -196,6 +195,9 @@ def _coverage(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_flags(EvalConfig, args)
+    text = from_flags(EvalTextConfig, args)
+    if not text.text and text != EvalTextConfig():
+        raise UserError("--format, --documents, --separator and --text_field say how to read --text; give --text FILE")
     output = check_output_path(cfg.output) if cfg.output else None  # before minutes of evaluation
     ckpt = find_checkpoint(args.checkpoint)
     report = evaluate_checkpoint(
@@ -211,9 +213,7 @@ def run(args: argparse.Namespace) -> int:
         unigram_baseline=cfg.unigram_baseline,
         sink_share=cfg.sink_share,
         stride=cfg.stride,
-        text=cfg.text,
-        text_field=cfg.text_field,
-        text_documents=cfg.text_documents,
+        text=text,
     )
     if "unigram_baseline_loss" in report:
         print(f"unigram baseline: loss {report['unigram_baseline_loss']:.4f} (the model must beat this)")

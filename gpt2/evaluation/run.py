@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 
 from gpt2.checkpoint import Checkpoint, find_checkpoint, weights_sha256
 from gpt2.data.loader import IGNORE_INDEX, check_token_ids, count_eval_batches, eval_batches
+from gpt2.data.prepare_text import TextConfig
 from gpt2.data.tokens import NotATokenFile, TokenFile, check_tokenizer_matches
 from gpt2.errors import UserError
 from gpt2.evaluation.attention_sink import attention_sinks
@@ -137,24 +138,24 @@ def evaluate_checkpoint(
     unigram_baseline: bool = False,
     sink_share: bool = False,
     stride: int | None = None,
-    text: Sequence[str | Path] | None = None,
-    text_field: str = "text",
-    text_documents: str = "file",
+    text: TextConfig | None = None,
 ) -> dict[str, Any]:
     """The evaluation report of a checkpoint (or a run folder's newest): ``loss``, ``perplexity``,
     ``bits_per_byte``, ``tokens``, ``bytes``, ``batches``, ``seconds``, ``position_loss`` (buckets of positions
     ``{"first", "last", "loss", "tokens"}``), and what was evaluated (``checkpoint``, ``step``, ``weights_sha256``,
-    ``eval_tokens`` or ``text`` with ``text_field``, ``text_documents``, ``documents`` and ``text_sha256``,
+    ``eval_tokens`` or ``text`` with ``text_field``, ``text_documents`` (the document rule), ``text_separator``,
+    ``documents`` and ``text_sha256``,
     ``seq_len``, ``stride``, ``training_seq_len``, ``backend``, ``precision``, ``whole_eval_set``); with
     ``unigram_baseline`` also ``unigram_baseline_loss``, with ``sink_share`` also ``attention_sink_share``
     and ``attention_sink``.
 
     ``seq_len`` None: the training one; ``stride`` None: ``seq_len`` (windows that do not overlap, see
     :mod:`gpt2.evaluation.windows`); ``max_batches`` None or 0: the whole eval set once; ``eval_tokens`` None: the
-    eval set the checkpoint records, unless ``text`` names text files to evaluate on instead (see
-    :mod:`gpt2.evaluation.text_streams`).
+    eval set the checkpoint records, unless ``text`` (``text.text`` not empty) names text files to evaluate on
+    instead, read as ``prepare --text`` reads them (see :mod:`gpt2.evaluation.text_streams`).
     """
     check_eval_sizes(seq_len, batch_size, max_batches)
+    text = text if text is not None and text.text else None
     if text and eval_tokens:
         raise UserError("give --eval_tokens or --text, not both")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else find_checkpoint(checkpoint)
@@ -165,8 +166,7 @@ def evaluate_checkpoint(
     check_stride(stride, seq_len)
     check_model_reads(ckpt, seq_len)
     if text:
-        text_set = TextSet([Path(p) for p in text], text_field, text_documents)
-        text_set.check()
+        text_set = TextSet.of(text)
         batches = _Batches(
             lambda: window_batches(text_set.streams(tokenizer), seq_len, stride, batch_size),
             max_batches or None,
@@ -191,9 +191,10 @@ def evaluate_checkpoint(
     report: dict[str, Any] = {"checkpoint": str(ckpt.path), "step": ckpt.step, "weights_sha256": weights_sha256(ckpt)}
     if text:
         report.update(
-            text=[str(p) for p in text_set.paths],
-            text_field=text_field,
-            text_documents=text_documents,
+            text=[str(f.path) for f in text_set.files],
+            text_field=text_set.options.text_field,
+            text_documents=text_set.options.documents,
+            text_separator=text_set.options.separator,
             documents=text_set.n_documents,
             text_sha256=text_set.sha256,
         )
