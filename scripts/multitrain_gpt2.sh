@@ -41,13 +41,16 @@ PRECISION_FLAGS=${PRECISION_FLAGS-auto}        # auto: "--amp_bf16 --allow_tf32"
 EVAL_EVERY=${EVAL_EVERY:-250}
 EVAL_BATCHES=${EVAL_BATCHES:-50}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
+REPORT_TO=${REPORT_TO:-none}                   # none | tensorboard | wandb | tensorboard,wandb: trackers that
+                                               # mirror metrics.jsonl (on resume: the checkpoint's)
 
 if [ "$PRECISION_FLAGS" = auto ]; then PRECISION_FLAGS=$(auto_precision_flags); fi
 
 settings --preset PRESET --attention ATTENTION --position POSITION --length_base LENGTH_BASE \
   --seq_len SEQ_LEN --batch_size BATCH_SIZE --accum_steps ACCUM_STEPS --max_steps MAX_STEPS \
   --lr LR --min_lr MIN_LR --warmup_steps WARMUP_STEPS \
-  --eval_every EVAL_EVERY --eval_batches EVAL_BATCHES --checkpoint_every CHECKPOINT_EVERY
+  --eval_every EVAL_EVERY --eval_batches EVAL_BATCHES --checkpoint_every CHECKPOINT_EVERY \
+  --report_to REPORT_TO
 
 # exec: torchrun replaces this shell, so a SIGTERM sent to the script reaches it and its workers, which save a
 # checkpoint before exiting.

@@ -40,6 +40,8 @@ EVAL_EVERY=${EVAL_EVERY:-250}
 EVAL_BATCHES=${EVAL_BATCHES:-50}               # 0: the whole eval set
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
 KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-3}
+REPORT_TO=${REPORT_TO:-none}                   # none | tensorboard | wandb | tensorboard,wandb: trackers that
+                                               # mirror metrics.jsonl (on resume: the checkpoint's)
 PRECISION_FLAGS=${PRECISION_FLAGS-auto}        # auto: "--amp_bf16 --allow_tf32" on a GPU, fp32 on the CPU (on
                                                # resume: the checkpoint's precision); or any of --amp_fp16
                                                # --amp_bf16 --bf16 --allow_tf32 --compile ("": fp32 / on resume,
@@ -50,7 +52,8 @@ settings --preset PRESET --attention ATTENTION --position POSITION --length_base
   --seq_len SEQ_LEN --batch_size BATCH_SIZE --accum_steps ACCUM_STEPS --max_steps MAX_STEPS \
   --lr LR --min_lr MIN_LR --warmup_steps WARMUP_STEPS --weight_decay WEIGHT_DECAY --grad_clip GRAD_CLIP \
   --seed SEED --eval_every EVAL_EVERY --eval_batches EVAL_BATCHES \
-  --checkpoint_every CHECKPOINT_EVERY --keep_checkpoints KEEP_CHECKPOINTS
+  --checkpoint_every CHECKPOINT_EVERY --keep_checkpoints KEEP_CHECKPOINTS \
+  --report_to REPORT_TO
 
 # exec: the trainer replaces this shell, so a SIGTERM sent to the script (docker stop, a scheduler) reaches it
 # and it saves a checkpoint before exiting.

@@ -42,7 +42,7 @@ def _to_tensors(
     return pair[0].to(device, non_blocking=non_blocking), pair[1].to(device, non_blocking=non_blocking)
 
 
-def _check_ids(tokens: np.ndarray, token_file: TokenFile, offsets: np.ndarray | int) -> None:
+def check_token_ids(tokens: np.ndarray, token_file: TokenFile, offsets: np.ndarray | int) -> None:
     """A clear error for an id outside the file's vocabulary (a corrupt payload, or another tokenizer's ids
     under an intact header) before it reaches the embedding: an IndexError on the CPU, a device-side assert
     on a GPU. ``offsets``: the file position of each element of ``tokens``, or of the first of contiguous
@@ -128,7 +128,7 @@ class TrainBatches:
         starts = self.sample_starts(step, micro_step)
         positions = starts[:, None] + np.arange(self.seq_len + 1)
         windows = self.tokens[positions]
-        _check_ids(windows, self.token_file, positions)
+        check_token_ids(windows, self.token_file, positions)
         return _to_tensors(windows[:, :-1], windows[:, 1:], device)
 
 
@@ -170,7 +170,7 @@ def eval_batches(
         inputs = np.zeros(rows * seq_len, dtype=np.int64)
         targets = np.full(rows * seq_len, IGNORE_INDEX, dtype=np.int64)
         chunk = tokens[start : start + 1 + rows * seq_len]
-        _check_ids(chunk, token_file, start)
+        check_token_ids(chunk, token_file, start)
         x, y = chunk[: rows * seq_len], chunk[1:]
         inputs[: len(x)] = x
         targets[: len(y)] = y

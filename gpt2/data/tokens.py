@@ -57,6 +57,10 @@ def itemsize_for(vocab_size: int) -> int:
     return 2 if vocab_size <= 2**16 else 4
 
 
+class NotATokenFile(UserError):
+    """A file that does not start as a token file does (text, or another format): not one encode wrote."""
+
+
 @dataclass(frozen=True)
 class TokenFileHeader:
     n_tokens: int
@@ -81,6 +85,8 @@ class TokenFileHeader:
     @classmethod
     def unpack(cls, raw: bytes, path: Path) -> TokenFileHeader:
         """Parse and check a header; ``UserError`` naming ``path`` and the problem if it is not valid."""
+        if raw[: len(MAGIC)] != MAGIC:  # before the size: a short text file is no truncated token file
+            raise NotATokenFile(f"{path} is not a token file (magic {raw[: len(MAGIC)]!r}, expected {MAGIC!r})")
         if len(raw) < HEADER_SIZE:
             raise UserError(
                 f"token file {path} is truncated: {len(raw)} bytes, under {HEADER_SIZE} (the header)"
@@ -88,8 +94,6 @@ class TokenFileHeader:
         magic, version, itemsize, n_tokens, vocab_size, n_docs, n_bytes, sha = struct.unpack_from(
             HEADER_FORMAT, raw
         )
-        if magic != MAGIC:
-            raise UserError(f"{path} is not a token file (magic {magic!r}, expected {MAGIC!r})")
         if version != VERSION:
             raise UserError(
                 f"token file {path} has format version {version}; this code reads version {VERSION}"

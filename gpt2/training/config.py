@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpt2.errors import UserError
+from gpt2.training.reporters import parse_report_to
 
 DEFAULT_PRESET = "small"  # the model of a new run that names no --preset
 
@@ -97,8 +98,14 @@ class TrainConfig:
                           "free (the estimate is printed and recorded either way)"},
     )  # fmt: skip
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={"help": "experiment trackers that mirror metrics.jsonl: none, tensorboard (RUN/tensorboard), "
+                          "wandb (W&B, configured by WANDB_MODE, WANDB_PROJECT...); several, or a comma list"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
+        self.report_to = parse_report_to(self.report_to)
         _check(self, positive=("seq_len", "batch_size", "accum_steps", "log_every", "max_bad_steps"),
                non_negative=("max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"))
 

@@ -51,6 +51,7 @@ from gpt2.training.mfu import compute_kind, peak_flops
 from gpt2.training.optim import build_optimizer, lr_at
 from gpt2.training.parallel import all_reduce_mean, apply_fsdp, barrier, init_distributed
 from gpt2.training.precision import resolve_precision
+from gpt2.training.reporters import Reporter, check_packages, open_reporters
 from gpt2.training.resume import resumed_configs
 from gpt2.training.rng import capture_rng, restore_rng
 from gpt2.training.run_lock import lock_run_dir
@@ -90,6 +91,7 @@ class Trainer:
         if resume_from is not None:
             self._resume_settings(resume_from, given)
         cfg = self.cfg
+        check_packages(cfg.report_to)  # on every rank: all stop alike
         self.precision = resolve_precision(cfg.amp_fp16, cfg.amp_bf16, cfg.bf16, cfg.allow_tf32, self.device)
         if self.env.distributed and self.precision.loss_scaling:
             raise UserError("--amp_fp16 is not supported with FSDP; use --amp_bf16 or --bf16")
@@ -126,7 +128,8 @@ class Trainer:
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_config()
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.env.is_main)
+        reporters = self._open_reporters() if self.env.is_main else []
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.env.is_main, reporters=reporters)
         if resume_from is not None:
             self.metrics.write("resume", self.step, checkpoint=str(resume_from.path))
 
@@ -274,6 +277,11 @@ class Trainer:
         restore_rng(state["rng"])
         if self.env.is_main:
             print(f"resumed from {ckpt.path} at step {self.step}")
+
+    def _open_reporters(self) -> list[Reporter]:
+        config = {"train_config": self.cfg.to_dict(), "optim_config": asdict(self.optim_cfg),
+                  "model_config": self.model.cfg.to_dict()}  # fmt: skip
+        return open_reporters(self.cfg.report_to, self.run_dir, self.step if self.cfg.resume else None, config)
 
     def _write_run_config(self) -> None:
         record = {
