@@ -248,7 +248,6 @@ class _Scan:
         self.open(name, match.start(), body)
         return body
 
-
     def closing_tag(self, name: str, start: int) -> None:
         """A closing tag that closes no construct of the stack, or is malformed (``name`` ""): in the content of a
         tag, the parser gives that tag up, unless it closes a tag opened within (``<ref><i>T</i></ref>``)."""
