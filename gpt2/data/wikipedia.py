@@ -47,8 +47,10 @@ from typing import BinaryIO, NamedTuple, TypeVar
 
 from tqdm import tqdm
 
-from gpt2.data.download import download_dump
+from gpt2.data import multistream
+from gpt2.data.download import download, download_dump
 from gpt2.data.markup import clean_wikitext
+from gpt2.data.multistream import find_index
 from gpt2.data.sample import SAMPLE_NAME, sample_dump_path
 from gpt2.data.text_shards import MANIFEST, SPLITS, ShardWriter
 from gpt2.errors import UserError
@@ -126,11 +128,24 @@ def resolve_dump(spec: str, download_dir: str | Path = "data/dumps") -> Path:
     if spec == SAMPLE_NAME:
         return sample_dump_path()
     if re.match(r"^[a-z]+://", spec):
-        return download_dump(spec, download_dir)
+        path = download_dump(spec, download_dir)
+        _download_index(spec, path)
+        return path
     path = Path(spec)
     if problem := file_problem(path):
         raise DumpError(f"dump file {path} {problem} (--dump takes a file's path, an https URL or 'sample')")
     return path
+
+
+def _download_index(url: str, dump: Path) -> None:
+    """The index of a multistream dump, next to it, so that the workers read the dump's streams in parallel."""
+    if "-multistream" not in dump.name or find_index(dump) is not None:
+        return
+    index = multistream.index_path(dump)
+    try:
+        download(f"{url.rsplit('/', 1)[0]}/{index.name}", index)
+    except UserError as e:  # the dump reads without it, in one process
+        print(f"warning: {e}; {dump.name} will be read by one process", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -329,11 +344,68 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     with staging_dir(out_dir, "prepare") as staging, raise_on_signals(f"nothing written to {out_dir}"):
         try:
             manifest = _write_corpus(cfg, dump, staging, progress)
-        except DumpError as e:
+        except (DumpError, multistream.MultistreamError) as e:
             raise DumpError(f"{e}; nothing written to {out_dir}") from None
         with ignore_signals():
             _install(staging, out_dir)
     return manifest
+
+
+# Chunks of cleaned articles in dump order, each with how far into the dump file it was read.
+CleanedChunks = Iterator[tuple[list[tuple[str, Cleaned]], int]]
+
+
+def _read_articles(stream: BinaryIO, name: str | Path, counts: Counter[str], max_pages: int | None = None):
+    """(title, wikitext) of every article of the XML ``stream``; every page read is counted in ``counts``."""
+    for page in iter_pages(stream, name):
+        counts["read"] += 1
+        if page.namespace != 0:
+            counts["not_article"] += 1
+        elif page.redirect:
+            counts["redirect"] += 1
+        elif not page.text.strip():
+            counts["empty"] += 1
+        else:
+            counts["wikitext"] += len(page.text)
+            yield page.title, page.text
+        if counts["read"] == max_pages:
+            return
+
+
+def _cleaned_in_order(
+    pool: multiprocessing.pool.Pool | None, cfg: PrepareConfig, dump: Path, counts: Counter[str]
+) -> CleanedChunks:
+    """This process reads the dump; the workers clean batches of its articles."""
+    clean = functools.partial(_clean_batch, min_chars=cfg.min_chars)
+    with open_dump(dump) as (raw, stream):
+        articles = _read_articles(stream, dump, counts, cfg.max_pages)
+        # Two batches per worker: one being cleaned, one waiting, so that no worker idles.
+        for batch, results in _map_in_order(pool, clean, _batches(articles), max_in_flight=2 * cfg.workers):
+            yield [(title, cleaned) for (title, _), cleaned in zip(batch, results, strict=True)], raw.tell()
+        yield [], raw.tell()  # where reading stopped: the end of the dump, or of its first max_pages pages
+
+
+def _cleaned_in_parallel(
+    pool: multiprocessing.pool.Pool | None, cfg: PrepareConfig, dump: Path, index: Path, counts: Counter[str]
+) -> CleanedChunks:
+    """The workers read runs of the multistream dump's streams, each its own, and clean their articles."""
+    header, runs = multistream.plan(dump, index)
+    read_and_clean = functools.partial(
+        _read_and_clean, dump=dump, header_xml=multistream.read_header(dump, header), min_chars=cfg.min_chars
+    )
+    for streams, (run_counts, results) in _map_in_order(pool, read_and_clean, runs, max_in_flight=2 * cfg.workers):
+        counts.update(run_counts)
+        yield results, streams.end
+
+
+def _read_and_clean(
+    streams: multistream.Streams, dump: Path, header_xml: bytes, min_chars: int
+) -> tuple[Counter[str], list[tuple[str, Cleaned]]]:
+    """A worker's task: the articles of a run of streams, cleaned, and the count of its pages."""
+    counts: Counter[str] = Counter()
+    xml = multistream.stream_xml(dump, header_xml, streams)
+    articles = _read_articles(xml, f"{dump} (the streams at bytes {streams.start:,} to {streams.end:,})", counts)
+    return counts, [(title, make_document(title, text, min_chars)) for title, text in articles]
 
 
 def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool) -> dict:
@@ -342,37 +414,22 @@ def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool)
     shard_bytes = max(1, int(cfg.shard_size_mb * 1e6))
     writers = {split: ShardWriter(out_dir / split, split, shard_bytes) for split in SPLITS}
     articles_seen: Counter[str] = Counter()
-    counts: Counter[str] = Counter()  # what happened to every <page> read
-    wikitext_bytes = 0
-
-    def articles(stream: BinaryIO) -> Iterator[tuple[str, str]]:
-        nonlocal wikitext_bytes
-        for page in iter_pages(stream, dump):
-            counts["read"] += 1
-            if page.namespace != 0:
-                counts["not_article"] += 1
-            elif page.redirect:
-                counts["redirect"] += 1
-            elif not page.text.strip():
-                counts["empty"] += 1
-            else:
-                wikitext_bytes += len(page.text)
-                yield page.title, page.text
-            if counts["read"] == cfg.max_pages:
-                return
-
-    clean = functools.partial(_clean_batch, min_chars=cfg.min_chars)
+    counts: Counter[str] = Counter()  # what happened to every <page> read, and the wikitext of the articles
+    # A multistream dump with its index is read by the workers, each its own streams; else by this process.
+    index = find_index(dump) if cfg.workers > 1 and cfg.max_pages is None else None
     with (
         _worker_pool(cfg.workers) as pool,
-        open_dump(dump) as (raw, stream),
         tqdm(  # bytes of the dump file as stored (compressed for .bz2)
             total=dump.stat().st_size, unit="B", unit_scale=True, desc="prepare", disable=not progress
         ) as bar,
     ):
-        # Two batches per worker: one being cleaned, one waiting, so that no worker idles.
-        batches = _map_in_order(pool, clean, _batches(articles(stream)), max_in_flight=2 * cfg.workers)
-        for batch, results in batches:
-            for (title, _), cleaned in zip(batch, results, strict=True):
+        if index is not None:
+            cleaned_articles = _cleaned_in_parallel(pool, cfg, dump, index, counts)
+        else:
+            cleaned_articles = _cleaned_in_order(pool, cfg, dump, counts)
+        bytes_read = 0
+        for results, bytes_read in cleaned_articles:
+            for title, cleaned in results:
                 split = split_of(title, cfg.eval_fraction)
                 articles_seen[split] += 1
                 counts[cleaned.outcome] += 1
@@ -380,11 +437,11 @@ def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool)
                     writers[split].add(cleaned.doc)
                 elif cleaned.error:
                     tqdm.write(f"warning: skipped article {title!r}: markup parser failed: {cleaned.error}")
-            bar.update(raw.tell() - bar.n)
+            bar.update(bytes_read - bar.n)
             bar.set_postfix({"pages": f"{counts['read']:,}", "docs": f"{counts['kept']:,}"}, refresh=False)
         for writer in writers.values():
             writer.close()
-        bytes_read = raw.tell()
+    wikitext_bytes = counts["wikitext"]
     if not counts["kept"]:
         raise DumpError(f"no articles found in {dump} ({counts['read']:,} pages read, none kept)")
 
