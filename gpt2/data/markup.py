@@ -1,7 +1,9 @@
 """Wiki markup -> plain encyclopedia text, one paragraph per line.
 
 ``clean_wikitext`` walks the node tree that ``mwparserfromhell`` builds and renders what a reader sees as
-running prose:
+running prose. What is dropped anyway is cut first, by a fast scan (``gpt2.data.prepass``), so that the tree
+is built for what is left only; ``clean_reference`` parses the whole page and gives the same text
+(docs/pipeline_cleaner.md). The rendering:
 
 * dropped: templates (infoboxes, citations, navboxes, hatnotes), ``<ref>``s, tables, galleries, files and
   images (with their captions), category and interlanguage links, HTML comments, magic words (``__TOC__``),
