@@ -14,8 +14,11 @@ whose title is not, the content of tags whose content is not wikitext (``<math>`
 
 Nesting follows mwparserfromhell's: the innermost construct ends first, so ``<ref>{{cite|x</ref>}}</ref>``
 is one reference; one that is never closed is text, and the scan is done again with its opening markup as
-text (``<ref>{{cite|x</ref>`` is a reference), as the parser backtracks. A link title or template name with
-a newline in it is text at once, as it is to the parser.
+text (``<ref>{{cite|x</ref>`` is a reference), as the parser backtracks (after ``MAX_SCANS`` scans the page
+goes to the parser whole). As to the parser, a link title or template name with a newline or a bracket in it
+is text, and so is a tag whose content holds a stray or malformed closing tag (``<ref>a</small>b</ref>``).
+A free URL takes in the templates and comments after it but ends at a tag or a link: an edit that would make
+it run on through a ``CUT`` is left undone.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ OPAQUE_TAGS = frozenset({
     "score", "section", "source", "syntaxhighlight", "templatedata", "timeline",
 })  # fmt: skip
 
-# What the scan stops at: a comment, a tag of ``_TAGS`` (from ``_event_pattern``), template and link brackets, a
-# table's first and last line. Every alternative starts with one of a few characters (a table's with the
-# newline before it: the text starts with one), which lets the regex engine skip the text between them fast.
+# What the scan stops at: a comment, a dropped or opaque tag (``_event_pattern`` names them), any closing tag,
+# template and link brackets, a table's first and last line, list markup. Every alternative starts with one
+# of a few characters (a table's and a list's with the newline before it: the text starts with one), which
+# lets the regex engine skip the text between them fast.
 _EVENT_FORMAT = (
     r"<!--|<(?P<slash>/?)(?P<tag>(?i:{tags}))(?=[\s/>])|</(?P<other>[a-zA-Z]*)|\{{\{{|\}}\}}|\[\[+|\]\]?"
     r"|\n[ \t]*(?P<table>\{{\||\|\}})|\n(?P<list>[*#:;]+)"
@@ -46,7 +50,6 @@ _EVENT_FORMAT = (
 )
 _TAG_END = re.compile(r"[^<>]*?(/?)>")  # the rest of an opening tag: attributes, then > or />
 _CLOSING_END = re.compile(r"\s*>")  # a closing tag has no attributes
-_CLOSE_TAG: dict[str, re.Pattern[str]] = {}
 # A template's name or a link's title that the parser takes as one: no markup in it, no newline inside.
 _PLAIN_NAME = re.compile(r"\s*[^{}\[\]<>\n|]+?\s*")
 # Where a link's title ends ("|", "]]"), or what the parser does not allow in one (then "[[" is text), or
@@ -133,9 +136,6 @@ def prepass(text: str, rules: Rules) -> str:
             return scan.edits.apply(text) if scan.edits.spans else text
         unclosed.add(start)
     return text
-
-
-_TAG_OPEN: dict[str, re.Pattern[str]] = {}
 
 
 class _Scan:
@@ -265,15 +265,11 @@ def _event_pattern(tags: frozenset[str]) -> re.Pattern[str]:
     return re.compile(_EVENT_FORMAT.format(tags=names))
 
 
+@functools.lru_cache(maxsize=256)  # tag names come from the text: bounded
 def _tag_open(name: str) -> re.Pattern[str]:
-    pattern = _TAG_OPEN.get(name)
-    if pattern is None:
-        pattern = _TAG_OPEN[name] = re.compile(rf"<{name}(?:\s[^<>]*)?>", re.IGNORECASE)
-    return pattern
+    return re.compile(rf"<{name}(?:\s[^<>]*)?>", re.IGNORECASE)
 
 
+@functools.cache  # of OPAQUE_TAGS only
 def _close_tag(name: str) -> re.Pattern[str]:
-    pattern = _CLOSE_TAG.get(name)
-    if pattern is None:
-        pattern = _CLOSE_TAG[name] = re.compile(rf"</{name}\s*>", re.IGNORECASE)
-    return pattern
+    return re.compile(rf"</{name}\s*>", re.IGNORECASE)
