@@ -7,9 +7,11 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # python -m gpt2 from any folder
 
 # sample: the 206-page excerpt bundled with gensim (seconds). The full English Wikipedia (~22 GB of bz2, about
-# an hour on 16 cores): DUMP=https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2
+# 17 minutes on 16 cores, docs/pipeline_speed.md) as the multistream dump, whose index (downloaded with it) lets
+# the workers decompress its streams in parallel:
+#   DUMP=https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles-multistream.xml.bz2
 # A URL is downloaded to DOWNLOAD_DIR first (resumable: run again after an interruption). Also a local .xml or
-# .xml.bz2; past ~16 workers the parent's bz2 decompression is the limit: `lbzip2 -dk` it and give the .xml.
+# .xml.bz2 (a plain dump is read by one process: about 13 MB/s of wikitext on one core, whatever the workers).
 DUMP=${DUMP:-sample}
 OUT_DIR=${OUT_DIR:-$REPO/data/wiki}            # train/, eval/, manifest.json
 DOWNLOAD_DIR=${DOWNLOAD_DIR:-$REPO/data/dumps}

@@ -1,6 +1,8 @@
 """The benchmark scripts run end to end at tiny sizes (on the CPU their timings mean nothing; no timing asserts)."""
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -56,8 +58,14 @@ def test_training_benchmark_measures_every_attention(tmp_path, capsys):
     assert "tokens/s" in printed and printed.count(" alibi ") == len(ATTENTION_KINDS)  # every row is printed
 
 
-def test_data_benchmark_compares_with_single_process_baselines(capsys):
-    data.main(["--max_pages", "40", "--workers", "1", "2", "--vocab_size", "300"])
+def test_data_benchmark_compares_with_single_process_baselines(capsys, monkeypatch):
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))  # no WikiExtractor there
+    rows = data.main(["--max_pages", "40", "--workers", "1", "2", "--vocab_size", "300"])
     out = capsys.readouterr().out
-    for row in ("read ", "workers=1", "workers=2", "encode_split", "one by one"):
-        assert row in out, row
+    assert [(r["measurement"], r["setting"]) for r in rows] == [
+        ("decompress", "bz2 only"), ("read", "parent only"), ("prepare", "workers=1"), ("prepare", "workers=2"),
+        ("prepare", "multistream workers=2"), ("encode", "encode_split"), ("encode", "one by one"),
+    ]  # fmt: skip
+    assert all(r["rate"] > 0 and r["rate_per_cpu"] > 0 for r in rows)
+    assert all(f"{r['rate_per_cpu']:,.2f}" in out for r in rows)  # every row is printed
+    assert "wikiextractor: not found" in out and data.WIKIEXTRACTOR_INSTALL in out

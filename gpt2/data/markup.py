@@ -1,7 +1,9 @@
 """Wiki markup -> plain encyclopedia text, one paragraph per line.
 
 ``clean_wikitext`` walks the node tree that ``mwparserfromhell`` builds and renders what a reader sees as
-running prose:
+running prose. What is dropped anyway is cut first, by a fast scan (``gpt2.data.prepass``), so that the tree
+is built for what is left only; ``clean_reference`` parses the whole page and gives the same text
+(docs/pipeline_cleaner.md). The rendering:
 
 * dropped: templates (infoboxes, citations, navboxes, hatnotes), ``<ref>``s, tables, galleries, files and
   images (with their captions), category and interlanguage links, HTML comments, magic words (``__TOC__``),
@@ -55,6 +57,8 @@ from mwparserfromhell.nodes import (
 )
 from mwparserfromhell.wikicode import Wikicode
 
+from gpt2.data.prepass import CUT, Rules, prepass
+
 # Link namespaces whose links are not text: an image and its caption, a category, a media file.
 DROPPED_LINK_NAMESPACES = frozenset({"file", "image", "media", "category"})
 
@@ -103,14 +107,14 @@ _STRAY_TAG = re.compile(
     r"""(?:\s+[\w-]+\s*=\s*(?:"[^"<>]*"|'[^'<>]*'|[^\s"'<>/]+))*\s*/?>""",
     re.IGNORECASE,
 )
-_SPACES = re.compile(r"[ \t\u00a0\u200b]+")
+_SPACE_CHARS = " \t\u00a0\u200b"
+_SPACES = re.compile(f"[{_SPACE_CHARS}]+")
 _SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:!?])(?= |$)")
 # What a removed template leaves before a full stop: "Run time: 52 minutes, {{OCLC|61658553}}." ("..." is kept).
 _PUNCT_BEFORE_STOP = re.compile(r"[,;:]+(?=\.(?: |$))")
 # What removed pronunciation templates and refs leave in parentheses: "( ; , )", "(, also", "born 1900; )".
 _EMPTY_PARENS = re.compile(r"\(\s*(?:[,;:]\s*)*\)")
 _PAREN_LEAD = re.compile(r"\(\s*(?:[,;:]\s*)*")
-_PAREN_TAIL = re.compile(r"(?:\s*[,;:])*\s*\)")
 _LINE_LEAD = re.compile(r"^[,;:]+\s*")  # "; term : definition" lists, definition-only lines
 _ALNUM = re.compile(r"\w")  # \w matches letters and digits of any script
 # Verbatim text travels between these two noncharacters (reserved by Unicode for internal use, removed from
@@ -121,11 +125,12 @@ _OPEN, _CLOSE, _HOLD = "\ufdd0", "\ufdd1", "\ufdd2"
 # starts a line that the wikitext starts with a space: preformatted text (code, pseudocode, ASCII art) that
 # keeps its indentation and spacing; "\n" + _ITEM starts a list item, which the wikitext's next newline ends.
 _PRE, _SOFT, _ITEM = "\ufdd3", "\ufdd4", "\ufdd5"
+_LIST_ITEM = "\ufdd7"  # list item markup, in the text that the pre-pass leaves: renders as the tag would
 _VERBATIM_SPAN = re.compile(f"{_OPEN}([^{_OPEN}{_CLOSE}]*){_CLOSE}")
-_INTERNAL = re.compile(f"[{_OPEN}{_CLOSE}{_HOLD}{_PRE}{_SOFT}{_ITEM}]")
+_INTERNAL = re.compile(f"[{_OPEN}{_CLOSE}{_HOLD}{_PRE}{_SOFT}{_ITEM}{CUT}{_LIST_ITEM}]")
 # Where the wikitext's lines stay lines, neither joined nor preformatted (a template's argument, verse, code).
 _AS_WRITTEN = str.maketrans({_SOFT: "\n", _PRE: " ", _ITEM: None})
-_STRAY_MARKS = str.maketrans({_OPEN: None, _CLOSE: None, _SOFT: " ", _PRE: " ", _ITEM: None})
+_STRAY_MARKS = ((_OPEN, ""), (_CLOSE, ""), (_SOFT, " "), (_PRE, " "), (_ITEM, ""))
 _LIST_MARKUP = frozenset("*#:;")  # list items: "* a", "# b", ": indented", "; term : definition"
 
 
@@ -309,13 +314,23 @@ INLINE_TEMPLATES: dict[str, Callable[[Template], str]] = {
 }
 
 
-def _template(template: Template) -> str:
-    name = str(template.name).strip().lower().replace("_", " ")
+def _inline_renderer(name: str) -> Callable[[Template], str] | None:
+    """How a template named ``name`` (as written) is rendered within its sentence; None: it is dropped."""
+    name = name.lower().replace("_", " ")
     render = INLINE_TEMPLATES.get(name)
     if render is None and name.startswith("lang-"):  # {{lang-fr|liberté}}
         render = _last
     if render is None and name.startswith("formatnum:"):  # {{formatnum:3003}}, a parser function
-        return _inline(template.name).partition(":")[2].strip()
+        render = _formatnum
+    return render
+
+
+def _formatnum(template: Template) -> str:
+    return _inline(template.name).partition(":")[2].strip()
+
+
+def _template(template: Template) -> str:
+    render = _inline_renderer(str(template.name).strip())
     return render(template) if render else ""
 
 
@@ -337,20 +352,36 @@ def _formula(text: str) -> str:
     return _verbatim(" ".join(text.split()))
 
 
+def _link_dropped(title: str) -> bool:
+    """A link that is not text: a file (with its caption), a category, an interlanguage link."""
+    if title.startswith(":"):  # [[:Category:X]] is a link to the category page, shown as text
+        return False
+    namespace = title.partition(":")[0].strip().lower() if ":" in title else ""
+    return namespace in DROPPED_LINK_NAMESPACES or bool(_INTERLANGUAGE.match(title))
+
+
+def _shown(title: str, label: str | None) -> str:
+    """What a link shows: its label, else its title; the "pipe trick" [[Paris (band)|]] shows "Paris"."""
+    if label is not None and label.strip():
+        return label
+    title = title.lstrip(":")
+    return re.sub(r"\s*\(.*\)$", "", title) if label is not None else title
+
+
+def _plain_link_text(title: str, label: str | None) -> str | None:
+    """What a plain link shows, for the pre-pass, which puts it in the text; None: left to the parser, where that
+    text would not read the same: a title or label with a ":" (a URL in it would be parsed as one: the renderer
+    drops URLs), a label of bold or italic quotes alone (which shows nothing: the title is shown)."""
+    if ":" in title or (label is not None and (":" in label or (label.strip() and not label.strip().strip("'")))):
+        return None
+    return _shown(title.strip(), label)
+
+
 def _wikilink(link: Wikilink) -> str:
     title = _inline(link.title)  # a title may hold entities: [[OS&nbsp;X]]
-    visible = title.startswith(":")  # [[:Category:X]] is a link to the category page, shown as text
-    if not visible:
-        namespace = title.partition(":")[0].strip().lower() if ":" in title else ""
-        if namespace in DROPPED_LINK_NAMESPACES or _INTERLANGUAGE.match(title):
-            return ""
-    if link.text is not None:
-        text = _render(link.text).translate(_AS_WRITTEN)
-        if text.strip():
-            return text
-        # The "pipe trick" [[Paris (band)|]] shows "Paris".
-        return re.sub(r"\s*\(.*\)$", "", title.lstrip(":"))
-    return title.lstrip(":")
+    if _link_dropped(title):
+        return ""
+    return _shown(title, None if link.text is None else _render(link.text).translate(_AS_WRITTEN))
 
 
 def _tag(tag: Tag) -> str:
@@ -386,7 +417,8 @@ def _node(node: Node) -> str:
         # space is found first, as it was written (_PRE stands for "\n " meanwhile).
         text = _BOLD_ITALIC.sub("", _MAGIC_WORD.sub("", node.value.replace("\n ", _PRE)))
         text = _STRAY_TAG.sub("", _UNPARSED_BRACKETS.sub("", text))
-        return text.replace("\n", _SOFT).replace(_PRE, "\n" + _PRE)
+        text = text.replace("\n", _SOFT).replace(_PRE, "\n" + _PRE).replace(CUT, "")
+        return text.replace(_LIST_ITEM, "\n" + _ITEM) if _LIST_ITEM in text else text
     if isinstance(node, Wikilink):
         return _wikilink(node)
     if isinstance(node, Template):
@@ -409,13 +441,30 @@ def _render(code: Wikicode) -> str:
 
 # --------------------------------------------------------------------------------- lines, sections
 def _tidy(line: str) -> str:
-    line = _SPACES.sub(" ", line).strip()
-    line = _EMPTY_PARENS.sub("", line)
-    line = _PAREN_LEAD.sub("(", line)
-    line = _PAREN_TAIL.sub(")", line)
-    line = _SPACES.sub(" ", line)
-    line = _PUNCT_BEFORE_STOP.sub("", _SPACE_BEFORE_PUNCT.sub(r"\1", line))
+    # Each regex runs only where it can match: most lines have single spaces and nothing to remove.
+    if "  " in line or any(c in line for c in _SPACE_CHARS[1:]):
+        line = _SPACES.sub(" ", line)
+    line = line.strip()
+    if "(" in line:
+        line = _PAREN_LEAD.sub("(", _EMPTY_PARENS.sub("", line))
+    if ")" in line:
+        line = _paren_tails(line)
+    if "  " in line:
+        line = _SPACES.sub(" ", line)
+    line = _SPACE_BEFORE_PUNCT.sub(r"\1", line)
+    if ",." in line or ";." in line or ":." in line:
+        line = _PUNCT_BEFORE_STOP.sub("", line)
     return _LINE_LEAD.sub("", line).strip()
+
+
+def _paren_tails(line: str) -> str:
+    """Without the whitespace, commas, semicolons and colons before each ")": "(born 1900; )" -> "(born 1900)"."""
+    parts = line.split(")")
+    for i, part in enumerate(parts[:-1]):
+        while (tail := part.rstrip().rstrip(",;:")) != part:
+            part = tail
+        parts[i] = part
+    return ")".join(parts)
 
 
 def _lines(text: str) -> list[str]:
@@ -430,8 +479,9 @@ def _lines(text: str) -> list[str]:
         line, spans = _tidy_around_verbatim(raw)
         line = _put_back(line, spans)
         if line.strip() and (_ALNUM.search(line) or any(span.strip() for span in spans)):
-            lines += _preformatted(block)
-            block = []
+            if block:
+                lines += _preformatted(block)
+                block = []
             lines.append(line)
     return lines + _preformatted(block)
 
@@ -480,7 +530,12 @@ def _tidy_around_verbatim(raw: str) -> tuple[str, list[str]]:
     # An empty span (<nowiki/>, <math> </math>) is nothing: held, it would keep a space at the line's start.
     raw = raw.replace(_OPEN + _CLOSE, "")
     spans = _VERBATIM_SPAN.findall(raw)
-    return _tidy(_VERBATIM_SPAN.sub(_HOLD, raw).translate(_STRAY_MARKS)), spans
+    if spans:
+        raw = _VERBATIM_SPAN.sub(_HOLD, raw)
+    for mark, replacement in _STRAY_MARKS:
+        if mark in raw:
+            raw = raw.replace(mark, replacement)
+    return _tidy(raw), spans
 
 
 def _put_back(line: str, spans: list[str]) -> str:
@@ -507,9 +562,33 @@ def _keep_headings(sections: list[tuple[int, str, list[str]]]) -> list[str]:
 
 def clean_wikitext(wikitext: str) -> str:
     """Plain text of an article's wikitext: paragraphs, list items and headings a line each, no blank line."""
-    wikitext = _INTERNAL.sub("", wikitext).replace("\r", " ")  # only "\n" may split a document's lines
-    # After a newline, as every other line is: a first line that starts with a space is preformatted too.
-    code = mwparserfromhell.parse("\n" + wikitext, skip_style_tags=True)
+    return _clean(prepass(_from_input(wikitext), PREPASS_RULES))
+
+
+PREPASS_RULES = Rules(
+    template_dropped=lambda name: _inline_renderer(name) is None,
+    link_dropped=_link_dropped,
+    link_text=_plain_link_text,
+    dropped_tags=DROPPED_TAGS,
+    list_item=_LIST_ITEM,
+)
+
+
+def clean_reference(wikitext: str) -> str:
+    """``clean_wikitext`` without the pre-pass: mwparserfromhell's tree of the whole page, rendered the same
+    way. Slower; what the pre-pass is checked against."""
+    return _clean(_from_input(wikitext))
+
+
+def _from_input(wikitext: str) -> str:
+    """The wikitext to parse: after a newline, as every other line is, so that a first line that starts with a
+    space is preformatted too; without the characters that stand for line marks and cuts here; only "\n" may
+    split its lines."""
+    return "\n" + _INTERNAL.sub("", wikitext).replace("\r", " ")
+
+
+def _clean(wikitext: str) -> str:
+    code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
     sections: list[tuple[int, str, list[str]]] = []  # (level, title, lines); the lead has level 0, no title
     level, title, parts = 0, "", []
     # In a dropped section of this level: skip everything until a heading at this level or above.

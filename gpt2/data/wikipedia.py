@@ -14,10 +14,10 @@ Also skipped, and counted in the manifest: disambiguation pages (lists of links,
 under ``--min_chars`` characters of text once cleaned (stubs whose content was all tables or templates),
 and pages the markup parser failed on (listed on stderr).
 
-Throughput: cleaning the markup is the bottleneck, so this scales with workers until the parent, which
-alone decompresses and parses the dump, is saturated; past that, decompress the dump first with a
-parallel tool (``lbzip2 -dk``) and pass the ``.xml``. ``python -m bench.data`` measures the rates
-(docs/results.md).
+Throughput: the parent alone decompresses and parses a plain dump, about 13 MB/s of wikitext on one core,
+which 2 workers already clean. A ``pages-articles-multistream`` dump with its index next to it is read by the
+workers instead, each its own streams (``gpt2.data.multistream``), and scales with them. The measured rates
+and a projection for the full English Wikipedia are in docs/pipeline_speed.md (``python -m bench.data``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from __future__ import annotations
 import bz2
 import contextlib
 import functools
+import multiprocessing.pool
 import re
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -36,9 +38,11 @@ from typing import BinaryIO, NamedTuple
 
 from tqdm import tqdm
 
+from gpt2.data import multistream
 from gpt2.data.corpus_writer import CorpusConfig, CorpusWriter, build_corpus, check_corpus_config, split_of
-from gpt2.data.download import download_dump
+from gpt2.data.download import download, download_dump
 from gpt2.data.markup import clean_wikitext
+from gpt2.data.multistream import find_index
 from gpt2.data.sample import SAMPLE_NAME, sample_dump_path
 from gpt2.data.text_shards import SPLITS
 from gpt2.data.workers import map_in_order, worker_pool
@@ -102,12 +106,25 @@ def resolve_dump(spec: str | None, download_dir: str | Path = "data/dumps") -> P
     if spec in (SAMPLE_NAME, None):
         return sample_dump_path()
     if re.match(r"^[a-z]+://", spec):
-        return download_dump(spec, download_dir)
+        path = download_dump(spec, download_dir)
+        _download_index(spec, path)
+        return path
     path = Path(spec)
     if problem := file_problem(path):
         hint = NOT_A_DUMP if path.is_dir() else "--dump takes a file's path, an https URL or 'sample'"
         raise DumpError(f"dump file {path} {problem} ({hint})")
     return path
+
+
+def _download_index(url: str, dump: Path) -> None:
+    """The index of a multistream dump, next to it, so that the workers read the dump's streams in parallel."""
+    if "-multistream" not in dump.name or find_index(dump) is not None:
+        return
+    index = multistream.index_path(dump)
+    try:
+        download(f"{url.rsplit('/', 1)[0]}/{index.name}", index)
+    except UserError as e:  # the dump reads without it, in one process
+        print(f"warning: {e}; {dump.name} will be read by one process", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -225,7 +242,67 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
         raise UserError(f"--max_pages must be at least 1 (or None for all), got {cfg.max_pages}")
     out_dir = Path(cfg.out_dir)
     dump = resolve_dump(cfg.dump, cfg.download_dir)
-    return build_corpus(out_dir, lambda staging: _write_corpus(cfg, dump, staging, progress))
+    try:
+        return build_corpus(out_dir, lambda staging: _write_corpus(cfg, dump, staging, progress))
+    except multistream.MultistreamError as e:  # a damaged dump is a dump error, whichever process read it
+        raise DumpError(str(e)) from None
+
+
+# Chunks of cleaned articles in dump order, each with how far into the dump file it was read.
+CleanedChunks = Iterator[tuple[list[tuple[str, Cleaned]], int]]
+
+
+def _read_articles(stream: BinaryIO, name: str | Path, counts: Counter[str], max_pages: int | None = None):
+    """(title, wikitext) of every article of the XML ``stream``; every page read is counted in ``counts``."""
+    for page in iter_pages(stream, name):
+        counts["read"] += 1
+        if page.namespace != 0:
+            counts["not_article"] += 1
+        elif page.redirect:
+            counts["redirect"] += 1
+        elif not page.text.strip():
+            counts["empty"] += 1
+        else:
+            counts["wikitext"] += len(page.text)
+            yield page.title, page.text
+        if counts["read"] == max_pages:
+            return
+
+
+def _cleaned_in_order(
+    pool: multiprocessing.pool.Pool | None, cfg: PrepareConfig, dump: Path, counts: Counter[str]
+) -> CleanedChunks:
+    """This process reads the dump; the workers clean batches of its articles."""
+    clean = functools.partial(_clean_batch, min_chars=cfg.min_chars)
+    with open_dump(dump) as (raw, stream):
+        articles = _read_articles(stream, dump, counts, cfg.max_pages)
+        # Two batches per worker: one being cleaned, one waiting, so that no worker idles.
+        for batch, results in map_in_order(pool, clean, _batches(articles), max_in_flight=2 * cfg.workers):
+            yield [(title, cleaned) for (title, _), cleaned in zip(batch, results, strict=True)], raw.tell()
+        yield [], raw.tell()  # where reading stopped: the end of the dump, or of its first max_pages pages
+
+
+def _cleaned_in_parallel(
+    pool: multiprocessing.pool.Pool | None, cfg: PrepareConfig, dump: Path, index: Path, counts: Counter[str]
+) -> CleanedChunks:
+    """The workers read runs of the multistream dump's streams, each its own, and clean their articles."""
+    header, runs = multistream.plan(dump, index)
+    read_and_clean = functools.partial(
+        _read_and_clean, dump=dump, header_xml=multistream.read_header(dump, header), min_chars=cfg.min_chars
+    )
+    for streams, (run_counts, results) in map_in_order(pool, read_and_clean, runs, max_in_flight=2 * cfg.workers):
+        counts.update(run_counts)
+        yield results, streams.end
+
+
+def _read_and_clean(
+    streams: multistream.Streams, dump: Path, header_xml: bytes, min_chars: int
+) -> tuple[Counter[str], list[tuple[str, Cleaned]]]:
+    """A worker's task: the articles of a run of streams, cleaned, and the count of its pages."""
+    counts: Counter[str] = Counter()
+    xml = multistream.stream_xml(dump, header_xml, streams)
+    articles = _read_articles(xml, f"{dump} (the streams at bytes {streams.start:,} to {streams.end:,})", counts)
+    return counts, [(title, make_document(title, text, min_chars)) for title, text in articles]
 
 
 def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool) -> dict:
@@ -233,37 +310,22 @@ def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool)
     start = time.perf_counter()
     writer = CorpusWriter(out_dir, cfg.shard_size_mb)
     articles_seen: Counter[str] = Counter()
-    counts: Counter[str] = Counter()  # what happened to every <page> read
-    wikitext_bytes = 0
-
-    def articles(stream: BinaryIO) -> Iterator[tuple[str, str]]:
-        nonlocal wikitext_bytes
-        for page in iter_pages(stream, dump):
-            counts["read"] += 1
-            if page.namespace != 0:
-                counts["not_article"] += 1
-            elif page.redirect:
-                counts["redirect"] += 1
-            elif not page.text.strip():
-                counts["empty"] += 1
-            else:
-                wikitext_bytes += len(page.text)
-                yield page.title, page.text
-            if counts["read"] == cfg.max_pages:
-                return
-
-    clean = functools.partial(_clean_batch, min_chars=cfg.min_chars)
+    counts: Counter[str] = Counter()  # what happened to every <page> read, and the wikitext of the articles
+    # A multistream dump with its index is read by the workers, each its own streams; else by this process.
+    index = find_index(dump) if cfg.workers > 1 and cfg.max_pages is None else None
     with (
         worker_pool(cfg.workers) as pool,
-        open_dump(dump) as (raw, stream),
         tqdm(  # bytes of the dump file as stored (compressed for .bz2)
             total=dump.stat().st_size, unit="B", unit_scale=True, desc="prepare", disable=not progress
         ) as bar,
     ):
-        # Two batches per worker: one being cleaned, one waiting, so that no worker idles.
-        batches = map_in_order(pool, clean, _batches(articles(stream)), max_in_flight=2 * cfg.workers)
-        for batch, results in batches:
-            for (title, _), cleaned in zip(batch, results, strict=True):
+        if index is not None:
+            cleaned_articles = _cleaned_in_parallel(pool, cfg, dump, index, counts)
+        else:
+            cleaned_articles = _cleaned_in_order(pool, cfg, dump, counts)
+        bytes_read = 0
+        for results, bytes_read in cleaned_articles:
+            for title, cleaned in results:
                 split = split_of(title, cfg.eval_fraction)
                 articles_seen[split] += 1
                 counts[cleaned.outcome] += 1
@@ -271,9 +333,8 @@ def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool)
                     writer.add(split, cleaned.doc)
                 elif cleaned.error:
                     tqdm.write(f"warning: skipped article {title!r}: markup parser failed: {cleaned.error}")
-            bar.update(raw.tell() - bar.n)
+            bar.update(bytes_read - bar.n)
             bar.set_postfix({"pages": f"{counts['read']:,}", "docs": f"{counts['kept']:,}"}, refresh=False)
-        bytes_read = raw.tell()
     if not counts["kept"]:
         raise DumpError(f"no articles found in {dump} ({counts['read']:,} pages read, none kept)")
 
@@ -287,7 +348,7 @@ def _write_corpus(cfg: PrepareConfig, dump: Path, out_dir: Path, progress: bool)
         "shard_size_mb": cfg.shard_size_mb,
         "max_pages": cfg.max_pages,
         "pages": {key: counts[key] for key in PAGE_COUNTS},
-        "wikitext_bytes": wikitext_bytes,
+        "wikitext_bytes": counts["wikitext"],
         # Articles hashed into each split, before skips; the writer adds what each split holds.
         "splits": {split: {"articles": articles_seen[split]} for split in SPLITS},
         "elapsed_seconds": round(time.perf_counter() - start, 3),
