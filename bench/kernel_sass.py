@@ -5,6 +5,7 @@
     python -m bench.kernel_sass --all_configs       # every config the autotuner would try
     python -m bench.kernel_sass --arch 80           # for an A100
     python -m bench.kernel_sass --alibi             # the kernels compiled with the ALiBi bias
+    python -m bench.kernel_sass --kernels rescue combine  # the rare path for rows whose weights underflow
 
 Each kernel is compiled with Triton's ahead-of-time path and the ptxas bundled with Triton, and the cubin is
 disassembled with the bundled cuobjdump. For every loop over key (or query) tiles the table gives the
@@ -60,13 +61,20 @@ KERNELS = {
     "decode": (K._decode_partial_kernel, "Q K V", "LAM SLOPES ACC LSUM", "qk_scale inv_scale",
                {"BLOCK_M": K.DECODE_MAX_Q_LEN}),
 }
+# The rare path that recomputes rows whose weights underflow fp32 (not in the default table: its loops run only
+# for such rows).
+RESCUE_KERNELS = {
+    "rescue": (K._rescue_kernel, "Q K V O", "LAM L SLOPES", "qk_scale inv_scale", {}),
+    "combine": (K._decode_combine_kernel, "O Q K V", "ACC LSUM L LAM SLOPES", "qk_scale inv_scale",
+                {"BLOCK_M": K.DECODE_MAX_Q_LEN}),
+}
 
 
 def compile_kernel(
     name: str, config: triton.Config, dtype: str = "bf16", head_dim: int = 64, arch: int = 90, alibi: bool = False
 ) -> CompiledKernel:
     """Compile one kernel for one config, as the launcher would specialise it for aligned tensors."""
-    kernel, data_args, fp32_args, float_args, constants = KERNELS[name]
+    kernel, data_args, fp32_args, float_args, constants = {**KERNELS, **RESCUE_KERNELS}[name]
     jit = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
     signature, attrs = {}, {}
     for i, arg in enumerate(jit.arg_names):
@@ -84,7 +92,11 @@ def compile_kernel(
 
 def configs(name: str, dtype: str, head_dim: int) -> list[triton.Config]:
     """The configs the autotuner would benchmark for these inputs (after its pruning)."""
-    kernel = KERNELS[name][0]
+    kernel = {**KERNELS, **RESCUE_KERNELS}[name][0]
+    if name == "rescue":
+        return [K._RESCUE_CONFIG]
+    if name == "combine":  # launched with 4 warps and the rescue's key tile (its BLOCK_M is DECODE_MAX_Q_LEN)
+        return [triton.Config({"BLOCK_N": K._RESCUE_CONFIG.kwargs["BLOCK_N"]}, num_warps=4)]
     if kernel.early_config_prune is None:
         return list(kernel.configs)
 
@@ -138,7 +150,7 @@ def analyse(
     block_m = config.kwargs.get("BLOCK_M", K.DECODE_MAX_Q_LEN)
     scores = block_m * config.kwargs["BLOCK_N"] / (32 * config.num_warps)
     bodies = sorted(loops(sass), key=lambda c: sum(c.values()))  # the full-tile loop is the shorter one
-    labels = ["full", "diag"] if len(bodies) == 2 else [f"loop{i}" for i in range(len(bodies))]
+    labels = ["full", "diag"] if len(bodies) == 2 and name in KERNELS else [f"loop{i}" for i in range(len(bodies))]
     return dict(arch=f"sm_{arch}", kernel=name, alibi=alibi, dtype=dtype, head_dim=head_dim, block_m=block_m,
                 block_n=config.kwargs["BLOCK_N"],
                 warps=config.num_warps, stages=config.num_stages, registers=usage.get("REG"),
@@ -162,7 +174,8 @@ def print_table(rows: list[dict[str, object]]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
+    p.add_argument("--kernels", nargs="+", choices=[*KERNELS, *RESCUE_KERNELS], default=list(KERNELS),
+                   help=f"default: all but the rare path's {', '.join(RESCUE_KERNELS)}")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16"])
     p.add_argument("--head_dims", type=int, nargs="+", choices=K.HEAD_DIMS, default=[64, 128])
     p.add_argument("--arch", type=int, choices=[80, 90], default=90, help="compute capability: 90 H100, 80 A100")

@@ -4,9 +4,11 @@
 and its backward op both have fake (meta) implementations, and autograd is
 registered on the forward, so ``torch.compile`` traces through them without
 graph breaks and AOTAutograd can build the joint graph. ``l`` (fp32 row sums of
-the weights) is an output only because the backward needs it; it is not
-differentiable. ``lam`` and the ALiBi slopes get no gradient either: they are
-fixed functions of the positions and heads, not parameters.
+the weights, or the log of the sum for rows whose every score is very negative:
+see ``softplus_triton``) is an output only because the backward needs it to
+recompute the normalised weights; it is not differentiable. ``lam`` and the
+ALiBi slopes get no gradient either: they are fixed functions of the positions
+and heads, not parameters.
 """
 
 from __future__ import annotations

@@ -27,13 +27,21 @@ negative scores, where softplus attention behaves like softmax (w ~ e^s), keep
 their weights instead of rounding to zero and a 0/0 row. (fp16 inputs also
 rescale each row of a tile by a power of two before the second product, whose
 fp16 weights would otherwise flush to zero below 2^-24 or overflow above 65504
-(scores over ~45,000). The limit left is
-fp32's: a row whose every score is below about -87 has only denormal or zero weights, and below about -104 an
-output of 0 / 0. The reference and the export shift such rows by their maximum (``softplus.shift_low_rows``);
-the kernels do not yet.)
+(scores over ~45,000).)
 ``python -m bench.kernel_sass`` counts the instructions per score from the
 compiled code. (A cut-off where softplus(x) = x would not save anything: both
 sides of a select are computed anyway.)
+
+Rows of very negative scores. fp32 weights underflow below about -87, so a row
+whose weights sum to less than ``e^SHIFT_BELOW`` (every score below -40, where
+softplus(z) = e^z to within e^-40 and the row's o is shift-invariant) is
+recomputed with ``t + shift_i``, its largest t moved to ``SHIFT_BELOW log2(e)``,
+as the reference's ``shift_low_rows`` does; its saved ``l`` is then the log of
+its sum (below SHIFT_BELOW: negative, where a sum is positive). The recompute
+is a kernel of its own after the forward (in the decode, a branch of the
+combine), so the forward's code and registers stay the common path's. The
+backward shifts such a row so that its weights sum to ``e^SHIFT_BELOW``; the
+shift rides in the FMA that scales t (0 for the other rows).
 
 ALiBi in base 2: ``t = c_i (q_i . k_j) + a_i (j - i)`` with the row factors
 ``c_i = lam_i scale log2(e)`` and ``a_i = lam_i log2(e) m_h = c_i m_h / scale``.
@@ -53,9 +61,10 @@ Backward (``D_i = dO_i . o_i``, ``sigma`` the logistic function)::
 With ``c_i = lam_i scale / l_i`` the kernels form the gradient of the dot
 product, ``dL/d(q_i . k_j) = sigma_ij (c_i dO_i . v_j - c_i D_i)``, one FMA
 and the sigmoid per score: a small preprocessing kernel computes ``D`` and the
-row factors ``lam_i scale log2(e)`` (for t), ``ln2 / l_i`` (for w / l), ``c_i``
-and ``c_i D_i`` once, one 16-byte record per row, so the loops never divide per
-row and fetch a row's factors with one load. ``sigma = 1/(1+y)`` for
+row factors ``lam_i scale log2(e)`` (for t), ``ln2 / l_i`` (for w / l), the
+row's shift of t and ``c_i D_i`` once, one 16-byte record per row, so the loops
+never divide per row and fetch a row's factors with one load (``c_i`` is the
+product of the first two: a multiply per row). ``sigma = 1/(1+y)`` for
 ``t >= 0`` and ``y/(1+y)`` otherwise: the dK/dV kernel reuses the ``2^-|t|`` it
 needs for ``w`` (dV) and adds one reciprocal (``rcp.approx``: ``1 + y`` lies in
 ``[1, 2]``); dQ takes ``1/(1 + 2^-t)`` directly. dK/dV come from one kernel
@@ -82,6 +91,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
 from collections.abc import Iterator
 
@@ -95,8 +105,17 @@ DECODE_MAX_Q_LEN = 16  # q_len up to this goes through the split-K decode kernel
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+# Rows whose weights sum to less than e^SHIFT_BELOW are recomputed shifted (see "Rows of very negative scores"
+# in the module docstring): the reference's threshold (gpt2.attention.softplus.SHIFT_BELOW).
+SHIFT_BELOW = -40.0
 # Kernels may only read module globals that are constexpr.
 _LN2 = tl.constexpr(LN2)
+_LOG2E = tl.constexpr(LOG2E)
+_LOG_LN2 = tl.constexpr(math.log(LN2))
+_SHIFT_BELOW = tl.constexpr(SHIFT_BELOW)
+_TOP2 = tl.constexpr(SHIFT_BELOW * LOG2E)  # a shifted row's largest t (base 2)
+_LOW_SUM = tl.constexpr(math.exp(SHIFT_BELOW))
+_INV_LOW_SUM = tl.constexpr(math.exp(-SHIFT_BELOW))
 
 # Under TRITON_INTERPRET=1 (NumPy on CPU) autotuning would only be slow: use one config whose blocks are
 # small enough that short test sequences still span several blocks and diagonal tiles.
@@ -152,6 +171,8 @@ _DKDV_CONFIGS = _configs(_tiles((32, 64), (32, 128), (64, 64), (64, 128)), [4, 8
 _DQ_CONFIGS = _configs(_tiles((64, 32), (64, 64), (128, 32), (128, 64)), [4, 8], [2, 3],
                        interpret=_tiles((32, 16))[0])
 _DECODE_CONFIGS = _configs([{"BLOCK_N": n} for n in (32, 64, 128)], [4], [2, 3, 4], interpret={"BLOCK_N": 16})
+# The recompute of rows whose weights underflow is rare: one config, not tuned.
+_RESCUE_CONFIG = triton.Config(_tiles((16, 16) if INTERPRET else (64, 32))[0], num_warps=4, num_stages=2)
 _PRUNE_M = {"early_config_prune": functools.partial(_prune, "BLOCK_M")}
 _PRUNE_N = {"early_config_prune": functools.partial(_prune, "BLOCK_N")}
 # Autotune per power-of-two bucket of the lengths and of batch * heads (the grid's size), not per value
@@ -255,18 +276,23 @@ def _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI: tl.constexpr):
 
 
 @triton.jit
-def _scores(qk, t_scale, head_rate, first_key, query_pos, N_KEYS: tl.constexpr, ALIBI: tl.constexpr,
-            KEYS_FIRST: tl.constexpr):
-    """t = t_scale_i * (q_i . k_j) + a_i * (j - i) of a tile with keys first_key + [0, N_KEYS) and queries at
-    absolute positions query_pos; qk is (queries, keys), or (keys, queries) with KEYS_FIRST. The distance is
-    split at first_key (see the module docstring)."""
+def _scores(qk, t_scale, t_shift, head_rate, first_key, query_pos, N_KEYS: tl.constexpr, ALIBI: tl.constexpr,
+            KEYS_FIRST: tl.constexpr, SHIFT: tl.constexpr):
+    """t = t_scale_i * (q_i . k_j) + a_i * (j - i) (+ the row shift t_shift_i with SHIFT) of a tile with keys
+    first_key + [0, N_KEYS) and queries at absolute positions query_pos; qk is (queries, keys), or (keys,
+    queries) with KEYS_FIRST. The distance is split at first_key (see the module docstring)."""
     # Explicit FMAs: from t + (j - j0) * a_i the compiler hoists the loop-invariant tile (j - j0) * a_i out of
-    # the key loop, a register per score, and adds it with an FADD that saves nothing over the FMA.
+    # the key loop, a register per score, and adds it with an FADD that saves nothing over the FMA. The shift
+    # rides in an FMA too: it costs no instruction per score.
     if not ALIBI:
-        t = qk * t_scale[None, :] if KEYS_FIRST else qk * t_scale[:, None]
+        if KEYS_FIRST:
+            t = tl.fma(qk, t_scale[None, :], t_shift[None, :]) if SHIFT else qk * t_scale[None, :]
+        else:
+            t = tl.fma(qk, t_scale[:, None], t_shift[:, None]) if SHIFT else qk * t_scale[:, None]
     else:
         rate = t_scale * head_rate
-        near = rate * (first_key - query_pos).to(tl.float32)  # a_i (j0 - i): small where the weights are
+        distance = (first_key - query_pos).to(tl.float32)
+        near = tl.fma(rate, distance, t_shift) if SHIFT else rate * distance  # a_i (j0 - i) (+ shift)
         offs = tl.arange(0, N_KEYS).to(tl.float32)  # j - j0
         if KEYS_FIRST:
             t = tl.fma(offs[:, None], rate[None, :], tl.fma(qk, t_scale[None, :], near[None, :]))
@@ -281,18 +307,32 @@ def _scores(qk, t_scale, head_rate, first_key, query_pos, N_KEYS: tl.constexpr, 
 
 
 @triton.jit
-def _fwd_inner(
-    acc, l_acc, q, row_scale, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi,
-    diag_offset, kv_end, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ALIBI: tl.constexpr,
+def _query_tile(
+    Q, K, V, LAM, SLOPES, qk_scale, inv_scale, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb,
+    stride_vh, pid_bh, H, Q_LEN, offs_m, offs_d, ALIBI: tl.constexpr,
 ):
-    """Add keys [lo, hi) to the running (sum w v, sum w). MASKED tiles apply causality and kv_end."""
+    """What a forward program needs of its queries offs_m: (q, row_scale = lam_i * qk_scale, head_rate, the
+    head's k and v bases)."""
+    q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
+    row_scale = tl.load(LAM + offs_m, mask=offs_m < Q_LEN, other=0.0) * qk_scale
+    head_rate = _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI)
+    return q, row_scale, head_rate, _head(K, pid_bh, H, stride_kb, stride_kh), _head(V, pid_bh, H, stride_vb, stride_vh)
+
+
+@triton.jit
+def _fwd_inner(
+    acc, l_acc, q, row_scale, row_shift, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi,
+    diag_offset, kv_end, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIBI: tl.constexpr, SHIFT: tl.constexpr,
+):
+    """Add keys [lo, hi) to the running (sum w v, sum w). MASKED tiles apply causality and kv_end. With SHIFT,
+    t_ij + row_shift_i replaces t_ij."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_rows(k_base, offs_n, stride_kn, offs_d, kv_end, MASKED)
         v = _load_rows(v_base, offs_n, stride_vn, offs_d, kv_end, MASKED)
-        t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), row_scale, head_rate, start_n,
-                    offs_m + diag_offset, BLOCK_N, ALIBI, False)
+        t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), row_scale, row_shift, head_rate,
+                    start_n, offs_m + diag_offset, BLOCK_N, ALIBI, False, SHIFT)
         # "* -1.0", not a unary minus: Triton 3.5 compiles -x as 0 - x, which (the sign of zero) does not fold
         # into ex2's operand and costs an add per score; x * -1.0 is exactly -x and folds in every version.
         w = _softplus2(t, tl.exp2(tl.abs(t) * -1.0), v.dtype)
@@ -330,11 +370,9 @@ def _fwd_kernel(
     pid_bh = tl.program_id(0)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
-    row_scale = tl.load(LAM + offs_m, mask=offs_m < Q_LEN, other=0.0) * qk_scale
-    head_rate = _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI)
-    k_base = _head(K, pid_bh, H, stride_kb, stride_kh)
-    v_base = _head(V, pid_bh, H, stride_vb, stride_vh)
+    q, row_scale, head_rate, k_base, v_base = _query_tile(
+        Q, K, V, LAM, SLOPES, qk_scale, inv_scale, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb,
+        stride_vh, pid_bh, H, Q_LEN, offs_m, offs_d, ALIBI)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     l_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -342,14 +380,78 @@ def _fwd_kernel(
     # Keys below full_end are visible to every row of the tile (and in range); up to hi, to some rows.
     full_end = (pid_m * BLOCK_M + diag_offset + 1) // BLOCK_N * BLOCK_N
     hi = tl.minimum((pid_m + 1) * BLOCK_M + diag_offset, KV_LEN)
-    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m,
-                            offs_d, 0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION, ALIBI)
-    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m,
-                            offs_d, full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION, ALIBI)
+    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, 0.0, head_rate, k_base, v_base, stride_kn, stride_vn,
+                            offs_m, offs_d, 0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION, ALIBI,
+                            False)
+    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, 0.0, head_rate, k_base, v_base, stride_kn, stride_vn,
+                            offs_m, offs_d, full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION, ALIBI,
+                            False)
 
     o_base = _head(O, pid_bh, H, stride_ob, stride_oh)
     _store_rows(o_base, offs_m, stride_om, offs_d, Q_LEN, acc / l_acc[:, None])
     tl.store(L + pid_bh.to(tl.int64) * Q_LEN + offs_m, l_acc * _LN2, mask=offs_m < Q_LEN)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Rows whose weights underflow: recomputed shifted (see the module docstring)
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rescue_rows(
+    Q, K, V, LAM, O, L, qk_scale, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, pid_bh, H, Q_LEN, KV_LEN, SLOPES, inv_scale,
+    offs_m, low, hi, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIBI: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Recompute the ``low`` rows of offs_m over keys [0, hi) with t shifted up by each row's
+    shift = _TOP2 - max_j t_ij, and store their o and their log-sum as l (the other rows: neither)."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    q, row_scale, head_rate, k_base, v_base = _query_tile(
+        Q, K, V, LAM, SLOPES, qk_scale, inv_scale, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb,
+        stride_vh, pid_bh, H, Q_LEN, offs_m, offs_d, ALIBI)
+    diag_offset = KV_LEN - Q_LEN
+    top = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_base, offs_n, stride_kn, offs_d, KV_LEN, True)
+        t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), row_scale, 0.0, head_rate, start_n,
+                    offs_m + diag_offset, BLOCK_N, ALIBI, False, False)
+        visible = (offs_n[None, :] <= offs_m[:, None] + diag_offset) & (offs_n < KV_LEN)[None, :]
+        top = tl.maximum(top, tl.max(tl.where(visible, t, float("-inf")), 1))
+    shift = tl.where(low, _TOP2 - top, 0.0)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    l_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, shift, head_rate, k_base, v_base, stride_kn, stride_vn,
+                            offs_m, offs_d, 0, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION, ALIBI, True)
+    o_ptrs = _head(O, pid_bh, H, stride_ob, stride_oh) + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, (acc / l_acc[:, None]).to(O.dtype.element_ty), mask=low[:, None])
+    # The log of the row's sum of weights, sum_j e^(z_ij): below SHIFT_BELOW, so negative; a sum is positive.
+    log_sum = (tl.log2(l_acc) - shift) * _LN2 + _LOG_LN2
+    tl.store(L + pid_bh.to(tl.int64) * Q_LEN + offs_m, log_sum, mask=low)
+
+
+@triton.jit
+def _rescue_kernel(
+    Q, K, V, LAM, O, L, qk_scale,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+    H, Q_LEN, KV_LEN, SLOPES, inv_scale,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIBI: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """After _fwd_kernel: the rows of one block whose l (the sum of the weights) is below e^SHIFT_BELOW, if
+    any, recomputed by _rescue_rows. A kernel of its own, so that the forward's registers stay the common
+    path's; most programs read BLOCK_M floats and end."""
+    pid_bh = tl.program_id(0)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    l = tl.load(L + pid_bh.to(tl.int64) * Q_LEN + offs_m, mask=offs_m < Q_LEN, other=1.0)
+    low = l < _LOW_SUM
+    if tl.max(low.to(tl.int32), 0) != 0:
+        hi = tl.minimum((tl.program_id(1) + 1) * BLOCK_M + KV_LEN - Q_LEN, KV_LEN)
+        _rescue_rows(Q, K, V, LAM, O, L, qk_scale, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, pid_bh, H, Q_LEN, KV_LEN,
+                     SLOPES, inv_scale, offs_m, low, hi, HEAD_DIM, DOT_PRECISION, ALIBI, BLOCK_M, BLOCK_N)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -372,18 +474,17 @@ def _decode_partial_kernel(
     split = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
-    row_scale = tl.load(LAM + offs_m, mask=offs_m < Q_LEN, other=0.0) * qk_scale
-    head_rate = _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI)
-    k_base = _head(K, pid_bh, H, stride_kb, stride_kh)
-    v_base = _head(V, pid_bh, H, stride_vb, stride_vh)
+    q, row_scale, head_rate, k_base, v_base = _query_tile(
+        Q, K, V, LAM, SLOPES, qk_scale, inv_scale, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb,
+        stride_vh, pid_bh, H, Q_LEN, offs_m, offs_d, ALIBI)
 
     lo = split * CHUNK
     kv_end = tl.minimum(lo + CHUNK, KV_LEN)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     l_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m,
-                            offs_d, lo, kv_end, KV_LEN - Q_LEN, kv_end, BLOCK_N, True, DOT_PRECISION, ALIBI)
+    acc, l_acc = _fwd_inner(acc, l_acc, q, row_scale, 0.0, head_rate, k_base, v_base, stride_kn, stride_vn,
+                            offs_m, offs_d, lo, kv_end, KV_LEN - Q_LEN, kv_end, BLOCK_N, True, DOT_PRECISION, ALIBI,
+                            False)
     # Workspace row (pid_bh, split) holds all BLOCK_M query rows (those past Q_LEN: finite junk).
     row = pid_bh.to(tl.int64) * tl.num_programs(1) + split
     tl.store(ACC + (row * BLOCK_M + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], acc)
@@ -393,9 +494,14 @@ def _decode_partial_kernel(
 @triton.jit
 def _decode_combine_kernel(
     ACC, LSUM, O, L, stride_ob, stride_oh, stride_om, H, Q_LEN, NUM_SPLITS,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    Q, K, V, LAM, qk_scale, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, KV_LEN, SLOPES, inv_scale,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIBI: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
-    """o = (sum of the partial sums w v) / (sum of the partial sums w): no rescaling, unlike softmax."""
+    """o = (sum of the partial sums w v) / (sum of the partial sums w): no rescaling, unlike softmax. Rows
+    whose sum is below e^SHIFT_BELOW are then recomputed over all their keys (_rescue_rows), as after the
+    tiled forward."""
     pid_bh = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -405,9 +511,16 @@ def _decode_combine_kernel(
         row = pid_bh.to(tl.int64) * NUM_SPLITS + split
         acc += tl.load(ACC + (row * BLOCK_M + offs_m[:, None]) * HEAD_DIM + offs_d[None, :])
         l_acc += tl.load(LSUM + row * BLOCK_M + offs_m)
-    o_base = _head(O, pid_bh, H, stride_ob, stride_oh)
-    _store_rows(o_base, offs_m, stride_om, offs_d, Q_LEN, acc / l_acc[:, None])
-    tl.store(L + pid_bh.to(tl.int64) * Q_LEN + offs_m, l_acc * _LN2, mask=offs_m < Q_LEN)
+    l = l_acc * _LN2
+    low = (l < _LOW_SUM) & (offs_m < Q_LEN)
+    kept = (offs_m < Q_LEN) & ~low  # low rows are stored by _rescue_rows alone: no two writes race
+    o_ptrs = _head(O, pid_bh, H, stride_ob, stride_oh) + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, (acc / l_acc[:, None]).to(O.dtype.element_ty), mask=kept[:, None])
+    tl.store(L + pid_bh.to(tl.int64) * Q_LEN + offs_m, l, mask=kept)
+    if tl.max(low.to(tl.int32), 0) != 0:
+        _rescue_rows(Q, K, V, LAM, O, L, qk_scale, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, pid_bh, H, Q_LEN, KV_LEN,
+                     SLOPES, inv_scale, offs_m, low, KV_LEN, HEAD_DIM, DOT_PRECISION, ALIBI, BLOCK_M, BLOCK_N)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -423,7 +536,9 @@ def _bwd_preprocess_kernel(
 ):
     """The per-row factors of the backward, so that its loops divide by nothing per row or score: FACTORS
     ((B, H, Lq, 4) fp32) holds for each row t_scale = lam_i * qk_scale (t from q . k), p_scale = ln2 / l_i
-    (w / l from w2), ds_scale = c_i = lam_i * scale / l_i and ds_shift = c_i * D_i (see _row_factors)."""
+    (w / l from w2), the shift of t and ds_shift = c_i * D_i, c_i = lam_i * scale / l_i (see _row_factors).
+    A row the forward shifted (l: its log-sum, below SHIFT_BELOW) is shifted by its log-sum, so that its
+    weights add up to e^SHIFT_BELOW: on such a row w / l does not depend on the shift."""
     pid_bh = tl.program_id(0)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -432,19 +547,21 @@ def _bwd_preprocess_kernel(
     do = _load_rows(_head(DO, pid_bh, H, stride_dob, stride_doh), offs_m, stride_dom, offs_d, Q_LEN, True)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
-    inv_l = 1.0 / tl.load(L + rows, mask=row_ok, other=1.0)
+    l = tl.load(L + rows, mask=row_ok, other=1.0)
+    shifted = l <= 0.0  # a log-sum (see _rescue_rows)
+    inv_l = tl.where(shifted, _INV_LOW_SUM, 1.0 / l)
     lam = tl.load(LAM + offs_m, mask=row_ok, other=0.0)
     c = lam * scale * inv_l
     factors = FACTORS + rows * 4
     tl.store(factors, lam * qk_scale, mask=row_ok)
     tl.store(factors + 1, inv_l * _LN2, mask=row_ok)
-    tl.store(factors + 2, c, mask=row_ok)
+    tl.store(factors + 2, tl.where(shifted, (_SHIFT_BELOW - l) * _LOG2E, 0.0), mask=row_ok)
     tl.store(factors + 3, c * delta, mask=row_ok)
 
 
 @triton.jit
 def _row_factors(factors_base, offs_m, row_ok, BLOCK_M: tl.constexpr):
-    """(t_scale, p_scale, ds_scale, ds_shift) of rows offs_m (zeros where not row_ok), from the rows'
+    """(t_scale, t_shift, p_scale, ds_scale, ds_shift) of rows offs_m (zeros where not row_ok), from the rows'
     four-float records at factors_base (written by _bwd_preprocess_kernel)."""
     # One 2-D load and splits in registers, not four 1-D loads: Triton 3.5 deems a load of fewer elements
     # than the block has threads (32 rows, 128 threads) cheap to redo in the layout its users want, a slice
@@ -453,9 +570,10 @@ def _row_factors(factors_base, offs_m, row_ok, BLOCK_M: tl.constexpr):
     # instructions per score in the dK/dV loop. Triton 3.9 loads the vectors whole either way.
     f = tl.load(factors_base + offs_m[:, None] * 4 + tl.arange(0, 4)[None, :], mask=row_ok[:, None], other=0.0)
     even, odd = tl.split(tl.reshape(f, [BLOCK_M, 2, 2]))  # columns (0, 2) and (1, 3)
-    t_scale, ds_scale = tl.split(even)
+    t_scale, t_shift = tl.split(even)
     p_scale, ds_shift = tl.split(odd)
-    return t_scale, p_scale, ds_scale, ds_shift
+    # c_i = lam_i scale / l_i = t_scale * p_scale (log2(e) ln2 = 1): a multiply per row, not a fifth float.
+    return t_scale, t_shift, p_scale, t_scale * p_scale, ds_shift
 
 
 @triton.jit
@@ -472,10 +590,10 @@ def _bwd_dkdv_inner(
         # Rows past Q_LEN read q = dO = 0 and zero factors: they add exactly zero.
         q = _load_rows(q_base, offs_m, stride_qm, offs_d, Q_LEN, True)
         do = _load_rows(do_base, offs_m, stride_dom, offs_d, Q_LEN, True)
-        t_scale, p_scale, ds_scale, ds_shift = _row_factors(factors_base, offs_m, row_ok, BLOCK_M)
+        t_scale, t_shift, p_scale, ds_scale, ds_shift = _row_factors(factors_base, offs_m, row_ok, BLOCK_M)
 
-        t = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), t_scale, head_rate, first_key,
-                    offs_m + diag_offset, BLOCK_N, ALIBI, True)
+        t = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), t_scale, t_shift, head_rate,
+                    first_key, offs_m + diag_offset, BLOCK_N, ALIBI, True, True)
         y = tl.exp2(tl.abs(t) * -1.0)  # 2^-|t| ("* -1.0": see _fwd_inner)
         p = _softplus2(t, y, v.dtype) * p_scale[None, :]  # w_ij / l_i
         dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -546,8 +664,8 @@ def _bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dq_inner(
-    dq, q, do, t_scale, ds_scale, ds_shift, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo,
-    hi, diag_offset, KV_LEN, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    dq, q, do, t_scale, t_shift, ds_scale, ds_shift, head_rate, k_base, v_base, stride_kn, stride_vn, offs_m,
+    offs_d, lo, hi, diag_offset, KV_LEN, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ALIBI: tl.constexpr,
 ):
     """Add keys [lo, hi) to dQ. Needs the logistic function only, so no log2."""
@@ -555,8 +673,8 @@ def _bwd_dq_inner(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_rows(k_base, offs_n, stride_kn, offs_d, KV_LEN, MASKED)
         v = _load_rows(v_base, offs_n, stride_vn, offs_d, KV_LEN, MASKED)
-        t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), t_scale, head_rate, start_n,
-                    offs_m + diag_offset, BLOCK_N, ALIBI, False)
+        t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), t_scale, t_shift, head_rate, start_n,
+                    offs_m + diag_offset, BLOCK_N, ALIBI, False, True)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         # sigma = 1 / (1 + 2^-t) directly, without the |t| split the dK/dV kernel shares with softplus:
         # 2^-t overflows to inf below t = -128, and x / inf = 0 is the right limit there.
@@ -586,7 +704,7 @@ def _bwd_dq_kernel(
     q = _load_rows(_head(Q, pid_bh, H, stride_qb, stride_qh), offs_m, stride_qm, offs_d, Q_LEN, True)
     do = _load_rows(_head(DO, pid_bh, H, stride_dob, stride_doh), offs_m, stride_dom, offs_d, Q_LEN, True)
     factors_base = FACTORS + pid_bh.to(tl.int64) * Q_LEN * 4
-    t_scale, _, ds_scale, ds_shift = _row_factors(factors_base, offs_m, row_ok, BLOCK_M)
+    t_scale, t_shift, _, ds_scale, ds_shift = _row_factors(factors_base, offs_m, row_ok, BLOCK_M)
     head_rate = _head_rate(SLOPES, pid_bh, H, inv_scale, ALIBI)
     k_base = _head(K, pid_bh, H, stride_kb, stride_kh)
     v_base = _head(V, pid_bh, H, stride_vb, stride_vh)
@@ -595,10 +713,12 @@ def _bwd_dq_kernel(
     diag_offset = KV_LEN - Q_LEN
     full_end = (pid_m * BLOCK_M + diag_offset + 1) // BLOCK_N * BLOCK_N  # as in the forward
     hi = tl.minimum((pid_m + 1) * BLOCK_M + diag_offset, KV_LEN)
-    dq = _bwd_dq_inner(dq, q, do, t_scale, ds_scale, ds_shift, head_rate, k_base, v_base, stride_kn, stride_vn,
-                       offs_m, offs_d, 0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION, ALIBI)
-    dq = _bwd_dq_inner(dq, q, do, t_scale, ds_scale, ds_shift, head_rate, k_base, v_base, stride_kn, stride_vn,
-                       offs_m, offs_d, full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION, ALIBI)
+    dq = _bwd_dq_inner(dq, q, do, t_scale, t_shift, ds_scale, ds_shift, head_rate, k_base, v_base, stride_kn,
+                       stride_vn, offs_m, offs_d, 0, full_end, diag_offset, KV_LEN, BLOCK_N, False, DOT_PRECISION,
+                       ALIBI)
+    dq = _bwd_dq_inner(dq, q, do, t_scale, t_shift, ds_scale, ds_shift, head_rate, k_base, v_base, stride_kn,
+                       stride_vn, offs_m, offs_d, full_end, hi, diag_offset, KV_LEN, BLOCK_N, True, DOT_PRECISION,
+                       ALIBI)
     _store_rows(_head(DQ, pid_bh, H, stride_dqb, stride_dqh), offs_m, stride_dqm, offs_d, Q_LEN, dq)
 
 
@@ -731,7 +851,8 @@ def forward(
     slopes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal softplus attention: (o, l) with l_i = sum_j softplus(z_ij) in fp32, z_ij = lam_i (s_ij - m_h (i - j))
-    with the ALiBi ``slopes`` m_h (float32, (H,); None: no bias).
+    with the ALiBi ``slopes`` m_h (float32, (H,); None: no bias); for a row whose l_i is below e^SHIFT_BELOW,
+    log(l_i) (negative; see the module docstring).
 
     Short query blocks (q_len <= DECODE_MAX_Q_LEN) go through the split-K decode kernel.
     """
@@ -766,6 +887,13 @@ def flash_forward(
             H, q_len, kv_len, triton.next_power_of_2(q_len), triton.next_power_of_2(kv_len),
             triton.next_power_of_2(B * H), slopes, inv_scale,
             HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), ALIBI=alibi, **_FMA,
+        )
+        rescue = _RESCUE_CONFIG
+        _rescue_kernel[(B * H, triton.cdiv(q_len, rescue.kwargs["BLOCK_M"]))](
+            q, k, v, lam, o, l, scale * LOG2E, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+            H, q_len, kv_len, slopes, inv_scale,
+            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), ALIBI=alibi, **rescue.kwargs,
+            num_warps=rescue.num_warps, num_stages=rescue.num_stages, **_FMA,
         )
     return o, l
 
@@ -821,7 +949,9 @@ def decode_forward(
         )
         _decode_combine_kernel[(B * H,)](
             acc, lsum, o, l, *o.stride()[:3], H, q_len, splits,
-            HEAD_DIM=D, BLOCK_M=DECODE_MAX_Q_LEN, num_warps=4, **_FMA,
+            q, k, v, lam, scale * LOG2E, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], kv_len, slopes, inv_scale,
+            HEAD_DIM=D, DOT_PRECISION=_dot_precision(q.dtype), ALIBI=alibi, BLOCK_M=DECODE_MAX_Q_LEN,
+            BLOCK_N=_RESCUE_CONFIG.kwargs["BLOCK_N"], num_warps=4, **_FMA,
         )
     return o, l
 
