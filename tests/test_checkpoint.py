@@ -12,7 +12,6 @@ import torch
 
 from gpt2.checkpoint import (
     CheckpointError,
-    _check_every_rank_wrote,
     consolidate,
     find_checkpoint,
     list_checkpoints,
@@ -21,7 +20,9 @@ from gpt2.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from gpt2.checkpoint.save import _check_every_rank_wrote
 from gpt2.cli import main as cli
+from gpt2.deployment.artifacts import CHECKPOINT_ADDITIONS
 from gpt2.model import GPT, ModelConfig
 from gpt2.training.rng import capture_rng, restore_rng
 
@@ -98,13 +99,17 @@ def test_keep_last_prunes_old_checkpoints(tmp_path, model, tokenizer_file):
 
 
 def test_pruning_keeps_checkpoints_that_hold_deploy_exports(tmp_path, model, tokenizer_file, capsys):
-    deployed = save_checkpoint(tmp_path, 1, model, None, tokenizer_file, keep_last=2)
+    # Deployment says what it adds to a checkpoint folder; the trainer passes that on to every save.
+    def save(step):
+        return save_checkpoint(tmp_path, step, model, None, tokenizer_file, keep_last=2, additions=CHECKPOINT_ADDITIONS)
+
+    deployed = save(1)
     (deployed / "export").mkdir()
     (deployed / "export" / "model.fp32.onnx").write_bytes(b"an export that took minutes to build")
-    empty = save_checkpoint(tmp_path, 2, model, None, tokenizer_file, keep_last=2)
+    empty = save(2)
     (empty / "export").mkdir()  # a deploy that wrote nothing: no reason to keep it
     for step in (3, 4, 5):
-        save_checkpoint(tmp_path, step, model, None, tokenizer_file, keep_last=2)
+        save(step)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001", "step_00000004", "step_00000005"]
     assert (deployed / "export" / "model.fp32.onnx").read_bytes() == b"an export that took minutes to build"
     assert find_checkpoint(deployed).step == 1  # still a whole checkpoint
@@ -204,7 +209,8 @@ def test_resaving_a_step_keeps_the_exports_deploy_put_in_its_folder(tmp_path, mo
     (export / "deploy_report.fp32.json").write_text('{"failed": []}')
     with torch.no_grad():
         model.ln_f.weight.add_(1.0)  # trained on: other weights at the same step
-    again = save_checkpoint(tmp_path, 2, model, None, tokenizer_file, meta={"note": "second"})
+    note = {"note": "second"}
+    again = save_checkpoint(tmp_path, 2, model, None, tokenizer_file, meta=note, additions=CHECKPOINT_ADDITIONS)
     assert again == first
     assert (export / "model.fp32.onnx").read_bytes() == b"onnx bytes"
     assert (export / "deploy_report.fp32.json").read_text() == '{"failed": []}'

@@ -573,13 +573,13 @@ def test_each_command_verifies_its_checkpoint_once(checkpoints, exported, tmp_pa
     """Verifying a checkpoint hashes all its files (1.5 GB for GPT-2 124M): a command resolves its checkpoint
     once and passes it on, whatever backends and stages it opens."""
     hashed: Counter[Path] = Counter()
-    real_sha256 = checkpoint.sha256_file
+    real_sha256 = checkpoint.verify.sha256_file
 
     def counting_sha256(path: Path, *args, **kwargs) -> str:
         hashed[Path(path)] += 1
         return real_sha256(path, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "sha256_file", counting_sha256)
+    monkeypatch.setattr(checkpoint.verify, "sha256_file", counting_sha256)
     ckpt, out = str(checkpoints["softmax"]), str(tmp_path / "out.json")
     evaluate = ["evaluate", ckpt, "--max_batches", "1", "--batch_size", "2", "--device", "cpu", "--output", out]
     deploy = [

@@ -26,12 +26,12 @@ from gpt2.checkpoint import (
     load_training_state,
     read_checkpoint,
 )
+from gpt2.checkpoint.safe_dcp import read_metadata
 from gpt2.cli import main as cli
+from gpt2.distributed import DistEnv
 from gpt2.model import GPT
-from gpt2.safe_dcp import read_metadata
 from gpt2.training.config import OptimConfig
 from gpt2.training.optim import build_optimizer, lr_at
-from gpt2.training.parallel import DistEnv
 from gpt2.training.run_lock import RunLock
 from gpt2.training.run_log import read_metrics
 

@@ -440,6 +440,12 @@ def test_resume_at_max_steps_keeps_the_checkpoint_and_the_exports_deploy_put_in_
     assert [c.name for c in list_checkpoints(run)] == [ckpt.name]
     evals = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "eval"]
     assert evals == [2, 2, 2]  # the final evaluation still ran
+    # Training on, the trainer prunes all but the newest checkpoint, except the one that holds deploy's exports.
+    more = ["--max_steps", "4", "--checkpoint_every", "1", "--keep_checkpoints", "1", "--resume"]
+    assert cli(train_args(corpus, run, *more)) == 0
+    assert f"kept {ckpt.name}: it holds deploy exports" in capsys.readouterr().out
+    assert [c.name for c in list_checkpoints(run)] == [ckpt.name, "step_00000004"]
+    assert {p.name: p.read_bytes() for p in (ckpt / "export").iterdir()} == export
 
 
 def _without_model_flags(args):

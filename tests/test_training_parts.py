@@ -9,18 +9,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import gpt2.training.trainer as trainer_module
+import gpt2.training.log_window as log_window_module
 from gpt2.cli import main as cli
 from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig
 from gpt2.training.config import OptimConfig, TrainConfig
+from gpt2.training.log_window import LogWindow
 from gpt2.training.mfu import peak_flops_of
 from gpt2.training.optim import build_optimizer, lr_at
 from gpt2.training.plot import loss_curves, plot_runs
 from gpt2.training.precision import resolve_precision
 from gpt2.training.run_log import MetricsLog
 from gpt2.training.signals import StopRequest
-from gpt2.training.trainer import _Window
 
 CPU = torch.device("cpu")
 
@@ -127,10 +127,10 @@ def test_bad_training_values_are_one_line_errors(cls, field, value):
 
 
 def test_throughput_window_leaves_out_evaluation_and_checkpoint_time(monkeypatch):
-    # A clock the test moves by hand (only the trainer module sees it): exact seconds, no sleeping.
+    # A clock the test moves by hand (only the log window module sees it): exact seconds, no sleeping.
     now = [100.0]
-    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
-    window = _Window()
+    monkeypatch.setattr(log_window_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    window = LogWindow()
     now[0] += 2.0  # training
     with window.paused():
         now[0] += 5.0  # an evaluation

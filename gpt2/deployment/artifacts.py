@@ -21,10 +21,15 @@ from pathlib import Path
 
 import torch
 
-from gpt2.checkpoint import CHECKPOINTS_DIR, EXPORT_DIR, Checkpoint, weights_sha256
+from gpt2.checkpoint import CHECKPOINTS_DIR, Checkpoint, weights_sha256
 from gpt2.dtypes import DTYPES
 from gpt2.errors import UserError
 
+EXPORT_DIR = "export"  # inside the checkpoint folder, added after the checkpoint was sealed
+# What deploy adds to a checkpoint, for save_checkpoint: an ONNX model or TensorRT engine takes minutes to rebuild,
+# and may be what someone deployed, so pruning keeps a checkpoint that holds exports, and saving its step again
+# moves them into the new folder (where a backend refuses any that no longer match the weights).
+CHECKPOINT_ADDITIONS = {EXPORT_DIR: "deploy exports"}
 EXPORT_FORMAT = "1"
 PRECISIONS: dict[str, torch.dtype] = DTYPES  # a model exports in each of them
 # The keys of an export's identity that must equal the checkpoint's for the export to serve it.

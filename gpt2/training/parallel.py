@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from gpt2.distributed import DistEnv
 from gpt2.model import GPT
-
-T = TypeVar("T")
 
 # The model returns its logits as a view (the padded vocabulary rows sliced off); FSDP2 warns that an
 # in-place op on it would skip a hook. Nothing modifies the logits in place, and a copy would cost a
@@ -27,21 +24,6 @@ warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a v
 # Whether this process has joined a process group: the backend's threads then outlive destroy_process_group, and
 # the process ends through ``gpt2.cli.exit_process`` (which says why).
 joined_process_group = False
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
 
 def init_distributed(device: torch.device) -> tuple[DistEnv, torch.device]:
@@ -82,25 +64,3 @@ def apply_fsdp(model: GPT, param_dtype: torch.dtype | None) -> GPT:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model
-
-
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    """Average a tensor over ranks, in place (SUM then divide: gloo has no AVG)."""
-    if dist.is_initialized():
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= dist.get_world_size()
-    return value
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def from_main(value: T) -> T:
-    """Rank 0's ``value`` on every rank (picklable; ``value`` itself without a process group)."""
-    if not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -18,9 +18,9 @@ import socket
 import time
 from pathlib import Path
 
+from gpt2.distributed import DistEnv, from_main
 from gpt2.errors import UserError
 from gpt2.io import check_output_dir
-from gpt2.training.parallel import DistEnv, from_main
 
 LOCK_FILE = ".lock"
 _HOLDER_WAIT_S = 2.0  # a holder records itself just after locking: how long to wait for that record

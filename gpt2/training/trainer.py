@@ -5,20 +5,21 @@ compilation) is decided once in ``__init__``; ``fit`` and ``train_step`` are the
 same loop everywhere. A step is a pure function of (checkpoint, step number):
 the data order comes from the step, and the optimizer, scaler and RNG states
 travel in the checkpoint, so a resumed run continues exactly where it stopped.
+
+The trainer puts the run together and runs the loop; the parts have modules of their own: the model
+(:mod:`~gpt2.training.model_setup`), the data (:mod:`~gpt2.training.run_data`), resuming
+(:mod:`~gpt2.training.resume`), the train log (:mod:`~gpt2.training.log_window`) and the evaluation's
+sharding (:mod:`~gpt2.training.eval_shard`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import math
-import resource
 import shutil
 import sys
-import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,32 +29,34 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from gpt2.checkpoint import (
-    Checkpoint,
-    find_checkpoint,
-    list_checkpoints,
-    load_model_state,
-    load_training_state,
-    save_checkpoint,
-)
-from gpt2.data.loader import IGNORE_INDEX, TrainBatches, count_eval_batches, eval_batches
-from gpt2.data.tokens import TokenFile, check_tokenizer_matches
+from gpt2.checkpoint import find_checkpoint, list_checkpoints, save_checkpoint
+from gpt2.data.loader import TrainBatches
+from gpt2.deployment.artifacts import CHECKPOINT_ADDITIONS
+from gpt2.distributed import all_reduce_mean, barrier
 from gpt2.errors import UserError
 from gpt2.evaluation import EvalResult, evaluate_loss
-from gpt2.evaluation.metrics import coverage
 from gpt2.inference import resolve_device
 from gpt2.io import atomic_write
-from gpt2.model import GPT, ModelConfig, model_config_from_preset
+from gpt2.model import ModelConfig
 from gpt2.tokenizer import Tokenizer
-from gpt2.training.config import DEFAULT_PRESET, OptimConfig, TrainConfig
+from gpt2.training.config import OptimConfig, TrainConfig
+from gpt2.training.eval_shard import rank_eval_batches, scored
+from gpt2.training.log_window import TrainLog
 from gpt2.training.memory_check import check_training_memory
 from gpt2.training.mfu import compute_kind, peak_flops
+from gpt2.training.model_setup import build_model, check_init_compatible, recorded_preset, run_model_config
 from gpt2.training.optim import build_optimizer, lr_at
-from gpt2.training.parallel import all_reduce_mean, apply_fsdp, barrier, init_distributed
+from gpt2.training.parallel import init_distributed
 from gpt2.training.precision import resolve_precision
 from gpt2.training.reporters import Reporter, check_packages, open_reporters
-from gpt2.training.resume import resumed_configs
-from gpt2.training.rng import capture_rng, restore_rng
+from gpt2.training.resume import (
+    checkpoint_meta,
+    checkpoint_to_resume,
+    restore_training_state,
+    resumed_configs,
+    trainer_state,
+)
+from gpt2.training.run_data import open_run_data
 from gpt2.training.run_lock import lock_run_dir
 from gpt2.training.run_log import MetricsLog
 from gpt2.training.signals import StopRequest
@@ -87,44 +90,49 @@ class Trainer:
 
     def _setup(self, model_cfg: ModelConfig | None, tokenizer: Tokenizer | None, given: Collection[str] | None) -> None:
         """The run's settings, data, model and state: everything ``__init__`` does once the folder is locked."""
-        resume_from = self._checkpoint_to_resume()
+        resume_from = checkpoint_to_resume(self.run_dir, self.cfg.resume, announce=self.env.is_main)
         if resume_from is not None:
-            self._resume_settings(resume_from, given)
+            self.cfg, self.optim_cfg, changes = resumed_configs(self.cfg, self.optim_cfg, resume_from, given)
+            for line in changes if self.env.is_main else []:
+                print(line)
         cfg = self.cfg
         check_packages(cfg.report_to)  # on every rank: all stop alike
         self.precision = resolve_precision(cfg.amp_fp16, cfg.amp_bf16, cfg.bf16, cfg.allow_tf32, self.device)
         if self.env.distributed and self.precision.loss_scaling:
             raise UserError("--amp_fp16 is not supported with FSDP; use --amp_bf16 or --bf16")
-        self._load_data(tokenizer or Tokenizer.load(cfg.tokenizer))
+        self.tokenizer = tokenizer or Tokenizer.load(cfg.tokenizer)
+        self.data = open_run_data(cfg.data_dir, self.tokenizer, cfg.seq_len, cfg.batch_size)
 
         # A resumed run has its weights in its own checkpoint; --init_from starts a new run only.
-        self.init_from = find_checkpoint(cfg.init_from) if cfg.init_from and resume_from is None else None
-        if self.init_from is not None:
-            model_cfg = model_cfg or self.init_from.model_config
-            self._check_init_compatible(self.init_from, model_cfg)
-        if cfg.preset is None:  # recorded as what the model is: the checkpoint's preset, or the default
-            if self.init_from is not None:  # its model, whatever it was (an imported one has no preset)
-                preset = self.init_from.train_config.get("preset")
-            else:
-                saved = resume_from.train_config.get("preset") if resume_from is not None else None
-                preset = saved or DEFAULT_PRESET
-            self.cfg = cfg = dataclasses.replace(cfg, preset=preset)
+        init_from = find_checkpoint(cfg.init_from) if cfg.init_from and resume_from is None else None
+        if init_from is not None:
+            model_cfg = model_cfg or init_from.model_config
+            check_init_compatible(init_from, model_cfg, self.tokenizer, cfg.tokenizer)
+        self.cfg = cfg = dataclasses.replace(cfg, preset=recorded_preset(cfg.preset, init_from, resume_from))
         barrier()  # every rank has looked at the run folder before rank 0 writes to it
-        model_cfg = self._model_config(resume_from, model_cfg)
+        model_cfg = run_model_config(cfg, model_cfg, self.tokenizer, self.data, resume_from, self.env.is_main)
         self.memory_estimate = check_training_memory(
             model_cfg, cfg, self.precision.name, self.device, self.env.world_size, announce=self.env.is_main
         )
-        self._build_model(model_cfg)
+        built = build_model(model_cfg, cfg, self.precision, self.device, self.env, init_from)
+        self.model, self.forward, self.autocast_dtype = built.model, built.forward, built.autocast_dtype
+        self.optimizer = build_optimizer(self.model, self.optim_cfg, self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.loss_scaling)
+        self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
+        self.peak_flops = peak_flops(self.device, compute_kind(self.precision.compute_dtype, cfg.allow_tf32))
         self.batches = TrainBatches(
-            self.train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed,
+            self.data.train, cfg.seq_len, cfg.batch_size, cfg.seed,
             rank=self.env.rank, world_size=self.env.world_size, accum_steps=cfg.accum_steps,
         )  # fmt: skip
+        self.token_bytes = self.tokenizer.token_byte_lengths()  # for bits per byte
 
         self.step = 0
         self.bad_steps = 0  # consecutive steps with a non-finite loss or gradient
         self.resumed_from = resume_from
         if resume_from is not None:
-            self._restore(resume_from)
+            self.step = restore_training_state(
+                resume_from, self.model, self.optimizer, self.scaler, self.env, self.cfg.trust_checkpoint
+            )
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_config()
@@ -139,156 +147,19 @@ class Trainer:
             self.run_lock.release()
 
     # ----------------------------------------------------------------- setup
-    def _resume_settings(self, ckpt: Checkpoint, given: Collection[str] | None) -> None:
-        """The checkpoint's training and optimizer settings, but for those ``given``; a change, one line each."""
-        self.cfg, self.optim_cfg, changes = resumed_configs(self.cfg, self.optim_cfg, ckpt, given)
-        if self.env.is_main:
-            for line in changes:
-                print(line)
-
-    def _load_data(self, tokenizer: Tokenizer) -> None:
-        """The tokenizer and the train/eval token files, which must have been encoded with it."""
-        self.tokenizer = tokenizer
-        data_dir = Path(self.cfg.data_dir)
-        self.train_tokens = TokenFile(data_dir / "train.bin")
-        self.eval_tokens = TokenFile(data_dir / "eval.bin")
-        for token_file in (self.train_tokens, self.eval_tokens):
-            check_tokenizer_matches(token_file, tokenizer)
-        # An eval set too short for one target is an error now, not at the first evaluation (steps later).
-        count_eval_batches(self.eval_tokens, self.cfg.seq_len, self.cfg.batch_size)
-        self.data_identity = {"train": data_identity(self.train_tokens), "eval": data_identity(self.eval_tokens)}
-        self.token_bytes = tokenizer.token_byte_lengths()  # for bits per byte
-
-    def _model_config(self, resume_from: Checkpoint | None, requested: ModelConfig | None) -> ModelConfig:
-        """The checkpoint's config when resuming (``requested``, if given, must equal it), else ``requested``
-        (None: the --preset's)."""
-        if resume_from is not None:
-            model_cfg = self._check_resume_compatible(resume_from, requested)
-        elif requested is None:  # a new run (or --resume of one without a checkpoint) named no model flags
-            model_cfg = model_config_from_preset(
-                self.cfg.preset or DEFAULT_PRESET, vocab_size=self.tokenizer.vocab_size
-            )
-        else:
-            model_cfg = requested
-        if model_cfg.vocab_size != self.tokenizer.vocab_size:
-            raise UserError(
-                f"model vocab_size {model_cfg.vocab_size} != tokenizer vocab_size {self.tokenizer.vocab_size}"
-            )
-        if self.cfg.seq_len > model_cfg.max_seq_len:
-            raise UserError(f"--seq_len {self.cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
-        return model_cfg
-
-    def _build_model(self, model_cfg: ModelConfig) -> None:
-        """The model (sharded under FSDP, compiled with --compile), its optimizer and loss scaler."""
-        # Initialise on the CPU from the seed: every rank (and a single-process run) starts identical.
-        torch.manual_seed(self.cfg.seed)
-        model = GPT(model_cfg)
-        if self.init_from is not None:
-            model.load_state_dict(load_model_state(self.init_from))
-            if self.env.is_main:
-                print(f"initialised from {self.init_from.path} (step {self.init_from.step})")
-        model = model.to(self.device, dtype=self.precision.param_dtype)
-        # Under FSDP, bf16 compute is FSDP's mixed-precision policy (bf16 params, fp32 reduction), not autocast.
-        fsdp_bf16 = self.env.distributed and self.precision.compute_dtype == torch.bfloat16
-        if self.env.distributed:
-            apply_fsdp(model, param_dtype=torch.bfloat16 if fsdp_bf16 else None)
-        self.model = model
-        self.forward = torch.compile(model) if self.cfg.compile else model  # state dicts come from the raw module
-        self.autocast_dtype = self.precision.compute_dtype if self.precision.autocast and not fsdp_bf16 else None
-        self.optimizer = build_optimizer(model, self.optim_cfg, self.device.type)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.loss_scaling)
-        self.flops_per_token = model.flops_per_token(self.cfg.seq_len)
-        self.peak_flops = peak_flops(self.device, compute_kind(self.precision.compute_dtype, self.cfg.allow_tf32))
-
-    def _checkpoint_to_resume(self) -> Checkpoint | None:
-        if not self.cfg.resume:
-            if list_checkpoints(self.run_dir) or (self.run_dir / "metrics.jsonl").exists():
-                raise UserError(
-                    f"{self.run_dir} already holds an earlier run; pass --resume (with the launchers: "
-                    "RESUME=true) to continue it (from its newest checkpoint, or from the start if it stopped "
-                    "before its first), or choose another --out_dir"
-                )
-            return None
-        if not list_checkpoints(self.run_dir):
-            # A run stopped before its first checkpoint (or a job that always passes --resume) starts anew.
-            if self.env.is_main:
-                print(f"--resume: {self.run_dir} has no checkpoint yet; starting from step 0")
-            return None
-        return find_checkpoint(self.run_dir, resume=True)
-
-    def _check_init_compatible(self, ckpt: Checkpoint, model_cfg: ModelConfig) -> None:
-        """A one-line error unless the ``--init_from`` checkpoint has this run's tokenizer and model (dropout
-        aside)."""
-        if ckpt.tokenizer_sha256 != self.tokenizer.sha256:
-            raise UserError(
-                f"--init_from {ckpt.path} was trained with tokenizer {ckpt.tokenizer_sha256[:12]}, but --tokenizer "
-                f"{self.cfg.tokenizer} is {self.tokenizer.sha256[:12]}: encode the data with {ckpt.tokenizer_path}"
-            )
-        if dataclasses.replace(model_cfg, dropout=ckpt.model_config.dropout) != ckpt.model_config:
-            raise UserError(
-                f"--init_from {ckpt.path}: the model config differs from the checkpoint's (only --dropout may)\n"
-                f"  checkpoint: {ckpt.model_config}\n  requested:  {model_cfg}"
-            )
-
-    def _check_resume_compatible(self, ckpt: Checkpoint, requested: ModelConfig | None) -> ModelConfig:
-        if ckpt.tokenizer_sha256 != self.tokenizer.sha256:
-            raise UserError(
-                f"cannot resume {ckpt.path}: it was trained with tokenizer {ckpt.tokenizer_sha256[:12]}, "
-                f"but --tokenizer {self.cfg.tokenizer} is {self.tokenizer.sha256[:12]}"
-            )
-        saved = ckpt.train_config
-        if requested is not None and requested != ckpt.model_config:
-            preset = f" (trained with --preset {saved['preset']})" if saved.get("preset") else ""
-            raise UserError(
-                f"cannot resume {ckpt.path}: the model config differs from the checkpoint's{preset}; --preset and "
-                "the model flags must describe its model (leave them out to continue with it)\n"
-                f"  checkpoint: {ckpt.model_config}\n  requested:  {requested}"
-            )
-        if self.env.is_main:
-            for problem in self._data_changes(ckpt):
-                print(f"warning: resuming on other data than the checkpoint was trained with: {problem}")
-        return ckpt.model_config
-
-    def _data_changes(self, ckpt: Checkpoint) -> list[str]:
-        """How the token files of this run differ from those the checkpoint records (none: the same data)."""
-        recorded = ckpt.meta.get("data", {})
-        problems = []
-        for split, token_file in (("train", self.train_tokens), ("eval", self.eval_tokens)):
-            now = data_identity(token_file)
-            then = recorded.get(f"{split}_identity")
-            if isinstance(then, dict):  # the same data may have moved: compare what it is, not where
-                differ = [k for k in now if k != "path" and then.get(k) != now[k]]
-                if differ:
-                    facts = ", ".join(f"{k} {then.get(k)} -> {now[k]}" for k in differ if k != "sample_sha256")
-                    problems.append(
-                        f"{split} tokens {then.get('path')} -> {now['path']} differ "
-                        f"({facts or 'same size, other tokens'}); the {split} "
-                        + ("batches differ from the original" if split == "train" else "losses are not comparable")
-                    )
-            elif recorded.get(split) and recorded[split] != now["path"]:  # a checkpoint of an older version
-                problems.append(f"{split} tokens {recorded[split]} -> {now['path']} (the checkpoint records no more)")
-        return problems
-
-    def _restore(self, ckpt: Checkpoint) -> None:
-        state = load_training_state(ckpt, self.model, self.optimizer, self.env, trust=self.cfg.trust_checkpoint)
-        self.step = state["step"]
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
-        if self.env.is_main:
-            print(f"resumed from {ckpt.path} at step {self.step}")
+    def _configs(self) -> dict[str, Any]:
+        """The run's settings, as run_config_step<N>.json and the experiment trackers record them."""
+        return {"train_config": self.cfg.to_dict(), "optim_config": asdict(self.optim_cfg),
+                "model_config": self.model.cfg.to_dict()}  # fmt: skip
 
     def _open_reporters(self) -> list[Reporter]:
-        config = {"train_config": self.cfg.to_dict(), "optim_config": asdict(self.optim_cfg),
-                  "model_config": self.model.cfg.to_dict()}  # fmt: skip
-        return open_reporters(self.cfg.report_to, self.run_dir, self.step if self.cfg.resume else None, config)
+        step = self.step if self.cfg.resume else None
+        return open_reporters(self.cfg.report_to, self.run_dir, step, self._configs())
 
     def _write_run_config(self) -> None:
         record = {
             "argv": sys.argv,
-            "train_config": self.cfg.to_dict(),
-            "optim_config": asdict(self.optim_cfg),
-            "model_config": self.model.cfg.to_dict(),
+            **self._configs(),
             "world_size": self.env.world_size,
             "precision": self.precision.name,
             "memory_estimate": self.memory_estimate,
@@ -317,41 +188,33 @@ class Trainer:
         if self.env.is_main:
             self._print_header()
         last_eval: EvalResult | None = None
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.env.is_main))
-        window = _Window()
+        log = self._train_log()
         # The handlers stay on to the end: a signal during the final save or evaluation must not kill the run.
         with StopRequest() as stop:
             while self.step < cfg.max_steps:
                 stats = self.train_step()
                 self.step += 1
-                window.add(stats)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    record = self._log(window)
-                    window = _Window()
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}"
-                    )
-                bar.update(1)
+                log.add(self.step, stats)
                 if self.bad_steps >= cfg.max_bad_steps:
-                    bar.close()
+                    log.close()
                     self._stop_on_bad_steps(stats)
                 if self._stop_requested(stop):
-                    bar.close()
+                    log.close()
                     path = self._save_if_sound()
                     if self.env.is_main:
                         print(f"stopped at step {self.step}; {self._saved(path)}\n"
                               "resume: the same command with --resume (launchers: RESUME=true)")  # fmt: skip
                     return last_eval
                 final = self.step == cfg.max_steps
-                with window.paused():  # tokens/s counts training time only
+                with log.paused():  # tokens/s counts training time only
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not final:
                         self._save_if_sound()
                     if cfg.eval_every and self.step % cfg.eval_every == 0 and not final:
                         last_eval = self.evaluate()
                         if self.env.is_main:
-                            bar.write(f"step {self.step}: eval loss {last_eval.loss:.4f}, bits per byte "
-                                      f"{last_eval.bits_per_byte:.4f} over {self._coverage(last_eval)}")  # fmt: skip
-            bar.close()
+                            log.write(f"step {self.step}: eval loss {last_eval.loss:.4f}, bits per byte "
+                                      f"{last_eval.bits_per_byte:.4f} over {self._scored(last_eval)}")  # fmt: skip
+            log.close()
             # Save before the final evaluation, which can take minutes: a stop during it then loses nothing.
             path = self._save_if_sound()
             if self._nothing_trained() and self.env.is_main:
@@ -360,9 +223,19 @@ class Trainer:
         if self.env.is_main:
             print(
                 f"step {self.step}: eval loss {last_eval.loss:.4f}, perplexity {last_eval.perplexity:.2f}, "
-                f"bits per byte {last_eval.bits_per_byte:.4f} over {self._coverage(last_eval)}\n{self._saved(path)}"
+                f"bits per byte {last_eval.bits_per_byte:.4f} over {self._scored(last_eval)}\n{self._saved(path)}"
             )
         return last_eval
+
+    def _train_log(self) -> TrainLog:
+        """The progress bar and the train records, from this step on."""
+        cfg = self.cfg
+        return TrainLog(
+            self.metrics, self.step, cfg.max_steps, cfg.log_every,
+            tokens_per_step=self.batches.global_batch * cfg.seq_len, flops_per_token=self.flops_per_token,
+            peak_flops=self.peak_flops, world_size=self.env.world_size, device=self.device,
+            progress=cfg.progress and self.env.is_main,
+        )  # fmt: skip
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``accum_steps`` micro-batches (per rank)."""
@@ -376,8 +249,7 @@ class Trainer:
             if self.env.distributed:  # reduce-scatter gradients once, after the last micro-batch
                 self.model.set_requires_gradient_sync(micro_step == cfg.accum_steps - 1)
             inputs, targets = self.batches.get(self.step, micro_step, device=self.device)
-            with self._compute_context():
-                logits = self.forward(inputs)
+            logits = self._logits(inputs)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
             self.scaler.scale(loss / cfg.accum_steps).backward()
             loss_sum += loss.detach()
@@ -406,10 +278,12 @@ class Trainer:
             tqdm.write(f"step {self.step + 1}: skipped the update (loss {loss_value}, grad norm {norm_value})")
         return {"loss": loss_value, "grad_norm": norm_value, "lr": lr, "skipped": float(skipped)}
 
-    def _compute_context(self) -> contextlib.AbstractContextManager:
+    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The forward pass, under autocast when the precision computes in a lower one than the weights."""
         if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            return self.forward(tokens)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return self.forward(tokens)
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether any rank got SIGINT/SIGTERM: all ranks must stop (and save) at the same step."""
@@ -452,75 +326,30 @@ class Trainer:
             return self.resumed_from.path  # type: ignore[union-attr]
         return self.save()
 
-    def _log(self, window: _Window) -> dict[str, float]:
-        tokens_per_s = window.steps * self.batches.global_batch * self.cfg.seq_len / window.seconds()
-        counted = window.steps - window.skipped
-        record = {
-            "loss": window.loss_sum / counted if counted else math.nan,  # written as null
-            "lr": window.last["lr"],
-            "grad_norm": window.last["grad_norm"],
-            "tokens_per_s": tokens_per_s,
-            "skipped_steps": window.skipped,
-            "peak_memory_gb": _peak_memory_gb(self.device),
-        }
-        if self.peak_flops:
-            record["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.env.world_size)
-        self.metrics.write("train", self.step, **record)
-        return record
-
     # ------------------------------------------------------- eval and saving
     @torch.no_grad()
     def evaluate(self) -> EvalResult:
-        cfg = self.cfg
+        """The loss over the eval set (its first --eval_batches), shared out among the ranks."""
         self.model.eval()
-        max_batches = cfg.eval_batches or None
-        total = count_eval_batches(self.eval_tokens, cfg.seq_len, cfg.batch_size, max_batches)
-        batches = eval_batches(self.eval_tokens, cfg.seq_len, cfg.batch_size, max_batches)
-        if self.env.distributed:
-            batches = _rank_share(batches, total, self.env.rank, self.env.world_size)
-            total = math.ceil(total / self.env.world_size)
-
-        def logits_fn(tokens: torch.Tensor) -> torch.Tensor:
-            with self._compute_context():
-                return self.forward(tokens)
-
+        cfg, env = self.cfg, self.env
+        batches, total = rank_eval_batches(self.data.eval, cfg.seq_len, cfg.batch_size, cfg.eval_batches, env)
         result = evaluate_loss(
-            logits_fn, batches, self.token_bytes, device=self.device, total=total, all_reduce=self.env.distributed
+            self._logits, batches, self.token_bytes, device=self.device, total=total, all_reduce=env.distributed
         )
         self.metrics.write("eval", self.step, **result.to_dict())
         return result
 
-    def _coverage(self, result: EvalResult) -> str:
-        """What an evaluation scored: with --eval_batches, a prefix of the eval set, so its loss is not the
-        whole-set number ``evaluate`` reports."""
-        scored = coverage(result.tokens, result.batches, len(self.eval_tokens), self.cfg.seq_len)
-        if scored.startswith("the whole"):
-            return scored
-        return f"{scored} (--eval_batches; `python -m gpt2 evaluate` scores the whole set)"
+    def _scored(self, result: EvalResult) -> str:
+        return scored(result, len(self.data.eval), self.cfg.seq_len)
 
     def save(self) -> Path:
-        trainer_state: dict[str, Any] = {
-            "step": self.step,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": capture_rng(),  # tensors and plain values: trainer.pt loads with weights_only
-        }
-        meta = {
-            "train_config": self.cfg.to_dict(),
-            "optim_config": asdict(self.optim_cfg),
-            "precision": self.precision.name,
-            "tokens_seen": self.step * self.batches.global_batch * self.cfg.seq_len,
-            "data": {
-                "train": str(self.train_tokens.path.resolve()),
-                "eval": str(self.eval_tokens.path.resolve()),
-                "train_identity": self.data_identity["train"],
-                "eval_identity": self.data_identity["eval"],
-            },
-            "tokenizer_source": str(self.cfg.tokenizer),
-        }
+        """A checkpoint of this step; the older ones beyond --keep_checkpoints are pruned (but deploy's)."""
+        tokens_seen = self.step * self.batches.global_batch * self.cfg.seq_len
+        meta = checkpoint_meta(self.cfg, self.optim_cfg, self.precision.name, tokens_seen, self.data)
         try:
             return save_checkpoint(
                 self.run_dir, self.step, self.model, self.optimizer, self.tokenizer.data, meta,
-                trainer_state, self.cfg.keep_checkpoints, self.env,
+                trainer_state(self.step, self.scaler), self.cfg.keep_checkpoints, self.env, CHECKPOINT_ADDITIONS,
             )  # fmt: skip
         except (OSError, RuntimeError, SafetensorError) as e:  # a full disk: torch.save raises RuntimeError
             free = shutil.disk_usage(self.run_dir).free / 2**30 if self.run_dir.exists() else math.nan
@@ -536,81 +365,9 @@ class Trainer:
             f"model: {model.num_params() / 1e6:.2f}M non-embedding parameters, {model.cfg}\n"
             f"device: {self.device}, world size {self.env.world_size}, precision {self.precision.name}"
             f"{', compiled' if cfg.compile else ''}\n"
-            f"data: {len(self.train_tokens):,} train tokens, {len(self.eval_tokens):,} eval tokens\n"
+            f"data: {len(self.data.train):,} train tokens, {len(self.data.eval):,} eval tokens\n"
             f"global batch: {global_batch} sequences x {cfg.seq_len} tokens = "
             f"{global_batch * cfg.seq_len:,} tokens (batch_size {cfg.batch_size} x accum_steps "
             f"{cfg.accum_steps} x world size {self.env.world_size})\n"
             f"run folder: {self.run_dir}"
         )
-
-
-class _Window:
-    """Train statistics accumulated between two log records."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.paused_seconds = 0.0
-        self.steps = self.skipped = 0
-        self.loss_sum = 0.0
-        self.last: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Time spent in the block (evaluation, checkpoints) does not count as training time."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.paused_seconds += time.perf_counter() - start
-
-    def seconds(self) -> float:
-        """Training time since the window started."""
-        return time.perf_counter() - self.start - self.paused_seconds
-
-    def add(self, stats: dict[str, float]) -> None:
-        self.steps += 1
-        if stats["skipped"]:
-            self.skipped += 1
-        elif math.isfinite(stats["loss"]):
-            self.loss_sum += stats["loss"]
-        self.last = stats
-
-
-def data_identity(token_file: TokenFile, sample_tokens: int = 1 << 19) -> dict[str, Any]:
-    """What a token file is, recorded in checkpoints so that a resume notices other data: its path, its header
-    facts and a hash of its first and last ``sample_tokens`` tokens (cheap: 2 MB of a file of any size)."""
-    h = token_file.header
-    sample = hashlib.sha256(token_file.tokens[:sample_tokens].tobytes())
-    sample.update(token_file.tokens[-sample_tokens:].tobytes())
-    return {
-        "path": str(token_file.path.resolve()),
-        "n_tokens": h.n_tokens,
-        "n_docs": h.n_docs,
-        "n_bytes": h.n_bytes,
-        "tokenizer_sha256": h.tokenizer_sha256,
-        "sample_sha256": sample.hexdigest(),
-    }
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-
-
-def _rank_share(
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], total: int, rank: int, world_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's batches (every world_size-th), padded with fully ignored batches so all ranks run equally often.
-
-    FSDP's forward is collective: a rank that ran out of batches would leave the others waiting.
-    """
-    mine = 0
-    template = None
-    for i, (inputs, targets) in enumerate(batches):
-        template = inputs
-        if i % world_size == rank:
-            mine += 1
-            yield inputs, targets
-    for _ in range(math.ceil(total / world_size) - mine):
-        yield torch.zeros_like(template[:1]), torch.full_like(template[:1], IGNORE_INDEX)
