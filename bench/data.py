@@ -28,8 +28,9 @@ from pathlib import Path
 
 from gpt2.data.text_shards import iter_documents
 from gpt2.data.tokens import encode_split
+from gpt2.data.train_tokenizer import TokenizerConfig, train_tokenizer
 from gpt2.data.wikipedia import PrepareConfig, iter_pages, open_dump, prepare, resolve_dump
-from gpt2.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
+from gpt2.tokenizer import Tokenizer
 
 
 def repeated_dump(dump: Path, copies: int, out_dir: Path) -> Path:
