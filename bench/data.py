@@ -42,8 +42,9 @@ from pathlib import Path
 from gpt2.data.multistream import write_multistream
 from gpt2.data.text_shards import iter_documents
 from gpt2.data.tokens import encode_split
+from gpt2.data.train_tokenizer import TokenizerConfig, train_tokenizer
 from gpt2.data.wikipedia import iter_pages, open_dump, resolve_dump
-from gpt2.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
+from gpt2.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]  # where `python -m gpt2` runs
 WIKIEXTRACTOR_INSTALL = "python -m venv /tmp/wx && /tmp/wx/bin/pip install wikiextractor==3.1.0"

@@ -1,8 +1,8 @@
 """``python -m gpt2 <command>``: one entry point for every stage of the pipeline.
 
-Each command lives in the module that implements it; the module provides
-``add_arguments(parser)`` and ``run(args)``. Modules are imported only for the
-command that runs, so ``--help`` stays fast.
+Each command is a module of :mod:`gpt2.commands` with ``add_arguments(parser)``
+and ``run(args)``; the work is done by the library it calls. Modules are imported
+only for the command that runs, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -24,15 +24,16 @@ from gpt2.interrupt import Interrupted
 # name -> (module, one-line help), in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("gpt2.commands.prepare", "Wikipedia XML dump or your own text -> plain-text train/eval shards"),
-    "train-tokenizer": ("gpt2.tokenizer", "train a byte-level BPE tokenizer on the train shards"),
-    "encode": ("gpt2.data.tokens", "encode text shards into binary token files"),
-    "train": ("gpt2.training.main", "train GPT-2 (one process; FSDP under torchrun)"),
-    "evaluate": ("gpt2.evaluation.main", "loss, perplexity and bits per byte of a checkpoint"),
-    "generate": ("gpt2.generation.main", "sample text from a checkpoint with a KV cache"),
+    "train-tokenizer": ("gpt2.commands.train_tokenizer", "train a byte-level BPE tokenizer on the train shards"),
+    "encode": ("gpt2.commands.encode", "encode text shards into binary token files"),
+    "train": ("gpt2.commands.train", "train GPT-2 (one process; FSDP under torchrun)"),
+    "evaluate": ("gpt2.commands.evaluate", "loss, perplexity and bits per byte of a checkpoint"),
+    "generate": ("gpt2.commands.generate", "sample text from a checkpoint with a KV cache"),
     "deploy": ("gpt2.deployment.main", "export to ONNX, validate, build a TensorRT engine, benchmark"),
-    "study": ("gpt2.study.main", "softmax vs softplus: train and evaluate a grid of variants over seeds, report"),
-    "plot": ("gpt2.training.plot", "loss curves of several runs in one PNG"),
-    "consolidate": ("gpt2.training.consolidate", "turn a sharded (FSDP) checkpoint into one safetensors file"),
+    "study": ("gpt2.commands.study", "softmax vs softplus: train and evaluate a grid of variants over seeds, report"),
+    "plot": ("gpt2.commands.plot", "loss curves of several runs in one PNG"),
+    "consolidate": ("gpt2.commands.consolidate", "turn a sharded (FSDP) checkpoint into one safetensors file"),
+    "memory": ("gpt2.commands.memory", "estimated peak training memory of a preset for each attention kind"),
     "export-hf": ("gpt2.commands.export_hf", "a checkpoint as a Hugging Face transformers folder"),
     "import-hf": ("gpt2.commands.import_hf", "a Hugging Face GPT-2 (folder or hub id) as a checkpoint"),
 }

@@ -22,8 +22,8 @@ else:  # compiled kernels: test the first config of each, rather than tune (comp
 from gpt2.data.sample import sample_dump_path  # noqa: E402  (after the interpreter switch)
 from gpt2.data.text_shards import SPLITS, ShardWriter, iter_documents  # noqa: E402
 from gpt2.data.tokens import EncodeConfig, TokenFile, encode_corpus  # noqa: E402
+from gpt2.data.train_tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 from gpt2.data.wikipedia import PrepareConfig, prepare  # noqa: E402
-from gpt2.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 
 CORPUS_VOCAB = 500  # not a multiple of 64: the model pads its embedding to 512 rows, exports must not
 

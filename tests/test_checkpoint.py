@@ -22,7 +22,7 @@ from gpt2.checkpoint import (
 )
 from gpt2.checkpoint.save import _check_every_rank_wrote
 from gpt2.cli import main as cli
-from gpt2.deployment.artifacts import CHECKPOINT_ADDITIONS
+from gpt2.inference.artifacts import CHECKPOINT_ADDITIONS
 from gpt2.model import GPT, ModelConfig
 from gpt2.training.rng import capture_rng, restore_rng
 

@@ -31,9 +31,9 @@ def test_a_full_disk_is_one_error_line(tmp_path):
 
 def test_ctrl_c_is_one_line(monkeypatch, capsys):
     # A command without signal handling of its own (evaluate, generate, deploy...) gets a real SIGINT.
-    import gpt2.evaluation.main
+    import gpt2.commands.evaluate
 
-    monkeypatch.setattr(gpt2.evaluation.main, "run", lambda args: signal.raise_signal(signal.SIGINT))
+    monkeypatch.setattr(gpt2.commands.evaluate, "run", lambda args: signal.raise_signal(signal.SIGINT))
     assert cli(["evaluate", "runs/x"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted by SIGINT"
 

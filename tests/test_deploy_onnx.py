@@ -26,18 +26,19 @@ from gpt2 import checkpoint
 from gpt2.checkpoint import CheckpointError, as_checkpoint, load_model, save_checkpoint
 from gpt2.cli import main as cli
 from gpt2.data.loader import eval_batches as real_eval_batches
-from gpt2.deployment import load_backend, pick_export_precision
-from gpt2.deployment.artifacts import StaleExportError, onnx_path
 from gpt2.deployment.benchmark import benchmark_backend, format_table
-from gpt2.deployment.graph_io import OUTPUT_NAMES, GraphDims, output_shapes
 from gpt2.deployment.onnx_export import check_onnx, export_checkpoint
-from gpt2.deployment.ort import OrtBackend
-from gpt2.deployment.profiles import ProfileConfig, profile_shapes, resolve_profile
 from gpt2.deployment.validate import TOLERANCES, Tolerance, validate, validation_calls
+from gpt2.device import resolve_device
 from gpt2.errors import UserError
 from gpt2.generation.generate import generate
 from gpt2.generation.sampling import SamplingConfig
-from gpt2.inference import TorchBackend, open_backend, resolve_device
+from gpt2.inference import TorchBackend, open_backend
+from gpt2.inference.artifacts import StaleExportError, onnx_path
+from gpt2.inference.exports import load_backend, pick_export_precision
+from gpt2.inference.graph_io import OUTPUT_NAMES, GraphDims, output_shapes
+from gpt2.inference.ort import OrtBackend
+from gpt2.inference.profiles import ProfileConfig, profile_shapes, resolve_profile
 from gpt2.model import GPT, ModelConfig
 from tests.conftest import CORPUS_VOCAB as VOCAB  # padded to 512 rows in the model, never in the export
 

@@ -17,22 +17,21 @@ import pytest
 import torch
 
 from gpt2.checkpoint import save_checkpoint
-from gpt2.deployment import load_backend
-from gpt2.deployment.artifacts import engine_path
-from gpt2.deployment.graph_io import GraphDims, GraphState, check_step, empty_state, output_shapes
-from gpt2.deployment.profiles import Profile, ProfileConfig, profile_shapes, resolve_profile
-from gpt2.deployment.tensorrt import (
+from gpt2.deployment.tensorrt import build_engine, precision_plan
+from gpt2.deployment.validate import validation_calls
+from gpt2.errors import UserError
+from gpt2.inference.artifacts import engine_path
+from gpt2.inference.exports import load_backend
+from gpt2.inference.graph_io import GraphDims, GraphState, check_step, empty_state, output_shapes
+from gpt2.inference.profiles import Profile, ProfileConfig, profile_shapes, resolve_profile
+from gpt2.inference.tensorrt import (
     TensorRTUnavailable,
-    build_engine,
     cuda_device,
     engine_info_path,
     import_tensorrt,
-    precision_plan,
     tensor_address,
     torch_dtype,
 )
-from gpt2.deployment.validate import validation_calls
-from gpt2.errors import UserError
 from gpt2.model import GPT, ModelConfig
 
 TENSORRT_USABLE = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None

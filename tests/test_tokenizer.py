@@ -16,8 +16,9 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from gpt2.cli import main as cli
 from gpt2.data.text_shards import ShardWriter, iter_documents
+from gpt2.data.train_tokenizer import TokenizerConfig, train_tokenizer
 from gpt2.errors import UserError
-from gpt2.tokenizer import EOT, Tokenizer, TokenizerConfig, train_tokenizer
+from gpt2.tokenizer import EOT, Tokenizer
 
 # GPT-2's pre-tokenizer regex, from openai/gpt-2 src/encoder.py.
 GPT2_SPLIT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
@@ -156,7 +157,7 @@ def test_a_bad_out_is_refused_before_training(wiki_corpus, tmp_path, monkeypatch
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr("gpt2.tokenizer.trainers.BpeTrainer", no_training)
+    monkeypatch.setattr("gpt2.data.train_tokenizer.trainers.BpeTrainer", no_training)
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "a_folder").mkdir()
     for out, flags, message in (

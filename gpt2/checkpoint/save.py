@@ -62,7 +62,7 @@ def save_checkpoint(
     the checkpoint holds the tokenizer its model was trained with even if the file has changed since.
     Under FSDP every rank calls this (collectively); ``trainer_state`` is each rank's own.
     ``additions`` maps the folders other stages add to a sealed checkpoint to what they hold, for the line that
-    says why pruning kept one (deploy's: :data:`gpt2.deployment.artifacts.CHECKPOINT_ADDITIONS`).
+    says why pruning kept one (deploy's: :data:`gpt2.inference.artifacts.CHECKPOINT_ADDITIONS`).
     """
     env = env or DistEnv()
     additions = additions or {}

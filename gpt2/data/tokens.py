@@ -23,7 +23,6 @@ never finished.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import struct
@@ -38,7 +37,6 @@ from tqdm import tqdm
 
 from gpt2.data.text_shards import corpus_split, document_separator, iter_documents, list_shards
 from gpt2.errors import UserError
-from gpt2.flags import add_flags, from_flags
 from gpt2.interrupt import ignore_signals, raise_on_signals
 from gpt2.io import atomic_write, file_problem, fsync_dir, staging_dir
 from gpt2.tokenizer import Tokenizer
@@ -284,24 +282,3 @@ def _install(staging: Path, out_dir: Path, names: list[str]) -> None:
     for name in names:
         os.replace(staging / name, out_dir / name)
     fsync_dir(out_dir)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flags(parser, EncodeConfig, "encode")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = from_flags(EncodeConfig, args)
-    start = time.perf_counter()
-    headers = encode_corpus(cfg)
-    seconds = time.perf_counter() - start
-    for split, h in headers.items():
-        print(
-            f"{Path(cfg.out_dir) / f'{split}.bin'}: {h.n_tokens:,} tokens from {h.n_docs:,} documents "
-            f"({h.n_bytes:,} bytes, {h.n_bytes / max(h.n_tokens - h.n_docs, 1):.2f} bytes/token)"
-        )
-    print(
-        f"encoded in {seconds:.1f}s with tokenizer {cfg.tokenizer} "
-        f"(sha256 {headers['train'].tokenizer_sha256[:12]})"
-    )
-    return 0

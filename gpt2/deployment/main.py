@@ -27,7 +27,13 @@ from typing import Any
 import torch
 
 from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model, weights_sha256
-from gpt2.deployment.artifacts import (
+from gpt2.deployment.onnx_export import DEFAULT_OPSET
+from gpt2.deployment.validate import validation_calls
+from gpt2.device import resolve_device
+from gpt2.errors import UserError
+from gpt2.flags import add_flags, from_flags
+from gpt2.inference import InferenceBackend, TorchBackend
+from gpt2.inference.artifacts import (
     PRECISIONS,
     check_identity,
     check_precision,
@@ -37,13 +43,8 @@ from gpt2.deployment.artifacts import (
     export_dir,
     onnx_path,
 )
-from gpt2.deployment.onnx_export import DEFAULT_OPSET
-from gpt2.deployment.ort import OPTIMIZATION_LEVELS
-from gpt2.deployment.profiles import Profile, ProfileConfig, resolve_profile
-from gpt2.deployment.validate import validation_calls
-from gpt2.errors import UserError
-from gpt2.flags import add_flags, from_flags
-from gpt2.inference import InferenceBackend, TorchBackend, resolve_device
+from gpt2.inference.ort import OPTIMIZATION_LEVELS
+from gpt2.inference.profiles import Profile, ProfileConfig, resolve_profile
 from gpt2.io import file_problem
 from gpt2.reports import PREVIOUS, describes_the_same, keep_as_previous, read_earlier, write_report
 
@@ -236,7 +237,7 @@ class Deployment:
             self.failed.append(f"{key} validation")
 
     def validate_ort(self) -> None:
-        from gpt2.deployment import load_backend
+        from gpt2.inference.exports import load_backend
 
         device = self.ort_device()
         if self.cfg.precision == "bf16" and device == "cpu":
@@ -249,12 +250,8 @@ class Deployment:
 
     def tensorrt(self) -> None:
         from gpt2.deployment.onnx_export import read_onnx_metadata
-        from gpt2.deployment.tensorrt import (
-            TensorRTBackend,
-            TensorRTUnavailable,
-            build_engine,
-            import_tensorrt,
-        )
+        from gpt2.deployment.tensorrt import build_engine
+        from gpt2.inference.tensorrt import TensorRTBackend, TensorRTUnavailable, import_tensorrt
 
         try:
             import_tensorrt(self.device)
@@ -329,7 +326,7 @@ class Deployment:
 
     def _backend_factory(self, name: str) -> tuple[Any, str]:
         """``(make_backend, "")`` or ``(None, why it is unavailable)``."""
-        from gpt2.deployment import load_backend
+        from gpt2.inference.exports import load_backend
 
         dtype = PRECISIONS[self.cfg.precision]
         if name in ("pytorch", "pytorch-compile"):

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 from gpt2.attention import AttentionFn, get_attention_spec
 from gpt2.checkpoint import Checkpoint, as_checkpoint, load_model
-from gpt2.deployment.artifacts import check_precision, checkpoint_identity, onnx_path
-from gpt2.deployment.graph_io import INPUT_NAMES, OUTPUT_NAMES
+from gpt2.inference.artifacts import check_precision, checkpoint_identity, onnx_path
+from gpt2.inference.graph_io import INPUT_NAMES, OUTPUT_NAMES
 from gpt2.io import fsync_dir, fsync_file
 from gpt2.model import GPT, ModelConfig
 

@@ -1,11 +1,7 @@
-"""TensorRT: build an engine from the exported ONNX graph and run it on torch CUDA tensors.
+"""TensorRT: build an engine from the exported ONNX graph (:mod:`gpt2.inference.tensorrt` runs it).
 
-Written against the TensorRT 10/11 Python API and imported lazily: TensorRT ships in
-the NGC PyTorch container (or ``pip install tensorrt-cu12``) and needs an NVIDIA GPU.
 Precision follows the dtypes of the ONNX graph (a strongly typed network; TensorRT 11
-networks always are), so an fp16 engine is built from the fp16 export. The engine runs
-on torch tensors: their addresses are bound to the execution context and the engine is
-enqueued on the current torch CUDA stream (no other CUDA binding package).
+networks always are), so an fp16 engine is built from the fp16 export.
 """
 
 from __future__ import annotations
@@ -13,71 +9,21 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from gpt2.deployment.artifacts import StaleExportError, check_identity, check_precision
-from gpt2.deployment.graph_io import (
-    INPUT_NAMES,
-    OUTPUT_NAMES,
-    GraphDims,
-    GraphState,
-    allocate_outputs,
-    check_step,
-    empty_state,
-)
 from gpt2.deployment.onnx_export import read_onnx_metadata
-from gpt2.deployment.profiles import Profile, profile_shapes
 from gpt2.errors import UserError
+from gpt2.inference.artifacts import check_precision
+from gpt2.inference.graph_io import GraphDims
+from gpt2.inference.profiles import Profile, profile_shapes
+from gpt2.inference.tensorrt import TensorRTUnavailable, cuda_device, engine_info_path, import_tensorrt, major_version
 from gpt2.io import atomic_write
 from gpt2.model import ModelConfig
-
-NEEDS = (
-    "The TensorRT step needs TensorRT and an NVIDIA GPU: run deploy inside the NGC PyTorch container "
-    "(nvcr.io/nvidia/pytorch, which ships TensorRT) on a GPU machine, or `pip install tensorrt-cu12`."
-)
-# TensorRT DataType names -> torch dtypes.
-TORCH_DTYPES = {
-    "FLOAT": torch.float32,
-    "HALF": torch.float16,
-    "BF16": torch.bfloat16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "INT8": torch.int8,
-    "UINT8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-class TensorRTUnavailable(UserError):
-    """TensorRT (or a GPU for it) is missing; deploy skips the TensorRT step, backends refuse to load."""
 
 
 class EngineBuildError(UserError):
     """TensorRT could not parse the ONNX graph or build the engine."""
-
-
-def major_version(version: str) -> int:
-    return int(version.split(".")[0])
-
-
-def import_tensorrt(device: str | torch.device = "cuda") -> Any:
-    """The ``tensorrt`` module, or :class:`TensorRTUnavailable` saying what is missing and where to get it."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        raise TensorRTUnavailable(f"TensorRT runs on CUDA devices, not {device}. {NEEDS}")
-    if not torch.cuda.is_available():
-        raise TensorRTUnavailable(f"no CUDA GPU is visible to PyTorch. {NEEDS}")
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise TensorRTUnavailable(f"TensorRT is not installed ({e}). {NEEDS}") from None
-    if major_version(trt.__version__) < 10:
-        raise TensorRTUnavailable(
-            f"TensorRT {trt.__version__} is too old; this code needs TensorRT >= 10. {NEEDS}"
-        )
-    return trt
 
 
 @dataclass(frozen=True)
@@ -102,31 +48,6 @@ def precision_plan(precision: str, trt_major: int, allow_tf32: bool = False) -> 
         raise TensorRTUnavailable(f"TensorRT {trt_major}.x is too old; this code needs TensorRT >= 10")
     clear = ("TF32",) if dtype == torch.float32 and not allow_tf32 else ()
     return PrecisionPlan(precision, dtype, strongly_typed_flag=trt_major == 10, clear_flags=clear)
-
-
-def torch_dtype(trt_dtype: Any) -> torch.dtype:
-    """The torch dtype of a ``tensorrt.DataType``."""
-    try:
-        return TORCH_DTYPES[trt_dtype.name]
-    except KeyError:
-        raise TypeError(f"no torch dtype for TensorRT type {trt_dtype.name}") from None
-
-
-def tensor_address(tensor: torch.Tensor, placeholder: torch.Tensor) -> int:
-    """A tensor's device address; an empty tensor (the cache at cache_len 0) binds a valid placeholder."""
-    return tensor.data_ptr() if tensor.numel() else placeholder.data_ptr()
-
-
-def engine_info_path(engine: Path) -> Path:
-    return engine.with_name(engine.name + ".json")
-
-
-def cuda_device(device: str | torch.device) -> torch.device:
-    """``device`` with its index filled in (``cuda`` -> the current CUDA device), so it names one GPU."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
-    return device
 
 
 def build_engine(
@@ -199,81 +120,3 @@ def build_engine(
             json.dump(info, f, indent=2)
     return engine_file
 
-
-class TensorRTBackend:
-    """A serialised engine behind the :class:`~gpt2.inference.InferenceBackend` protocol."""
-
-    name = "tensorrt"
-
-    def __init__(
-        self,
-        engine_file: str | Path,
-        device: str | torch.device = "cuda",
-        expected_identity: dict[str, str] | None = None,
-    ) -> None:
-        self.device = cuda_device(device)
-        trt = import_tensorrt(self.device)
-        engine_file = Path(engine_file)
-        info_file = engine_info_path(engine_file)
-        if not engine_file.is_file() or not info_file.is_file():
-            raise UserError(f"TensorRT engine {engine_file} (with {info_file.name}) does not exist")
-        info = json.loads(info_file.read_text())
-        if expected_identity is not None:
-            check_identity(info["identity"], expected_identity, engine_file)
-        gpu = torch.cuda.get_device_name(self.device)
-        if info["tensorrt_version"] != trt.__version__ or info["gpu"] != gpu:
-            raise StaleExportError(
-                f"{engine_file} was built with TensorRT {info['tensorrt_version']} for {info['gpu']}; "
-                f"this is TensorRT {trt.__version__} on {gpu}. Engines are not portable: rebuild with deploy"
-            )
-        self.config = ModelConfig.from_dict(json.loads(info["identity"]["gpt2.model_config"]))
-        self.dims = GraphDims.from_config(self.config)
-        self.vocab_size, self.max_seq_len = self.config.vocab_size, self.config.max_seq_len
-        self.max_positions = self.config.max_positions
-        self.profile = Profile(**{k: tuple(v) for k, v in info["profile"].items()})
-
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        with torch.cuda.device(self.device):
-            self.engine = self._runtime.deserialize_cuda_engine(engine_file.read_bytes())
-            if self.engine is None:
-                raise StaleExportError(f"TensorRT cannot deserialise {engine_file}; rebuild it with deploy")
-            self.context = self.engine.create_execution_context()
-        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        if names != set(INPUT_NAMES + OUTPUT_NAMES):
-            raise UserError(
-                f"{engine_file} has tensors {sorted(names)}, expected {INPUT_NAMES + OUTPUT_NAMES}"
-            )
-        self.cache_dtype = torch_dtype(self.engine.get_tensor_dtype("past_keys"))
-        self.ids_dtype = torch_dtype(self.engine.get_tensor_dtype("input_ids"))
-        self._placeholder = torch.zeros(16, dtype=torch.float32, device=self.device)
-
-    def new_state(self, batch_size: int, max_len: int) -> GraphState:
-        return empty_state(self.dims, batch_size, max_len, self.cache_dtype, self.device)
-
-    def forward(self, tokens: torch.Tensor, state: GraphState | None = None) -> torch.Tensor:
-        tokens = tokens.to(self.device, self.ids_dtype).contiguous()
-        if state is None:
-            state = self.new_state(tokens.shape[0], tokens.shape[1])
-        check_step(self.dims, tokens, state)
-        batch, query_len = tokens.shape
-        self.profile.check_call(batch, query_len, state.pos)
-        inputs = {"input_ids": tokens, "past_keys": state.keys, "past_values": state.values}
-        outputs = allocate_outputs(self.dims, batch, query_len, state.pos, self.cache_dtype, self.device)
-        for name, tensor in inputs.items():
-            if not self.context.set_input_shape(name, tuple(tensor.shape)):
-                raise RuntimeError(f"TensorRT refused shape {tuple(tensor.shape)} for {name}")
-        for name, tensor in outputs.items():
-            engine_shape = tuple(self.context.get_tensor_shape(name))
-            if engine_shape != tuple(tensor.shape):
-                raise RuntimeError(
-                    f"engine output {name} has shape {engine_shape}, expected {tuple(tensor.shape)}"
-                )
-        for name, tensor in {**inputs, **outputs}.items():
-            self.context.set_tensor_address(name, tensor_address(tensor, self._placeholder))
-        # The current torch stream orders the engine after whatever wrote the inputs, and the caching
-        # allocator keeps every bound tensor alive for the work queued on it.
-        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed; see its log above")
-        state.keys, state.values = outputs["present_keys"], outputs["present_values"]
-        return outputs["logits"]

@@ -37,12 +37,11 @@ default malloc keeps freed blocks under 32 MiB in its heap, so a small run's RSS
 tensors of runs big enough to matter are mmap'ed and returned. The CUDA paths (the fused softplus kernel,
 FlashAttention, CUDA autocast's fp32 ops) are derived from what their ops save for the backward, not measured.
 
-``python -m gpt2.training.memory`` prints the estimate for a preset and each attention kind.
+``python -m gpt2 memory`` prints the estimate for a preset and each attention kind.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass
 
 from gpt2.errors import UserError
@@ -238,27 +237,7 @@ def compare_attention(
     }  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Estimated peak training memory of a preset for each attention kind")
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--seq_len", type=int, default=2048)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--precision", default="amp_bf16", choices=PRECISIONS)
-    parser.add_argument("--device_type", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--vocab_size", type=int, default=50257)
-    args = parser.parse_args(argv)
-    rows = compare_attention(args.preset, args.seq_len, args.batch_size, args.precision, args.device_type,
-                             args.vocab_size)  # fmt: skip
-    print(f"preset {args.preset}, vocab {args.vocab_size}, batch {args.batch_size} x seq {args.seq_len}, "
-          f"{args.precision} on {args.device_type} (estimates, GiB)")  # fmt: skip
-    print(f"{'attention':<14} {'peak':>8} {'activations':>12} {'scores':>8} {'temporaries':>12} {'static':>8}")
-    for kind, e in rows.items():
-        static = e.weights + e.gradients + e.optimizer + e.working_weights
-        print(f"{kind:<14} {e.total / GIB:>8.2f} {e.activations / GIB:>12.2f} {e.scores / GIB:>8.2f} "
-              f"{e.temporaries / GIB:>12.2f} {static / GIB:>8.2f}")  # fmt: skip
-    if "softplus" in rows and "softmax_naive" in rows:
-        print(f"softplus / softmax_naive peak: {rows['softplus'].total / rows['softmax_naive'].total:.3f}")
+if __name__ == "__main__":  # python -m gpt2.training.memory: the same as python -m gpt2 memory
+    from gpt2.cli import exit_process, run_command
 
-
-if __name__ == "__main__":
-    main()
+    exit_process(lambda: run_command("memory"))

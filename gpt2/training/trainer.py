@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from gpt2.checkpoint import find_checkpoint, list_checkpoints, save_checkpoint
 from gpt2.data.loader import TrainBatches
-from gpt2.deployment.artifacts import CHECKPOINT_ADDITIONS
+from gpt2.device import resolve_device
 from gpt2.distributed import all_reduce_mean, barrier
 from gpt2.errors import UserError
 from gpt2.evaluation import EvalResult, evaluate_loss
-from gpt2.inference import resolve_device
+from gpt2.inference.artifacts import CHECKPOINT_ADDITIONS
 from gpt2.io import atomic_write
 from gpt2.model import ModelConfig
 from gpt2.tokenizer import Tokenizer

@@ -1,19 +1,11 @@
-"""``python -m gpt2 study``: softmax vs softplus attention, controlled, over seeds, and reported.
-
-Every variant of the grid (attention kind x length scale on/off x position encoding) is trained once per
-seed with the same data, model shape, budget and hyperparameters, then evaluated on the whole eval set at
-several multiples of the training length. The study folder gets ``study.json`` (every number), ``study.md``
-(the table, and which differences exceed the seed spread) and three PNGs. Rerunning the same command
-continues a stopped study; a folder made by another grid is refused.
-"""
+"""The study folder: checked and claimed for one grid before any cell trains, its wall time over all launches,
+and the report files (``study.json``, ``study.md``, the plots) written once every cell is done."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +14,14 @@ import torch
 from gpt2.data.loader import count_eval_batches
 from gpt2.data.tokens import TokenFile, check_tokenizer_matches
 from gpt2.errors import UserError
-from gpt2.flags import add_flags, from_flags
 from gpt2.io import atomic_write
 from gpt2.study import report
 from gpt2.study.config import StudyConfig
-from gpt2.study.runner import CELLS_DIR, run_cells
+from gpt2.study.runner import CELLS_DIR
 from gpt2.tokenizer import Tokenizer
 from gpt2.training.plot import loss_curves
 
 GRID_FILE = "study_grid.json"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flags(parser, StudyConfig, "study")
 
 
 def check_study(cfg: StudyConfig) -> None:
@@ -51,10 +38,10 @@ def check_study(cfg: StudyConfig) -> None:
             raise UserError(f"grid cell {cell.variant.name} is not a valid model: {e}") from None
     longest = max(cfg.eval_lengths) * cfg.seq_len
     count_eval_batches(TokenFile(data / "eval.bin"), longest, cfg.eval_batch_size)
-    _claim_folder(cfg)
+    claim_folder(cfg)
 
 
-def _claim_folder(cfg: StudyConfig) -> None:
+def claim_folder(cfg: StudyConfig) -> None:
     """Record the grid in a new study folder; an existing one must have been made by the same grid."""
     out = Path(cfg.out_dir)
     grid_path = out / GRID_FILE
@@ -72,7 +59,8 @@ def _claim_folder(cfg: StudyConfig) -> None:
         json.dump(cfg.grid(), f, indent=2)
 
 
-def _machine() -> str:
+def machine() -> str:
+    """The CPU, its cores, the GPU if any and the torch version: where the study ran."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -85,7 +73,7 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}"
 
 
-def _add_wall_time(cfg: StudyConfig, seconds: float) -> float:
+def add_wall_time(cfg: StudyConfig, seconds: float) -> float:
     """The study's wall time over all its launches (a stopped study is continued by another)."""
     path = Path(cfg.out_dir) / "wall_seconds.json"
     total = seconds + (json.loads(path.read_text(encoding="utf-8"))["seconds"] if path.is_file() else 0.0)
@@ -100,7 +88,7 @@ def write_report(cfg: StudyConfig, results: list[dict[str, Any]], wall_seconds: 
     rows = report.comparisons(variants)
     longer = report.past_training_length(results)
     info = {
-        "machine": _machine(),
+        "machine": machine(),
         "cells": len(results),
         "wall time": f"{wall_seconds / 60:.1f} min (all launches)",
         "training time per cell": f"{sum(r['train_seconds'] for r in results) / len(results):.0f} s (mean)",
@@ -118,17 +106,3 @@ def write_report(cfg: StudyConfig, results: list[dict[str, Any]], wall_seconds: 
         f.write(report.markdown(cfg, variants, rows, longer, info))
     report.plots(cfg, variants, curves, out)
     return out / "study.md"
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = from_flags(StudyConfig, args)
-    check_study(cfg)
-    cells = cfg.cells()
-    variants = len({c.variant for c in cells})
-    print(f"study: {variants} variants x {len(cfg.seeds)} seeds = {len(cells)} cells in {cfg.out_dir} "
-          f"({cfg.max_steps} steps at {cfg.seq_len} tokens each; eval at {cfg.eval_lengths} x {cfg.seq_len})")
-    start = time.perf_counter()
-    results = run_cells(cfg, cells)
-    path = write_report(cfg, results, _add_wall_time(cfg, time.perf_counter() - start))
-    print(f"wrote {path} (and study.json, eval_loss_vs_length.png, loss_vs_position.png, training_curves.png)")
-    return 0

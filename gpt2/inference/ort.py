@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from gpt2.deployment.artifacts import check_identity
-from gpt2.deployment.graph_io import (
+from gpt2.errors import UserError
+from gpt2.inference.artifacts import check_identity
+from gpt2.inference.graph_io import (
     OUTPUT_NAMES,
     GraphDims,
     GraphState,
@@ -24,7 +25,6 @@ from gpt2.deployment.graph_io import (
     empty_state,
     output_shapes,
 )
-from gpt2.errors import UserError
 from gpt2.model import ModelConfig
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gpt2.deployment.graph_io import GraphDims, input_shapes
 from gpt2.errors import UserError
+from gpt2.inference.graph_io import GraphDims, input_shapes
 
 Range = tuple[int, int, int]  # (min, opt, max)
 
