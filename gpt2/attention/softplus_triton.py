@@ -1,89 +1,47 @@
 r"""Fused causal softplus attention in Triton: forward, backward and split-K decode.
 
-Math (per batch and head ``h``; queries are the last ``Lq`` of ``Lk`` positions,
-so query row ``r`` sits at absolute position ``i = r + Lk - Lq``)::
+The math, what the kernels save and where they run: docs/attention.md ("The scores", "The fused softplus
+kernels"). In its notation, per batch and head: ``s_ij = scale q_i . k_j - m_h (i - j)`` for keys ``j <= i``,
+``w_ij = softplus(lam_i s_ij)``, ``l_i = sum_j w_ij``, ``o_i = sum_j w_ij v_j / l_i``; query row ``r`` sits
+at absolute position ``i = r + Lk - Lq``. Without ALiBi slopes the ``ALIBI`` constexpr compiles the bias out.
+What follows is how the kernels compute that.
 
-    s_ij = scale * q_i . k_j - m_h * (i - j)   visible iff j <= i
-    w_ij = softplus(lam_i * s_ij)              lam_i: per-row length scale (1 when off)
-    l_i  = sum_j w_ij                          o_i = sum_j w_ij v_j / l_i
+Base 2. With ``t = lam_i s_ij log2(e)`` the kernels compute ``w2 = log2(1 + 2^t) = w_ij / ln 2`` as
+``max(t, 0) + log2(1 + y)``, ``y = 2^-|t|``. The factor ``1 / ln 2`` cancels in ``o``; the saved ``l`` is
+converted back to natural units. The special-function unit is the scarce resource, so each score costs one
+``ex2`` there, and ``log2(1 + y)`` on ``[0, 1]`` is a polynomial on the FMA pipe (``_log2_1p``) that keeps
+its relative accuracy for tiny ``y``: very negative scores keep their weights instead of rounding to zero.
 
-``m_h`` is the head's ALiBi slope (``m_h = 0`` without slopes: the ``ALIBI``
-constexpr then compiles the bias out). The bias is the true distance, not the
-``m_h * j`` that softmax kernels add: softplus is not shift-invariant.
+ALiBi in base 2: ``t = c_i (q_i . k_j) + a_i (j - i)`` with the row factors ``c_i = lam_i scale log2(e)`` and
+``a_i = lam_i log2(e) m_h = c_i m_h / scale``. A tile whose keys start at ``j0`` forms it as
+``(c_i (q_i . k_j) + a_i (j0 - i)) + a_i (j - j0)``: two FMAs per score. The distance is split at the tile,
+not expanded into ``a_i j - a_i i``, whose two large terms would cancel at long contexts and leave an error
+of about ``a_i i 2^-24`` on the near-diagonal keys that carry the weight (2e-5 relative at 30,000 positions,
+against 4e-7).
 
-The weights are positive on their own, so unlike softmax there is no running
-maximum to track: the kernels stream key blocks and add up ``sum w v`` and
-``sum w`` directly, and split-K partials combine by plain addition.
+Rows of very negative scores. A row whose weights sum to less than ``e^SHIFT_BELOW`` (fp32 weights underflow
+below about -87) is recomputed with ``t + shift_i``, its largest t moved to ``SHIFT_BELOW log2(e)``, as the
+reference's ``shift_low_rows`` does; its saved ``l`` is then the log of its sum (below SHIFT_BELOW: negative,
+where a sum is positive). The recompute is a kernel of its own after the forward (in the decode, a branch of
+the combine), so that the forward's code and registers stay the common path's. The backward shifts such a
+row so that its weights sum to ``e^SHIFT_BELOW``; the shift rides in the FMA that scales t (0 for the other
+rows).
 
-Base-2 form and special functions. With ``t = lam_i * s_ij * log2(e)`` the
-kernels compute ``w2 = log2(1 + 2^t) = softplus(lam_i s_ij) / ln 2`` as
-``max(t, 0) + log2(1 + y)`` with ``y = 2^-|t|``. The constant ``1/ln 2``
-cancels in ``o``; the saved ``l`` is converted back to natural units. The
-special-function unit (16 results per clock per H100 SM, against 128 FMA-pipe
-operations) is the scarce resource, so each score costs exactly one ``ex2``
-there, and ``log2(1 + y)`` on ``[0, 1]`` is a short polynomial on the FMA pipe
-(see ``_log2_1p``) that also keeps relative accuracy for tiny ``y``: very
-negative scores, where softplus attention behaves like softmax (w ~ e^s), keep
-their weights instead of rounding to zero and a 0/0 row. (fp16 inputs also
-rescale each row of a tile by a power of two before the second product, whose
-fp16 weights would otherwise flush to zero below 2^-24 or overflow above 65504
-(scores over ~45,000).)
-``python -m bench.kernel_sass`` counts the instructions per score from the
-compiled code. (A cut-off where softplus(x) = x would not save anything: both
-sides of a select are computed anyway.)
+Backward per-row factors. With ``D_i = dO_i . o_i``, ``sigma`` the logistic function and
+``c_i = lam_i scale / l_i``, the kernels form the gradient of the dot product,
+``dL/d(q_i . k_j) = sigma(lam_i s_ij) (c_i dO_i . v_j - c_i D_i)``: one FMA and the sigmoid per score. A
+preprocessing kernel computes, once per row, ``lam_i scale log2(e)`` (for t), ``ln2 / l_i`` (for w / l), the
+row's shift of t and ``c_i D_i``: one 16-byte record, so that the loops never divide per row and fetch a row's
+factors with one load (``c_i`` is the product of the first two: a multiply per row). ``sigma = 1/(1+y)`` for
+``t >= 0`` and ``y/(1+y)`` otherwise: the dK/dV kernel reuses the ``2^-|t|`` it needs for ``w`` (dV) and adds
+one reciprocal (``1 + y`` lies in ``[1, 2]``); dQ takes ``1/(1 + 2^-t)`` directly. dK/dV come from one
+kernel that walks the query blocks of a key block, and by default dQ from a second that walks the key blocks
+of a query block: it recomputes the scores but needs no atomics, so gradients are bitwise reproducible for a
+given tile config (the autotuner's pick, cached per machine). With ``SOFTPLUS_ATOMIC_DQ=1`` (or
+:func:`use_atomic_dq`) the dK/dV kernel instead adds each tile's ``dS^T K`` into an fp32 dQ with atomic adds.
 
-Rows of very negative scores. fp32 weights underflow below about -87, so a row
-whose weights sum to less than ``e^SHIFT_BELOW`` (every score below -40, where
-softplus(z) = e^z to within e^-40 and the row's o is shift-invariant) is
-recomputed with ``t + shift_i``, its largest t moved to ``SHIFT_BELOW log2(e)``,
-as the reference's ``shift_low_rows`` does; its saved ``l`` is then the log of
-its sum (below SHIFT_BELOW: negative, where a sum is positive). The recompute
-is a kernel of its own after the forward (in the decode, a branch of the
-combine), so the forward's code and registers stay the common path's. The
-backward shifts such a row so that its weights sum to ``e^SHIFT_BELOW``; the
-shift rides in the FMA that scales t (0 for the other rows).
-
-ALiBi in base 2: ``t = c_i (q_i . k_j) + a_i (j - i)`` with the row factors
-``c_i = lam_i scale log2(e)`` and ``a_i = lam_i log2(e) m_h = c_i m_h / scale``.
-A tile whose keys start at ``j0`` forms it as
-``(c_i (q_i . k_j) + a_i (j0 - i)) + a_i (j - j0)``: two FMAs per score where
-the plain kernels have one multiply. The distance is split at the tile, not
-expanded into ``a_i j - a_i i``, whose two large terms would cancel at long
-contexts and leave an error of about ``a_i i 2^-24`` on the near-diagonal keys
-that carry the weight (2e-5 relative at 30,000 positions, against 4e-7).
-
-Backward (``D_i = dO_i . o_i``, ``sigma`` the logistic function)::
-
-    dL/dw_ij = (dO_i . v_j - D_i) / l_i
-    dL/ds_ij = dL/dw_ij * lam_i * sigma(lam_i s_ij)    (the ALiBi bias is a constant: same formulas)
-    dQ = dS K * scale,   dK = dS^T Q * scale,   dV = (w / l)^T dO
-
-With ``c_i = lam_i scale / l_i`` the kernels form the gradient of the dot
-product, ``dL/d(q_i . k_j) = sigma_ij (c_i dO_i . v_j - c_i D_i)``, one FMA
-and the sigmoid per score: a small preprocessing kernel computes ``D`` and the
-row factors ``lam_i scale log2(e)`` (for t), ``ln2 / l_i`` (for w / l), the
-row's shift of t and ``c_i D_i`` once, one 16-byte record per row, so the loops
-never divide per row and fetch a row's factors with one load (``c_i`` is the
-product of the first two: a multiply per row). ``sigma = 1/(1+y)`` for
-``t >= 0`` and ``y/(1+y)`` otherwise: the dK/dV kernel reuses the ``2^-|t|`` it
-needs for ``w`` (dV) and adds one reciprocal (``rcp.approx``: ``1 + y`` lies in
-``[1, 2]``); dQ takes ``1/(1 + 2^-t)`` directly. dK/dV come from one kernel
-that walks the query blocks for a key block, and by default dQ from a second
-that walks the key blocks for a query block: it recomputes the scores (two more
-products and an ``ex2`` per score) but needs no atomics, so gradients are
-bitwise reproducible for a given tile config (the autotuner's pick, cached per
-machine). With ``SOFTPLUS_ATOMIC_DQ=1`` (or :func:`use_atomic_dq`) the
-dK/dV kernel instead adds each tile's ``dS^T K`` into an fp32 dQ with atomic
-adds, as FlashAttention-2 does: one product per score pair instead of three,
-at the price of atomic traffic and a summation order that varies run to run.
-
-Memory: the forward saves only ``o`` and ``l`` (O(B H L) extra), never an
-``L x L`` matrix. Blocks wholly above the diagonal are skipped and the mask is
-applied only to blocks that straddle it.
-
-Products run on tensor cores in the input dtype with fp32 accumulation (the
-weights and dS are rounded to it for the second product, as in FlashAttention);
-fp32 inputs use TF32 only when PyTorch's matmul precision allows it.
+Products run on tensor cores in the input dtype with fp32 accumulation (the weights and dS are rounded to it
+for the second product); fp32 inputs use TF32 only when PyTorch's matmul precision allows it.
 """
 
 from __future__ import annotations
@@ -123,8 +81,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # SOFTPLUS_AUTOTUNE=0 keeps only each kernel's first config (the tests on a GPU set it: tuning every test
 # shape would compile hundreds of kernels).
 AUTOTUNE = os.environ.get("SOFTPLUS_AUTOTUNE", "1") != "0"
-# tl.fdiv(..., approx=True) (div.approx.f32) is new in recent Triton; older releases (3.5, torch 2.9's) get the
-# same PTX instruction through inline assembly, and the interpreter (which runs no PTX) a plain division.
+# div.approx.f32: through tl.fdiv(..., approx=True) where Triton has it, else (Triton 3.5, torch 2.9's) through
+# inline assembly; the interpreter, which runs no PTX, does a plain division.
 _APPROX_FDIV = tl.constexpr("approx" in inspect.signature(tl.fdiv).parameters)
 _PTX_DIV = tl.constexpr(not INTERPRET)
 
@@ -145,10 +103,9 @@ def _prune(score_rows: str, configs, named_args, **kwargs):
     gives the score tile its rows: BLOCK_M, or BLOCK_N in the dK/dV kernel, whose tiles are transposed.
 
     - Under 16 score rows per warp (a 64-row tile on 8 warps), the compiled code computes every score
-      twice, on sm_80 and sm_90 alike (``python -m bench.kernel_sass --all_configs`` shows the doubled
-      special-function count): such a config cannot beat its 4-warp twin.
+      twice, on sm_80 and sm_90 alike: such a config cannot beat its 4-warp twin.
     - Tiles over 128x64 with head_dim 128 or fp32 data overflow shared memory or registers, and exact
-      fp32 dots (FMA loops, no tensor cores) want small tiles and compile slowly (~30 s for 128x128).
+      fp32 dots (FMA loops, no tensor cores) want small tiles and compile slowly.
     """
     args = {**named_args, **kwargs}  # Triton passes positional arguments and keywords (HEAD_DIM) apart
     limit = 128 * 128
@@ -221,6 +178,7 @@ def _log2_1p(y, dtype: tl.constexpr):
 @triton.jit
 def _softplus2(t, y, dtype: tl.constexpr):
     """log2(1 + 2^t) = softplus(t ln2) / ln2, given y = 2^-|t|, for inputs of ``dtype``."""
+    # No cut-off where softplus(x) = x for large x: both sides of a select would be computed anyway.
     return tl.maximum(t, 0.0) + _log2_1p(y, dtype)
 
 
@@ -333,8 +291,8 @@ def _fwd_inner(
         v = _load_rows(v_base, offs_n, stride_vn, offs_d, kv_end, MASKED)
         t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), row_scale, row_shift, head_rate,
                     start_n, offs_m + diag_offset, BLOCK_N, ALIBI, False, SHIFT)
-        # "* -1.0", not a unary minus: Triton 3.5 compiles -x as 0 - x, which (the sign of zero) does not fold
-        # into ex2's operand and costs an add per score; x * -1.0 is exactly -x and folds in every version.
+        # "* -1.0", not a unary minus: Triton 3.5 compiles -x as 0 - x (not -x for x = 0), which costs an add
+        # per score; x * -1.0 is exactly -x and folds into ex2's operand.
         w = _softplus2(t, tl.exp2(tl.abs(t) * -1.0), v.dtype)
         if MASKED:
             visible = (offs_n[None, :] <= offs_m[:, None] + diag_offset) & (offs_n < kv_end)[None, :]
@@ -563,11 +521,8 @@ def _bwd_preprocess_kernel(
 def _row_factors(factors_base, offs_m, row_ok, BLOCK_M: tl.constexpr):
     """(t_scale, t_shift, p_scale, ds_scale, ds_shift) of rows offs_m (zeros where not row_ok), from the rows'
     four-float records at factors_base (written by _bwd_preprocess_kernel)."""
-    # One 2-D load and splits in registers, not four 1-D loads: Triton 3.5 deems a load of fewer elements
-    # than the block has threads (32 rows, 128 threads) cheap to redo in the layout its users want, a slice
-    # of the score tile's, and its pipeliner then issues one masked 4-byte cp.async per element and thread
-    # (8 per vector for a 32-row tile on 4 warps, each with its own address and predicate): 1.75 more
-    # instructions per score in the dK/dV loop. Triton 3.9 loads the vectors whole either way.
+    # One 2-D load split in registers, not four 1-D loads: Triton 3.5 loads a vector shorter than the block's
+    # thread count in the score tile's layout, one masked 4-byte copy per element and thread.
     f = tl.load(factors_base + offs_m[:, None] * 4 + tl.arange(0, 4)[None, :], mask=row_ok[:, None], other=0.0)
     even, odd = tl.split(tl.reshape(f, [BLOCK_M, 2, 2]))  # columns (0, 2) and (1, 3)
     t_scale, t_shift = tl.split(even)
@@ -726,8 +681,8 @@ def _bwd_dq_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------------
 
-# Launch option: the polynomial and the score scaling are written for fused multiply-adds, which Triton
-# stops emitting by default from 3.10 on.
+# Launch option: the polynomial and the score scaling are written for fused multiply-adds, which Triton 3.10
+# and later no longer emit by default.
 _FMA = dict(enable_fp_fusion=True)
 _poison = False
 _atomic_dq = os.environ.get("SOFTPLUS_ATOMIC_DQ", "0") == "1"
