@@ -98,13 +98,14 @@ def reference(checkpoint: Path) -> TorchBackend:
 @pytest.mark.parametrize("kind", KINDS)
 def test_export_passes_checker_and_shape_inference_with_named_dynamic_dims(kind, checkpoints, exported):
     info = check_onnx(exported[kind])  # onnx.checker (full) + strict shape inference + interface
+    past = ["batch", 4, "capacity", 16]  # one buffer per layer: no graph op slices a stacked cache
     assert info.inputs == {
         "input_ids": ["batch", "query_len"],
-        "past_keys": [2, "batch", 4, "cache_len", 16],
-        "past_values": [2, "batch", 4, "cache_len", 16],
+        "cache_len": [],
+        **{f"past_{kind}_{layer}": past for kind in ("keys", "values") for layer in range(2)},
     }
     assert info.outputs["logits"] == ["batch", "query_len", VOCAB]  # padded vocabulary rows are not exported
-    assert isinstance(info.outputs["present_keys"][3], str) and "cache_len" in info.outputs["present_keys"][3]
+    assert info.outputs["new_keys"] == info.outputs["new_values"] == [2, "batch", 4, "query_len", 16]
     assert info.metadata["gpt2.checkpoint_step"] == "40" and info.metadata["gpt2.precision"] == "fp32"
 
     graph = onnx.load(str(exported[kind]))
@@ -161,7 +162,7 @@ def test_ort_matches_pytorch_on_prefill_and_on_decode_with_a_cache(kind, checkpo
     state = ort_backend.new_state(4, SEQ)
     assert state.pos == 0  # prefill runs against an empty (cache_len 0) cache
     prefill = ort_backend.forward(tokens[:, :40], state)
-    assert state.pos == 40 and state.keys.shape == (2, 4, 4, 40, 16)
+    assert state.pos == 40 and state.keys.shape == (2, 4, 4, SEQ, 16)  # one buffer, filled in place from here
     step = ort_backend.forward(tokens[:, 40:41], state)  # decode: one token, 40 cached
     chunk = ort_backend.forward(tokens[:, 41:], state)  # several tokens against a cache
     assert prefill.dtype == torch.float32 and state.pos == SEQ
@@ -186,6 +187,32 @@ def test_sizes_the_export_never_traced_work(checkpoints, exported, corpus):
     ort_backend.forward(longest[:, :127], state)
     with pytest.raises(ValueError, match="KV cache full"):
         ort_backend.forward(longest[:, :2], state)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_graph_reads_only_the_filled_part_of_the_past_buffers(kind, checkpoints, exported, corpus):
+    """The backend's buffers hold more positions than are filled (zeros after cache_len); whatever is there,
+    the graph must mask it: the result equals that of buffers holding the filled positions only."""
+    backend = load_backend("onnxruntime", checkpoints[kind])
+    tokens = corpus.eval_ids(28).view(2, 14)
+    state = backend.new_state(2, 40)
+    backend.forward(tokens[:, :12], state)
+    assert state.pos == 12 and state.capacity == 40  # the next calls write into this buffer in place
+    noise = torch.randn(state.keys.shape, generator=torch.Generator().manual_seed(0)) * 10
+    runs = {}
+    for name, past_of in (
+        ("filled", lambda buffer, layer: buffer[layer][:, :, :12]),
+        ("noisy", lambda buffer, layer: torch.cat([buffer[layer][:, :, :12], noise[layer][:, :, 12:]], dim=2)),
+    ):
+        feeds = {"input_ids": tokens[:, 12:].numpy(), "cache_len": np.array(12, dtype=np.int64)}
+        for kind_name, buffer in (("keys", state.keys), ("values", state.values)):
+            feeds.update({f"past_{kind_name}_{i}": past_of(buffer, i).contiguous().numpy() for i in range(2)})
+        runs[name] = dict(zip(OUTPUT_NAMES, backend.session.run(None, feeds), strict=True))
+    assert feeds["past_keys_0"].shape[2] == 40 and np.abs(feeds["past_keys_0"][:, :, 12:]).max() > 1
+    for name in OUTPUT_NAMES:
+        np.testing.assert_allclose(runs["noisy"][name], runs["filled"][name], rtol=1e-5, atol=1e-5)
+    expected = reference(checkpoints[kind]).forward(tokens)[:, 12:]
+    torch.testing.assert_close(torch.from_numpy(runs["noisy"]["logits"]), expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -230,7 +257,7 @@ def test_fp16_export_runs_in_ort_within_the_fp16_thresholds(checkpoints, eval_ba
 
 def test_bf16_exports_and_onnxruntime_cpu_refuses_it_clearly(checkpoints):
     path, info = export_checkpoint(checkpoints["softplus"], "bf16")  # for TensorRT; checked all the same
-    assert info.metadata["gpt2.precision"] == "bf16" and info.inputs["past_keys"][3] == "cache_len"
+    assert info.metadata["gpt2.precision"] == "bf16" and info.inputs["past_keys_0"][2] == "capacity"
     with pytest.raises(UserError, match="ONNX Runtime cannot load .*model.bf16.onnx on cpu"):
         load_backend("onnxruntime", checkpoints["softplus"], precision="bf16")
 
@@ -407,12 +434,19 @@ def test_profile_shapes_past_max_seq_len_are_calls_the_rope_graph_accepts(positi
     profile = resolve_profile(ProfileConfig(max_query=4 * TRAIN_LEN, max_cache=16 * TRAIN_LEN - 1), batch_size=2,
                               seq_len=TRAIN_LEN, max_positions=dims.max_positions)  # fmt: skip
     shapes = profile_shapes(profile, dims)
-    assert shapes["past_keys"][2][3] == 16 * TRAIN_LEN - 1
+    assert shapes["past_keys_0"][2][2] == 16 * TRAIN_LEN - 1
     for level in range(3):  # min, opt, max
-        ids, past = shapes["input_ids"][level], torch.zeros(shapes["past_keys"][level]).numpy()
-        feeds = {"input_ids": torch.zeros(ids, dtype=torch.long).numpy(), "past_keys": past, "past_values": past}
-        outputs = dict(zip(OUTPUT_NAMES, backend.session.run(None, feeds), strict=True))
-        assert {k: v.shape for k, v in outputs.items()} == output_shapes(dims, ids[0], ids[1], past.shape[3])
+        ids = shapes["input_ids"][level]
+        outputs = dict(zip(OUTPUT_NAMES, backend.session.run(None, zero_feeds(shapes, level)), strict=True))
+        assert {k: v.shape for k, v in outputs.items()} == output_shapes(dims, ids[0], ids[1])
+
+
+def zero_feeds(shapes: dict[str, tuple[tuple[int, ...], ...]], level: int) -> dict[str, np.ndarray]:
+    """Inputs of profile level ``level`` (0: min, 1: opt, 2: max) as zeros; every past position filled."""
+    feeds = {name: np.zeros(shape[level], dtype=np.float32) for name, shape in shapes.items()}
+    feeds["input_ids"] = feeds["input_ids"].astype(np.int64)
+    feeds["cache_len"] = np.array(shapes["past_keys_0"][level][2], dtype=np.int64)
+    return feeds
 
 
 # --- the binding logic TensorRT uses, checked on the real graph ---------------------------------------
@@ -459,23 +493,14 @@ def test_profile_shapes_are_calls_the_exported_graph_accepts(checkpoints, export
     profile = resolve_profile(ProfileConfig(opt_cache=16), batch_size=3, seq_len=32, max_positions=128)
     shapes = profile_shapes(profile, dims)
     graph_inputs = {i.name: i.shape for i in backend.session.get_inputs()}
-    assert set(shapes) == set(graph_inputs)
+    assert set(shapes) | {"cache_len"} == set(graph_inputs) and graph_inputs["cache_len"] == []
     for level in range(3):  # min, opt, max
-        ids, keys, values = (shapes[name][level] for name in ("input_ids", "past_keys", "past_values"))
-        for name, shape in (("input_ids", ids), ("past_keys", keys)):
-            fixed = [(s, g) for s, g in zip(shape, graph_inputs[name], strict=True) if isinstance(g, int)]
+        for name, shape in shapes.items():
+            fixed = [(s, g) for s, g in zip(shape[level], graph_inputs[name], strict=True) if isinstance(g, int)]
             assert all(s == g for s, g in fixed), (name, shape, graph_inputs[name])
-        past = torch.zeros(keys, dtype=torch.float32)
-        feeds = {
-            "input_ids": torch.zeros(ids, dtype=torch.long).numpy(),
-            "past_keys": past.numpy(),
-            "past_values": past.numpy(),
-        }
-        outputs = dict(
-            zip(("logits", "present_keys", "present_values"), backend.session.run(None, feeds), strict=True)
-        )
-        expected = output_shapes(dims, ids[0], ids[1], keys[3])
-        assert {k: v.shape for k, v in outputs.items()} == expected
+        outputs = dict(zip(OUTPUT_NAMES, backend.session.run(None, zero_feeds(shapes, level)), strict=True))
+        ids = shapes["input_ids"][level]
+        assert {k: v.shape for k, v in outputs.items()} == output_shapes(dims, ids[0], ids[1])
 
 
 # --- benchmark ----------------------------------------------------------------------------------------
@@ -522,7 +547,8 @@ def test_deploy_command_validates_against_the_eval_set_the_checkpoint_records(ch
 def test_deploy_command_exports_skips_tensorrt_clearly_and_benchmarks(checkpoints, tmp_path, capsys):
     report_file = tmp_path / "report.json"
     run_dir = checkpoints["softplus"].parent.parent
-    sizes = ["--batch_size", "2", "--seq_len", "32", "--iters", "2", "--warmup", "1", "--decode_steps", "4"]
+    sizes = ["--batch_size", "2", "--seq_len", "32", "--iters", "2", "--warmup", "1", "--decode_steps", "4",
+             "--cache_lengths", "40,8"]  # fmt: skip
     backends = ["--bench_backends", "pytorch,onnxruntime-cpu,tensorrt"]
     stages = ["--stages", "export,tensorrt,benchmark"]
     code = cli(
@@ -548,6 +574,13 @@ def test_deploy_command_exports_skips_tensorrt_clearly_and_benchmarks(checkpoint
     assert rows["pytorch"]["status"] == rows["onnxruntime-cpu"]["status"] == "ok"
     assert rows["onnxruntime-cpu"]["prefill"]["p50_ms"] > 0 and rows["onnxruntime-cpu"]["decode_speedup"] > 0
     assert rows["tensorrt"]["status"].startswith("skipped:")
+    for name in ("pytorch", "onnxruntime-cpu"):  # decode also timed from caches of 8 and 40 (filled 32 + 8)
+        by_cache = rows[name]["decode_by_cache"]
+        assert sorted(by_cache) == ["40", "8"] and all(by_cache[n]["n"] == 4 for n in by_cache)
+    table = out[out.index("decode ms/token p50 (p90)") :].splitlines()
+    assert "cache 8" in table[0] and table[0].index("cache 8") < table[0].index("cache 40")
+    assert [line.split()[0] for line in table[2:5]] == ["pytorch", "onnxruntime-cpu", "tensorrt"]
+    assert table[4].split()[1:] == ["-", "-"]
 
 
 def test_a_run_of_some_stages_keeps_the_earlier_results_of_the_others(checkpoints, tmp_path, capsys):
@@ -631,6 +664,8 @@ def test_missing_or_non_checkpoints_give_clear_errors(tmp_path, capsys):
         (["--iters", "0"], "--iters must be >= 1"),
         (["--decode_steps", "0"], "--decode_steps must be >= 1"),
         (["--warmup", "-1"], "--warmup must be >= 0"),
+        (["--cache_lengths", "64,x"], "--cache_lengths takes comma-separated whole numbers"),
+        (["--cache_lengths", "64,100"], "--cache_lengths 100 \\+ --decode_steps 32 exceeds the model's max_seq_len"),
     ],
 )
 def test_bad_deploy_flags_give_clear_errors(flags, message, checkpoints, capsys):

@@ -85,7 +85,7 @@ def test_models_that_read_past_max_seq_len_take_longer_profiles_from_flags():
     profile = resolve_profile(long, batch_size=1, seq_len=4096, max_positions=None)
     assert profile == Profile(batch=(1, 1, 1), query=(1, 4096, 8192), cache=(0, 4096, 32767))
     profile.check_call(1, 1, 32767)
-    assert profile_shapes(profile, relative)["past_keys"][2] == (1, 1, 2, 32767, 16)
+    assert profile_shapes(profile, relative)["past_keys_0"][2] == (1, 2, 32767, 16)
     with pytest.raises(UserError, match="max_query 8192 exceeds the model's max_seq_len 2048"):
         resolve_profile(long, batch_size=1, seq_len=2048, max_positions=2048)
     # Validation generates its 64 greedy tokens whatever the length; learned positions stop at the table's end.
@@ -123,8 +123,9 @@ def test_profile_shapes_are_the_graph_inputs_at_min_opt_max():
     profile = resolve_profile(ProfileConfig(opt_cache=512, opt_query=1024), 8, 1536, 2048)
     shapes = profile_shapes(profile, DIMS)
     assert shapes["input_ids"] == ((1, 1), (8, 1024), (8, 1536))
-    assert shapes["past_keys"] == ((4, 1, 4, 0, 32), (4, 8, 4, 512, 32), (4, 8, 4, 1535, 32))
-    assert shapes["past_values"] == shapes["past_keys"]
+    assert shapes["past_keys_0"] == ((1, 4, 0, 32), (8, 4, 512, 32), (8, 4, 1535, 32))
+    past = [f"past_{kind}_{layer}" for kind in ("keys", "values") for layer in range(4)]
+    assert set(shapes) == {"input_ids", *past} and all(shapes[name] == shapes["past_keys_0"] for name in past)
 
 
 # --- precision -> builder settings --------------------------------------------------------------------
@@ -163,13 +164,37 @@ def test_tensor_dtypes_and_addresses_for_binding():
     assert tensor_address(full, placeholder) == full.data_ptr()
 
 
+def test_the_cache_grows_in_steps_or_to_exactly_its_filled_length():
+    def new(n: int, value: float) -> torch.Tensor:  # the graph's new_keys / new_values for n tokens
+        return torch.full(DIMS.cache_shape(1, n), value)
+
+    cpu = torch.device("cpu")
+    stepped = empty_state(DIMS, batch=1, max_len=100, dtype=torch.float32, device=cpu, grow=64)
+    stepped.append(new(10, 1.0), new(10, -1.0))
+    assert stepped.pos == 10 and stepped.capacity == 64 and (stepped.keys[:, :, :, 10:] == 0).all()
+    buffer = stepped.keys
+    stepped.append(new(1, 2.0), new(1, -2.0))
+    assert stepped.keys is buffer and stepped.pos == 11  # written in place
+    stepped.append(new(60, 3.0), new(60, -3.0))
+    assert stepped.pos == 71 and stepped.capacity == 100  # 128 positions would pass max_len
+    exact = empty_state(DIMS, batch=1, max_len=100, dtype=torch.float32, device=cpu, grow=None)
+    for n, value in ((10, 1.0), (1, 2.0), (60, 3.0)):
+        exact.append(new(n, value), new(n, -value))
+        assert exact.capacity == exact.pos
+    assert exact.pos == 71
+    for state in (stepped, exact):
+        keys = state.keys[0, 0, 0, :, 0]
+        assert keys[:10].eq(1).all() and keys[10] == 2 and keys[11:71].eq(3).all() and keys[71:].eq(0).all()
+        torch.testing.assert_close(state.values, -state.keys)
+
+
 def test_output_shapes_and_step_checks():
-    assert output_shapes(DIMS, batch=2, query_len=5, cache_len=7) == {
+    assert output_shapes(DIMS, batch=2, query_len=5) == {
         "logits": (2, 5, 50257),
-        "present_keys": (4, 2, 4, 12, 32),
-        "present_values": (4, 2, 4, 12, 32),
+        "new_keys": (4, 2, 4, 5, 32),
+        "new_values": (4, 2, 4, 5, 32),
     }
-    state = GraphState(torch.zeros(4, 2, 4, 10, 32), torch.zeros(4, 2, 4, 10, 32), max_len=12)
+    state = GraphState(torch.zeros(4, 2, 4, 10, 32), torch.zeros(4, 2, 4, 10, 32), max_len=12, pos=10)
     check_step(DIMS, torch.zeros(2, 2, dtype=torch.long), state)
     with pytest.raises(ValueError, match="KV cache full: 13 positions needed, 12 allocated"):
         check_step(DIMS, torch.zeros(2, 3, dtype=torch.long), state)

@@ -17,6 +17,7 @@ from gpt2.model import GPT, ModelConfig, model_config_from_preset
 from gpt2.model.config import ATTENTION_KINDS, POSITIONS
 from gpt2.model.hf import config_from_hf, hf_config_dict, load_hf_state_dict, to_hf_state_dict
 from gpt2.model.positions import Rotary, apply_rotary
+from tests.conftest import split_cache_call
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -134,9 +135,10 @@ def test_every_kind_with_alibi_and_length_scale_matches_the_float64_reference(q_
         expected = reference_attention(q, k, v, kind, length_base, slopes).float()
         for name, spec in ATTENTION.items():
             if name.startswith(kind):
-                for fn in (spec.forward, spec.export):
-                    got = fn(q, k, v, length_base=length_base, alibi_slopes=slopes)
-                    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{name} {fn.__name__}")
+                got = spec.forward(q, k, v, length_base=length_base, alibi_slopes=slopes)
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{name} forward")
+                got = split_cache_call(spec.export, q, k, v, length_base=length_base, alibi_slopes=slopes)
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{name} export")
     # The GPU path of softmax with ALiBi (flex_attention with a score_mod), here in its eager form.
     expected = reference_attention(q, k, v, "softmax", length_base, slopes).float()
     flex = _flex_alibi(_scaled_queries(q, kv_len, length_base), k, v, None, length_base, slopes, compiled=False)

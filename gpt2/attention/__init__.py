@@ -25,7 +25,9 @@ AttentionFn = Callable[..., torch.Tensor]
 class AttentionSpec:
     name: str
     forward: AttentionFn  # training and inference: the fastest implementation for the tensors' device
-    export: AttentionFn  # the same math in plain PyTorch ops, for the ONNX exporter
+    # The same math in plain PyTorch ops over a cache split into past and new keys, for the ONNX exporter:
+    # export(q, k_past, v_past, k_new, v_new, cache_len, scale, length_base, alibi_slopes); see split_cache.
+    export: AttentionFn
     summary: str
     options: frozenset[str] = frozenset({"length_base", "alibi"})  # score modifications it implements
 
@@ -35,7 +37,7 @@ ATTENTION: dict[str, AttentionSpec] = {
     for spec in (
         AttentionSpec("softmax", softmax_attention, softmax_attention_export,
                       "softmax; PyTorch SDPA (FlashAttention on GPU), flex_attention for ALiBi on GPU"),
-        AttentionSpec("softmax_naive", softmax_naive_attention, softmax_naive_attention,
+        AttentionSpec("softmax_naive", softmax_naive_attention, softmax_attention_export,
                       "softmax that materialises the L x L scores (the memory baseline)"),
         AttentionSpec("softplus", softplus_attention, softplus_attention_export,
                       "l1-normalised softplus; fused Triton kernels on GPU, linear memory in L"),

@@ -67,8 +67,16 @@ def length_scale(
         return torch.ones(q_len, device=device, dtype=dtype)
     if not length_base > 1:
         raise UserError(f"length_base must be > 1 (or None for no length scaling), got {length_base}")
-    n_keys = torch.arange(kv_len - q_len + 1, kv_len + 1, device=device, dtype=dtype)
-    return torch.log(n_keys) / math.log(length_base)
+    return length_scale_at(torch.arange(kv_len - q_len, kv_len, device=device, dtype=dtype), length_base)
+
+
+def length_scale_at(query_positions: torch.Tensor, length_base: float | None) -> torch.Tensor:
+    """``lam`` of queries at absolute ``query_positions`` (query ``i`` sees ``i + 1`` keys), in their float dtype
+    (float32 for integer positions); ones when ``length_base`` is None."""
+    positions = query_positions if query_positions.is_floating_point() else query_positions.float()
+    if length_base is None:
+        return torch.ones_like(positions)
+    return torch.log(positions + 1) / math.log(length_base)
 
 
 def alibi_bias(
@@ -81,8 +89,13 @@ def alibi_bias(
     """``-m_h * (i - j)``, shape ``(H, q_len, kv_len)``; positive above the diagonal, where the mask applies."""
     rows = torch.arange(kv_len - q_len, kv_len, device=device, dtype=dtype)
     cols = torch.arange(kv_len, device=device, dtype=dtype)
-    distance = rows[:, None] - cols[None, :]
-    return -slopes.to(device=device, dtype=dtype)[:, None, None] * distance
+    return alibi_bias_at(rows, cols, slopes)
+
+
+def alibi_bias_at(query_positions: torch.Tensor, key_positions: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+    """``-m_h * (i - j)`` for queries and keys at absolute (float) positions: ``(H, len(queries), len(keys))``."""
+    distance = query_positions[:, None] - key_positions[None, :]
+    return -slopes.to(device=distance.device, dtype=distance.dtype)[:, None, None] * distance
 
 
 def modified_scores(

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from gpt2.attention.mask import causal_mask
 from gpt2.attention.score_mod import alibi_bias, length_scale, modified_scores
+from gpt2.attention.split_cache import split_cache_attention
 
 
 def _scaled_queries(q: torch.Tensor, kv_len: int, length_base: float | None) -> torch.Tensor:
@@ -69,20 +70,27 @@ def softmax_attention(
 
 def softmax_attention_export(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k_past: torch.Tensor,
+    v_past: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache_len: torch.Tensor,
     scale: float | None = None,
     length_base: float | None = None,
     alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`softmax_attention` in ops the ONNX exporter keeps general: always the explicit bottom-right mask
-    (the ``q_len == kv_len`` branch would be specialised). Additive (0 / -inf) rather than boolean: a boolean
-    mask exports as Where + IsNaN passes over every score matrix, which more than doubled ONNX Runtime's
+    """Softmax over a split cache (:func:`~gpt2.attention.split_cache.split_cache_attention`), what the ONNX
+    export traces; scores in the inputs' dtype, as SDPA computes them. The mask is additive (0 / -inf): a
+    boolean one exports as Where + IsNaN passes over every score matrix, which more than doubled ONNX Runtime's
     prefill time. No row is fully masked (every query sees its own key), so -inf never makes a NaN."""
-    q_len, kv_len = q.shape[-2], k.shape[-2]
-    q = _scaled_queries(q, kv_len, length_base)
-    mask = additive_mask(q_len, kv_len, q.dtype, q.device, length_base, alibi_slopes)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return split_cache_attention(
+        q, k_past, v_past, k_new, v_new, cache_len, scale, length_base, alibi_slopes,
+        weights=_softmax_weights, dtype=q.dtype,
+    )  # fmt: skip
+
+
+def _softmax_weights(scores: torch.Tensor) -> tuple[torch.Tensor, None]:
+    return torch.softmax(scores, dim=-1), None
 
 
 def softmax_naive_attention(

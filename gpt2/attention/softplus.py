@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from gpt2.attention.mask import causal_mask
 from gpt2.attention.score_mod import length_scale, modified_scores
-from gpt2.attention.softmax import additive_mask
+from gpt2.attention.split_cache import split_cache_attention
 
 try:
     from gpt2.attention import softplus_op
@@ -135,37 +135,36 @@ def kernel_handles(device_type: str, dtype: torch.dtype, head_dim: int) -> bool:
 
 def softplus_attention_export(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k_past: torch.Tensor,
+    v_past: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache_len: torch.Tensor,
     scale: float | None = None,
     length_base: float | None = None,
     alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The reference in ops ONNX runtimes run fast (what the ONNX export traces).
+    """The reference over a split cache (:func:`~gpt2.attention.split_cache.split_cache_attention`) in ops ONNX
+    runtimes run fast (what the ONNX export traces); scores in fp32, weights as :func:`softplus_export_weights`."""
+    return split_cache_attention(
+        q, k_past, v_past, k_new, v_new, cache_len, scale, length_base, alibi_slopes,
+        weights=softplus_export_weights, dtype=torch.float32,
+    )  # fmt: skip
+
+
+def softplus_export_weights(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softplus weights of masked (-inf) scores and their row sums, in vectorisable elementwise ops.
 
     ONNX Runtime's ``Softplus`` kernel is scalar code (slow on a CPU: docs/results.md, "Deployment on CPU").
-    Here ``softplus(s) = max(s, 0) + log1p(exp(-|s|))`` is spelled in vectorised
-    elementwise ops; masked scores get -inf added (softplus(-inf) = 0: an Add, not a Where over the
-    weights), and the scale and length factor multiply q, not the score matrix. Rows whose every score is very
-    negative are shifted as the reference shifts them (:func:`shift_low_rows`).
+    Here ``softplus(s) = max(s, 0) + log1p(exp(-|s|))`` (softplus(-inf) = 0: masked scores need no Where over
+    the weights). Rows whose every score is very negative are shifted as the reference shifts them
+    (:func:`shift_low_rows`: a ReduceMax and a Sub keep them finite).
     """
-    q_len, kv_len, dtype = q.shape[-2], k.shape[-2], q.dtype
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    # The scale (and the length factor of each query) goes on q, Lq x D numbers, not on the Lq x Lk scores.
-    lam = length_scale(q_len, kv_len, length_base, q.device)
-    q = q.float() * (lam.unsqueeze(-1) * scale)
-    # Dense copies in and out: q arrives as a (B, T, H, D) permutation and the model reshapes the output's
-    # transpose, both views only when query_len == 1, and torch 2.9's export turns that question into a guard
-    # query_len != 1 (a constraint violation). The copies cost nothing in the ONNX graph.
-    q = q.clone(memory_format=torch.contiguous_format)
-    mask = additive_mask(q_len, kv_len, torch.float32, q.device, length_base, alibi_slopes)
-    # The row max and shift (a ReduceMax and a Sub) keep rows whose every score is very negative finite.
-    scores = shift_low_rows(q @ k.float().transpose(-2, -1) + mask)
+    scores = shift_low_rows(scores)
     y = torch.exp(-scores.abs())
     u = 1 + y
     # log1p(y) without a Log1p op: log(u) is off by the rounding error of u = 1 + y, which y - (u - 1) puts
     # back (to first order, the only one that matters: fp32-accurate down to denormals). Without it a score
     # under about -17 rounds to weight 0, and a row of such scores divides 0 by 0.
     weights = torch.relu(scores) + (torch.log(u) + (y - (u - 1)))
-    o = ((weights @ v.float()) / weights.sum(dim=-1, keepdim=True)).to(dtype)
-    return o.transpose(1, 2).clone(memory_format=torch.contiguous_format).transpose(1, 2)  # as (B, T, H, D)
+    return weights, weights.sum(dim=-1, keepdim=True)

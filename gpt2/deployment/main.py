@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from gpt2.checkpoint import Checkpoint, find_checkpoint, load_model, weights_sha256
+from gpt2.deployment.benchmark import decode_calls
 from gpt2.deployment.onnx_export import DEFAULT_OPSET
 from gpt2.deployment.validate import validation_calls
 from gpt2.device import resolve_device
@@ -117,6 +118,10 @@ class BenchConfig:
     warmup: int = field(default=2, metadata={"help": "untimed calls before timing"})
     iters: int = field(default=10, metadata={"help": "timed prefill calls"})
     decode_steps: int = field(default=32, metadata={"help": "timed decode steps (one token each)"})
+    cache_lengths: str = field(
+        default="",
+        metadata={"help": "also time decode_steps from caches of these lengths, comma-separated (e.g. 64,256,1024)"},
+    )
     ort_threads: int = field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"})
     ort_optimization: str = field(
         default="all",
@@ -139,6 +144,19 @@ def _parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     if unknown:
         raise UserError(f"unknown {what} {unknown}; choose from {','.join(allowed)}")
     return items
+
+
+def parse_cache_lengths(text: str) -> list[int]:
+    """``--cache_lengths`` "64,256,1024" as sorted distinct ints; a UserError for anything else."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    try:
+        lengths = sorted({int(s) for s in items})
+    except ValueError:
+        message = f"--cache_lengths takes comma-separated whole numbers (e.g. 64,256,1024), got {text!r}"
+        raise UserError(message) from None
+    if lengths and lengths[0] < 0:
+        raise UserError(f"--cache_lengths must be >= 0, got {lengths[0]}")
+    return lengths
 
 
 def validation_seq_len(cfg: DeployConfig, max_seq_len: int) -> int:
@@ -296,18 +314,21 @@ class Deployment:
         self._validate(backend, "tensorrt")
 
     def benchmark(self, seq_len: int) -> None:
-        from gpt2.deployment.benchmark import BenchmarkResult, benchmark_backend, format_table
+        from gpt2.deployment.benchmark import BenchmarkResult, benchmark_backend, format_cache_table, format_table
 
         self._reference = None  # free the fp32 reference model: each backend loads its own
         names = _parse_list(self.bench.bench_backends, BENCH_BACKENDS, "benchmark backends")
         if not self.bench.compile:
             names = [n for n in names if n != "pytorch-compile"]
-        generator = torch.Generator().manual_seed(self.bench.seed)
+        bench, cache_lengths = self.bench, parse_cache_lengths(self.bench.cache_lengths)
+        generator = torch.Generator().manual_seed(bench.seed)
         vocab = self.ckpt.model_config.vocab_size
-        tokens = torch.randint(0, vocab, (self.cfg.batch_size, seq_len), generator=generator)
+        length = max([seq_len, *(n + bench.decode_steps for n in cache_lengths)])
+        tokens = torch.randint(0, vocab, (self.cfg.batch_size, length), generator=generator)
+        caches = f" (and from caches of {', '.join(map(str, cache_lengths))})" if cache_lengths else ""
         print(
             f"benchmarking {', '.join(names)}: batch {self.cfg.batch_size}, seq_len {seq_len}, "
-            f"{self.bench.iters} prefill iterations, {self.bench.decode_steps} decode steps ..."
+            f"{bench.iters} prefill iterations, {bench.decode_steps} decode steps{caches} ..."
         )
         results = []
         for name in names:
@@ -315,14 +336,15 @@ class Deployment:
             if make is None:
                 results.append(BenchmarkResult(name, f"skipped: {why_not}", self.cfg.batch_size, seq_len))
             else:
-                bench = self.bench
-                results.append(
-                    benchmark_backend(name, make, tokens, bench.warmup, bench.iters, bench.decode_steps)
-                )
+                results.append(benchmark_backend(
+                    name, make, tokens, bench.warmup, bench.iters, bench.decode_steps, cache_lengths, seq_len
+                ))  # fmt: skip
             print(f"  {name}: {results[-1].status}")
-        config = {**vars(self.bench), "batch_size": self.cfg.batch_size, "seq_len": seq_len}
+        config = {**vars(bench), "batch_size": self.cfg.batch_size, "seq_len": seq_len}
         self.report["benchmark"] = {"config": config, "results": [r.to_dict() for r in results]}
         print(format_table(results))
+        if cache_lengths:
+            print(format_cache_table(results))
 
     def _backend_factory(self, name: str) -> tuple[Any, str]:
         """``(make_backend, "")`` or ``(None, why it is unavailable)``."""
@@ -449,11 +471,19 @@ def run(args: argparse.Namespace) -> int:
     for name, value, least in counts:
         if value < least:
             raise UserError(f"--{name} must be >= {least}, got {value}")
-    # The engine is validated right after its build: its profile must also cover the validation's calls.
+    cache_lengths = parse_cache_lengths(bench.cache_lengths)
+    if cache_lengths and limit is not None and cache_lengths[-1] + bench.decode_steps > limit:
+        raise UserError(
+            f"--cache_lengths {cache_lengths[-1]} + --decode_steps {bench.decode_steps} exceeds the model's "
+            f"max_seq_len {limit} (learned positions); lower them"
+        )
+    # The engine is validated right after its build, and benchmarked: its profile must cover those calls too.
     cover: set[tuple[int, int, int]] = set()
     if "tensorrt" in stages:
         v_seq_len = validation_seq_len(cfg, max_seq_len)
         cover = validation_calls(cfg.validate_batch_size, v_seq_len, limit, cfg.greedy_steps)
+        for n in cache_lengths:
+            cover |= decode_calls(cfg.batch_size, seq_len, n, bench.decode_steps)
     profile = resolve_profile(profile_cfg, cfg.batch_size, seq_len, limit, cover)
 
     deployment = Deployment(ckpt, cfg, profile, build, bench)

@@ -2,22 +2,25 @@
 
 One graph serves prefill and decode::
 
-    input_ids      int64 [batch, query_len]
-    past_keys      [n_layers, batch, n_heads, cache_len, head_dim]   (cache_len may be 0)
-    past_values    [n_layers, batch, n_heads, cache_len, head_dim]
+    input_ids        int64 [batch, query_len]
+    cache_len        int64 []                                   positions filled in the past buffers
+    past_keys_<l>    [batch, n_heads, capacity, head_dim]       l = 0 .. n_layers - 1 (capacity may be 0)
+    past_values_<l>  [batch, n_heads, capacity, head_dim]
     ->
-    logits         float32 [batch, query_len, vocab_size]
-    present_keys   [n_layers, batch, n_heads, cache_len + query_len, head_dim]
-    present_values [n_layers, batch, n_heads, cache_len + query_len, head_dim]
+    logits           float32 [batch, query_len, vocab_size]
+    new_keys         [n_layers, batch, n_heads, query_len, head_dim]
+    new_values       [n_layers, batch, n_heads, query_len, head_dim]
 
-Positions start at ``cache_len`` (read from ``past_keys``' shape inside the graph): the
-learned table is indexed by them, RoPE's cos/sin are computed from them; the causal mask,
-ALiBi's bias and the length scale are built from the shapes, aligned bottom-right, so
-nothing about the lengths is baked in (and for every position kind but learned, no length
-is bounded: see :func:`export_model`). Attention runs through plain PyTorch ops (the fused
-Triton kernel does not export): SDPA with an explicit additive mask for softmax, and for
-softplus the reference's math in vectorisable elementwise ops (``Relu``, ``Abs``, ``Exp``,
-``Log``).
+The past buffers hold ``capacity >= cache_len`` positions, of which the graph reads the first ``cache_len``
+(the others must be finite, and are masked), and it returns only the new tokens' keys and values: the
+caller keeps the cache and writes them after the filled positions (:class:`~gpt2.inference.graph_io.GraphState`).
+So a decode step copies no cache: a graph that returned ``past + new`` concatenated (or took one stacked
+buffer for all layers, which it must slice) copied the whole cache on every step, in ONNX Runtime more time
+than the rest of the step. Positions start at ``cache_len``: the learned table is indexed by them, RoPE's
+cos/sin are computed from them, and so are the causal mask, ALiBi's bias and the length scale, so nothing
+about the lengths is baked in (and for every position kind but learned, no length is bounded: see
+:func:`export_model`). Attention runs through plain PyTorch ops over the two parts of the cache (the fused
+Triton kernel does not export; see :mod:`gpt2.attention.split_cache`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from gpt2.attention import AttentionFn, get_attention_spec
 from gpt2.checkpoint import Checkpoint, as_checkpoint, load_model
 from gpt2.inference.artifacts import check_precision, checkpoint_identity, onnx_path
-from gpt2.inference.graph_io import INPUT_NAMES, OUTPUT_NAMES
+from gpt2.inference.graph_io import OUTPUT_NAMES, input_names, past_names
 from gpt2.io import fsync_dir, fsync_file
 from gpt2.model import GPT, ModelConfig
 
@@ -55,32 +58,12 @@ def export_attention(cfg: ModelConfig) -> AttentionFn:
     return get_attention_spec(cfg.attention).export
 
 
-class _ConcatCache:
-    """The model's cache interface over explicit tensors: each layer returns past + new, and keeps it."""
-
-    def __init__(self, past_keys: torch.Tensor, past_values: torch.Tensor) -> None:
-        self.past_keys, self.past_values = past_keys, past_values
-        self.pos = past_keys.shape[3]
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k = torch.cat([self.past_keys[layer], k], dim=2)
-        v = torch.cat([self.past_values[layer], v], dim=2)
-        self.keys.append(k)
-        self.values.append(v)
-        return k, v
-
-    def advance(self, n: int) -> None:
-        pass  # the new length is in the shapes
-
-
 class ExportableGPT(nn.Module):
     """``GPT`` with the cache as tensors in and out; shares the model's blocks.
 
-    The top of ``GPT.forward`` is restated here (embeddings, final norm, head) so that the tied
-    embedding is exported without its padding rows, positions come from the cache length, and
-    no Python-side length check is traced.
+    ``GPT.forward`` (its top: embeddings, final norm, head) and ``Block.forward`` are restated here, so that
+    the tied embedding is exported without its padding rows, positions come from ``cache_len``, no
+    Python-side length check is traced, and attention reads the past and the new keys without joining them.
     """
 
     def __init__(self, model: GPT) -> None:
@@ -90,23 +73,32 @@ class ExportableGPT(nn.Module):
         self.embedding = nn.Parameter(model.tok_emb.weight.detach()[: cfg.vocab_size].clone())
         self.pos_emb, self.blocks, self.ln_f = model.pos_emb, model.blocks, model.ln_f
         self.relative_positions = model.relative_positions  # a method, not a submodule: no padded weights
-        attend = export_attention(cfg)
-        for block in self.blocks:
-            block.attn.attend = attend
+        self.attend = export_attention(cfg)
 
     def forward(
-        self, input_ids: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        cache_len: torch.Tensor,
+        past_keys: list[torch.Tensor],
+        past_values: list[torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cache = _ConcatCache(past_keys, past_values)
-        positions = torch.arange(cache.pos, cache.pos + input_ids.shape[1], device=input_ids.device)
+        B, T = input_ids.shape
+        positions = torch.arange(T, device=input_ids.device) + cache_len
         x = F.embedding(input_ids, self.embedding)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         relative = self.relative_positions(positions)
-        for block in self.blocks:
-            x = block(x, cache, relative)
+        new_keys, new_values = [], []
+        for block, k_past, v_past in zip(self.blocks, past_keys, past_values, strict=True):
+            attn = block.attn
+            q, k, v, slopes = attn.project(block.ln_1(x), relative)
+            new_keys.append(k)
+            new_values.append(v)
+            y = self.attend(q, k_past, v_past, k, v, cache_len, length_base=attn.length_base, alibi_slopes=slopes)
+            x = x + attn.proj(y.transpose(1, 2).reshape(B, T, attn.n_heads * attn.head_dim))
+            x = x + block.mlp(block.ln_2(x))
         logits = F.linear(self.ln_f(x), self.embedding).float()
-        return logits, torch.stack(cache.keys), torch.stack(cache.values)
+        return logits, torch.stack(new_keys), torch.stack(new_values)
 
 
 @dataclass(frozen=True)
@@ -122,16 +114,16 @@ class OnnxGraphInfo:
 
 
 def expected_dims(cfg: ModelConfig) -> dict[str, list[str | int]]:
-    """The symbolic shape of each graph input and output (``None``: any symbolic name)."""
-    cache = [cfg.n_layers, "batch", cfg.n_heads, "cache_len", cfg.head_dim]
-    present = [cfg.n_layers, "batch", cfg.n_heads, None, cfg.head_dim]
+    """The symbolic shape of each graph input and output."""
+    past = ["batch", cfg.n_heads, "capacity", cfg.head_dim]
+    new = [cfg.n_layers, "batch", cfg.n_heads, "query_len", cfg.head_dim]
     return {
         "input_ids": ["batch", "query_len"],
-        "past_keys": cache,
-        "past_values": cache,
+        "cache_len": [],
+        **{name: past for name in past_names(cfg.n_layers)},
         "logits": ["batch", "query_len", cfg.vocab_size],
-        "present_keys": present,
-        "present_values": present,
+        "new_keys": new,
+        "new_values": new,
     }
 
 
@@ -155,10 +147,8 @@ def check_onnx(path: str | Path, cfg: ModelConfig | None = None) -> OnnxGraphInf
         got = inputs.get(name, outputs.get(name))
         if got is None:
             problems.append(f"{name} is missing")
-        elif len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want, strict=False)):
+        elif got != want:
             problems.append(f"{name} has dims {got}, expected {want}")
-        elif None in want and not isinstance(got[want.index(None)], str):
-            problems.append(f"{name} has a fixed length {got}; it must grow with the cache")
     if problems:
         raise ValueError(
             f"{path}: the exported graph does not have the expected interface: " + "; ".join(problems)
@@ -202,29 +192,26 @@ def export_model(
     wrapper = ExportableGPT(model).eval()
     dtype = wrapper.embedding.dtype
     # Trace with distinct sizes >= 2 on every dynamic axis: sizes 0 and 1 (or equal sizes) get specialised.
-    batch, query, cache = 2, 3, 4
-    cache_shape = (cfg.n_layers, batch, cfg.n_heads, cache, cfg.head_dim)
-    example = (
-        torch.zeros(batch, query, dtype=torch.long),
-        torch.zeros(cache_shape, dtype=dtype),
-        torch.zeros(cache_shape, dtype=dtype),
-    )
+    batch, query, capacity = 2, 3, 5
+    past = [torch.zeros(batch, cfg.n_heads, capacity, cfg.head_dim, dtype=dtype) for _ in range(cfg.n_layers)]
+    example = (torch.zeros(batch, query, dtype=torch.long), torch.tensor(4), past, [p.clone() for p in past])
     # Learned positions are a table of max_seq_len rows, which bounds both lengths. The other encodings compute
-    # everything from the shapes (RoPE's cos/sin from cache_len, ALiBi's bias and the length scale from the
-    # query and key lengths), so their lengths are declared unbounded (torch.export's default): the exporter
-    # may reason from a declared range, and these graphs must hold at any length (a model trained at T reads
-    # 16T). The ONNX graph itself records only the symbolic names; graph_io enforces the learned bound.
+    # everything from cache_len and the query length (RoPE's cos/sin, ALiBi's bias, the length scale), so their
+    # lengths are declared unbounded (torch.export's default): the exporter may reason from a declared range,
+    # and these graphs must hold at any length (a model trained at T reads 16T). The ONNX graph itself records
+    # only the symbolic names; graph_io enforces the learned bound.
     limit = cfg.max_positions
     b = Dim("batch", min=1)
     q = Dim("query_len", min=1, max=limit)
-    c = Dim("cache_len", min=0, max=None if limit is None else limit - 1)
-    dynamic_shapes = {"input_ids": {0: b, 1: q}, "past_keys": {1: b, 3: c}, "past_values": {1: b, 3: c}}
+    c = Dim("capacity", min=0, max=limit)
+    per_layer = [{0: b, 2: c}] * cfg.n_layers
+    dynamic_shapes = {"input_ids": {0: b, 1: q}, "cache_len": None, "past_keys": per_layer, "past_values": per_layer}
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             wrapper,
             example,
             dynamo=True,
-            input_names=list(INPUT_NAMES),
+            input_names=input_names(cfg.n_layers),
             output_names=list(OUTPUT_NAMES),
             dynamic_shapes=dynamic_shapes,
             opset_version=opset,

@@ -30,7 +30,7 @@ EXPORT_DIR = "export"  # inside the checkpoint folder, added after the checkpoin
 # and may be what someone deployed, so pruning keeps a checkpoint that holds exports, and saving its step again
 # moves them into the new folder (where a backend refuses any that no longer match the weights).
 CHECKPOINT_ADDITIONS = {EXPORT_DIR: "deploy exports"}
-EXPORT_FORMAT = "1"
+EXPORT_FORMAT = "2"  # raised whenever the graph interface changes: exports of another format are stale
 PRECISIONS: dict[str, torch.dtype] = DTYPES  # a model exports in each of them
 # The keys of an export's identity that must equal the checkpoint's for the export to serve it.
 IDENTITY_KEYS = (

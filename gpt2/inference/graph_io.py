@@ -1,9 +1,9 @@
 """Inputs, outputs and cache state of the exported graph, shared by the ONNX Runtime and TensorRT backends.
 
-Pure shape logic: a backend binds the inputs and outputs (TensorRT allocates the
-outputs with :func:`allocate_outputs`; ONNX Runtime allocates its own and checks
-them against :func:`output_shapes`), runs the graph, and the present keys/values
-become the past of the next call (:class:`GraphState`).
+Pure shape logic: a backend binds the inputs (:func:`graph_inputs`: the tokens, ``cache_len`` and each
+layer's past keys and values, views of one buffer) and the outputs (TensorRT allocates them with
+:func:`allocate_outputs`; ONNX Runtime allocates its own and checks them against :func:`output_shapes`), runs
+the graph, and stores the new keys and values in the cache (:meth:`GraphState.append`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,16 @@ import torch
 
 from gpt2.model import ModelConfig
 
-INPUT_NAMES = ("input_ids", "past_keys", "past_values")
-OUTPUT_NAMES = ("logits", "present_keys", "present_values")
+OUTPUT_NAMES = ("logits", "new_keys", "new_values")
+
+
+def past_names(n_layers: int) -> list[str]:
+    """The per-layer cache inputs: every layer's keys, then every layer's values."""
+    return [f"past_{kind}_{layer}" for kind in ("keys", "values") for layer in range(n_layers)]
+
+
+def input_names(n_layers: int) -> list[str]:
+    return ["input_ids", "cache_len", *past_names(n_layers)]
 
 
 @dataclass(frozen=True)
@@ -38,31 +46,64 @@ class GraphDims:
 
 @dataclass
 class GraphState:
-    """A KV cache held as the graph's own tensors; ``pos`` is the number of cached positions."""
+    """A KV cache of every layer, ``(n_layers, batch, n_heads, capacity, head_dim)``; the first ``pos``
+    positions are filled, the rest are zeros (the graph masks them by ``cache_len``).
+
+    ``grow``: the capacity grows to a multiple of this many positions (at most ``max_len``), so that most steps
+    write into the buffer in place; None: to exactly the positions filled, a new buffer on every call (what a
+    runtime needs whose shapes must equal the filled length, like a TensorRT profile's cache length).
+    """
 
     keys: torch.Tensor
     values: torch.Tensor
     max_len: int
-
-    @property
-    def pos(self) -> int:
-        return self.keys.shape[3]
+    grow: int | None = None
+    pos: int = 0
 
     @property
     def batch_size(self) -> int:
         return self.keys.shape[1]
 
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    def append(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> None:
+        """Store the graph's ``new_keys/new_values (n_layers, batch, n_heads, query_len, head_dim)`` after ``pos``."""
+        end = self.pos + new_keys.shape[3]
+        if self.grow is None:
+            self.keys = torch.cat([self.keys[:, :, :, : self.pos], new_keys], dim=3)
+            self.values = torch.cat([self.values[:, :, :, : self.pos], new_values], dim=3)
+        else:
+            if end > self.capacity:
+                self._resize(min(self.max_len, -(-end // self.grow) * self.grow))
+            self.keys[:, :, :, self.pos : end] = new_keys
+            self.values[:, :, :, self.pos : end] = new_values
+        self.pos = end
+
+    def _resize(self, capacity: int) -> None:
+        shape = (*self.keys.shape[:3], capacity, self.keys.shape[4])
+        keys, values = (torch.zeros(shape, dtype=t.dtype, device=t.device) for t in (self.keys, self.values))
+        keys[:, :, :, : self.pos] = self.keys[:, :, :, : self.pos]
+        values[:, :, :, : self.pos] = self.values[:, :, :, : self.pos]
+        self.keys, self.values = keys, values
+
 
 def empty_state(
-    dims: GraphDims, batch: int, max_len: int, dtype: torch.dtype, device: torch.device
+    dims: GraphDims,
+    batch: int,
+    max_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    grow: int | None = None,
 ) -> GraphState:
-    """A cache with no positions yet (``cache_len`` 0); it grows by the query length on every call."""
+    """A cache with no positions yet (``cache_len`` 0, capacity 0); it takes up to ``max_len`` positions."""
     if dims.max_positions is not None and max_len > dims.max_positions:
         raise ValueError(
             f"a cache of {max_len} positions exceeds the model's max_seq_len {dims.max_positions} (learned positions)"
         )
-    empty = torch.empty(dims.cache_shape(batch, 0), dtype=dtype, device=device)
-    return GraphState(empty, empty, max_len)
+    empty = torch.zeros(dims.cache_shape(batch, 0), dtype=dtype, device=device)
+    return GraphState(empty, empty.clone(), max_len, grow)
 
 
 def check_step(dims: GraphDims, tokens: torch.Tensor, state: GraphState) -> None:
@@ -78,32 +119,35 @@ def check_step(dims: GraphDims, tokens: torch.Tensor, state: GraphState) -> None
         raise ValueError(f"sequence of {end} tokens exceeds max_seq_len {dims.max_positions} (learned positions)")
 
 
-def output_shapes(dims: GraphDims, batch: int, query_len: int, cache_len: int) -> dict[str, tuple[int, ...]]:
+def graph_inputs(tokens: torch.Tensor, state: GraphState, cache_len: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every graph input for one call: ``cache_len`` is ``state.pos`` as an int64 scalar tensor on the device
+    the graph reads it on; the layers' caches are views of the state's buffers (each one contiguous)."""
+    n_layers = state.keys.shape[0]
+    past = [state.keys[layer] for layer in range(n_layers)] + [state.values[layer] for layer in range(n_layers)]
+    return {"input_ids": tokens, "cache_len": cache_len, **dict(zip(past_names(n_layers), past, strict=True))}
+
+
+def output_shapes(dims: GraphDims, batch: int, query_len: int) -> dict[str, tuple[int, ...]]:
     """The shape of every graph output for one call."""
-    present = dims.cache_shape(batch, cache_len + query_len)
-    return {
-        "logits": (batch, query_len, dims.vocab_size),
-        "present_keys": present,
-        "present_values": present,
-    }
+    new = dims.cache_shape(batch, query_len)
+    return {"logits": (batch, query_len, dims.vocab_size), "new_keys": new, "new_values": new}
 
 
-def input_shapes(dims: GraphDims, batch: int, query_len: int, cache_len: int) -> dict[str, tuple[int, ...]]:
-    """The shape of every graph input for one call."""
-    past = dims.cache_shape(batch, cache_len)
-    return {"input_ids": (batch, query_len), "past_keys": past, "past_values": past}
+def input_shapes(dims: GraphDims, batch: int, query_len: int, capacity: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every graph input with a dynamic dimension for one call (``cache_len`` is a scalar)."""
+    past = (batch, dims.n_heads, capacity, dims.head_dim)
+    return {"input_ids": (batch, query_len), **{name: past for name in past_names(dims.n_layers)}}
 
 
 def allocate_outputs(
     dims: GraphDims,
     batch: int,
     query_len: int,
-    cache_len: int,
     cache_dtype: torch.dtype,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """Fresh output tensors for one call: float32 logits, the present cache in the cache dtype."""
+    """Fresh output tensors for one call: float32 logits, the new keys and values in the cache dtype."""
     return {
         name: torch.empty(shape, dtype=torch.float32 if name == "logits" else cache_dtype, device=device)
-        for name, shape in output_shapes(dims, batch, query_len, cache_len).items()
+        for name, shape in output_shapes(dims, batch, query_len).items()
     }

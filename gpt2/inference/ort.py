@@ -23,11 +23,15 @@ from gpt2.inference.graph_io import (
     GraphState,
     check_step,
     empty_state,
+    graph_inputs,
     output_shapes,
 )
 from gpt2.model import ModelConfig
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+# The cache buffers grow by this many positions at a time: the steps in between write the new keys in place,
+# and the graph never reads more than CACHE_GROWTH - 1 unfilled (masked) positions.
+CACHE_GROWTH = 64
 _CACHE_DTYPES = {
     "tensor(float)": torch.float32,
     "tensor(float16)": torch.float16,
@@ -128,22 +132,18 @@ class OrtBackend:
         self.dims = GraphDims.from_config(self.config)
         self.vocab_size, self.max_seq_len = self.config.vocab_size, self.config.max_seq_len
         self.max_positions = self.config.max_positions
-        past_type = {i.name: i.type for i in self.session.get_inputs()}["past_keys"]
+        past_type = {i.name: i.type for i in self.session.get_inputs()}["past_keys_0"]
         self.cache_dtype = _CACHE_DTYPES[past_type]
         self._device_type, self._device_id = self.device.type, self.device.index or 0
+        self._placeholder = torch.zeros(16, dtype=torch.float32, device=self.device)
 
     def new_state(self, batch_size: int, max_len: int) -> GraphState:
-        return empty_state(self.dims, batch_size, max_len, self.cache_dtype, self.device)
+        return empty_state(self.dims, batch_size, max_len, self.cache_dtype, self.device, grow=CACHE_GROWTH)
 
     def _bind(self, bind: Any, name: str, tensor: torch.Tensor) -> None:
-        bind(
-            name,
-            self._device_type,
-            self._device_id,
-            _onnx_type(tensor.dtype),
-            list(tensor.shape),
-            tensor.data_ptr(),
-        )
+        # An empty cache (capacity 0) binds a valid placeholder address: its data is never read.
+        address = tensor.data_ptr() if tensor.numel() else self._placeholder.data_ptr()
+        bind(name, self._device_type, self._device_id, _onnx_type(tensor.dtype), list(tensor.shape), address)
 
     def forward(self, tokens: torch.Tensor, state: GraphState | None = None) -> torch.Tensor:
         tokens = tokens.to(self.device, torch.long).contiguous()
@@ -151,8 +151,9 @@ class OrtBackend:
             state = self.new_state(tokens.shape[0], tokens.shape[1])
         check_step(self.dims, tokens, state)
         binding = self.session.io_binding()
-        for name, tensor in (("input_ids", tokens), ("past_keys", state.keys), ("past_values", state.values)):
-            self._bind(binding.bind_input, name, tensor)  # all contiguous: outputs of earlier calls
+        cache_len = torch.tensor(state.pos, dtype=torch.long, device=self.device)
+        for name, tensor in graph_inputs(tokens, state, cache_len).items():
+            self._bind(binding.bind_input, name, tensor)  # all contiguous: one layer of a dense buffer each
         for name in OUTPUT_NAMES:
             binding.bind_output(name, self._device_type, self._device_id)
         if self.device.type == "cuda":  # ORT runs on its own stream: the inputs torch wrote must be ready
@@ -162,9 +163,9 @@ class OrtBackend:
             name: torch.from_dlpack(value)
             for name, value in zip(OUTPUT_NAMES, binding.get_outputs(), strict=True)
         }
-        expected = output_shapes(self.dims, tokens.shape[0], tokens.shape[1], state.pos)
+        expected = output_shapes(self.dims, tokens.shape[0], tokens.shape[1])
         got = {name: tuple(tensor.shape) for name, tensor in outputs.items()}
         if got != expected:
             raise RuntimeError(f"{self.path} returned shapes {got}, expected {expected}")
-        state.keys, state.values = outputs["present_keys"], outputs["present_values"]
+        state.append(outputs["new_keys"], outputs["new_values"])
         return outputs["logits"]

@@ -18,13 +18,14 @@ import torch
 from gpt2.errors import UserError
 from gpt2.inference.artifacts import StaleExportError, check_identity
 from gpt2.inference.graph_io import (
-    INPUT_NAMES,
     OUTPUT_NAMES,
     GraphDims,
     GraphState,
     allocate_outputs,
     check_step,
     empty_state,
+    graph_inputs,
+    input_names,
 )
 from gpt2.inference.profiles import Profile
 from gpt2.model import ModelConfig
@@ -137,16 +138,17 @@ class TensorRTBackend:
                 raise StaleExportError(f"TensorRT cannot deserialise {engine_file}; rebuild it with deploy")
             self.context = self.engine.create_execution_context()
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        if names != set(INPUT_NAMES + OUTPUT_NAMES):
-            raise UserError(
-                f"{engine_file} has tensors {sorted(names)}, expected {INPUT_NAMES + OUTPUT_NAMES}"
-            )
-        self.cache_dtype = torch_dtype(self.engine.get_tensor_dtype("past_keys"))
+        expected = [*input_names(self.dims.n_layers), *OUTPUT_NAMES]
+        if names != set(expected):
+            raise UserError(f"{engine_file} has tensors {sorted(names)}, expected {expected}")
+        self.cache_dtype = torch_dtype(self.engine.get_tensor_dtype("past_keys_0"))
+        self.cache_len_dtype = torch_dtype(self.engine.get_tensor_dtype("cache_len"))
         self.ids_dtype = torch_dtype(self.engine.get_tensor_dtype("input_ids"))
         self._placeholder = torch.zeros(16, dtype=torch.float32, device=self.device)
 
     def new_state(self, batch_size: int, max_len: int) -> GraphState:
-        return empty_state(self.dims, batch_size, max_len, self.cache_dtype, self.device)
+        # Buffers of exactly the filled length: the profile's cache range bounds the past inputs' shapes.
+        return empty_state(self.dims, batch_size, max_len, self.cache_dtype, self.device, grow=None)
 
     def forward(self, tokens: torch.Tensor, state: GraphState | None = None) -> torch.Tensor:
         tokens = tokens.to(self.device, self.ids_dtype).contiguous()
@@ -155,10 +157,11 @@ class TensorRTBackend:
         check_step(self.dims, tokens, state)
         batch, query_len = tokens.shape
         self.profile.check_call(batch, query_len, state.pos)
-        inputs = {"input_ids": tokens, "past_keys": state.keys, "past_values": state.values}
-        outputs = allocate_outputs(self.dims, batch, query_len, state.pos, self.cache_dtype, self.device)
+        cache_len = torch.tensor(state.pos, dtype=self.cache_len_dtype, device=self.device)
+        inputs = graph_inputs(tokens, state, cache_len)
+        outputs = allocate_outputs(self.dims, batch, query_len, self.cache_dtype, self.device)
         for name, tensor in inputs.items():
-            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+            if tensor.dim() and not self.context.set_input_shape(name, tuple(tensor.shape)):
                 raise RuntimeError(f"TensorRT refused shape {tuple(tensor.shape)} for {name}")
         for name, tensor in outputs.items():
             engine_shape = tuple(self.context.get_tensor_shape(name))
@@ -172,5 +175,5 @@ class TensorRTBackend:
         # allocator keeps every bound tensor alive for the work queued on it.
         if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed; see its log above")
-        state.keys, state.values = outputs["present_keys"], outputs["present_values"]
+        state.append(outputs["new_keys"], outputs["new_values"])
         return outputs["logits"]
