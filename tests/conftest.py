@@ -28,14 +28,18 @@ from gpt2.data.wikipedia import PrepareConfig, prepare  # noqa: E402
 CORPUS_VOCAB = 500  # not a multiple of 64: the model pads its embedding to 512 rows, exports must not
 
 
-def split_cache_call(export, q, k, v, *args, unfilled: int = 3, **kwargs):
+def split_cache_call(export, q, k, v, scale=None, length_base=None, alibi_slopes=None, unfilled: int = 3):
     """An attention kind's ``export`` (past and new keys apart, :mod:`gpt2.attention.split_cache`) called like its
     other forms on whole ``k, v``: the new keys are the queries' own (the last Lq), the others go into a past
-    buffer followed by ``unfilled`` positions of noise, which ``cache_len`` must mask."""
+    buffer followed by ``unfilled`` positions of noise, which the mask must hide."""
+    from gpt2.attention.split_cache import split_cache_mask
+
     past = k.shape[-2] - q.shape[-2]
     noise = torch.randn(*k.shape[:2], unfilled, k.shape[-1], generator=torch.Generator().manual_seed(9))
     k_past, v_past = (torch.cat([t[..., :past, :], noise.to(t)], dim=-2) for t in (k, v))
-    return export(q, k_past, v_past, k[..., past:, :], v[..., past:, :], torch.tensor(past), *args, **kwargs)
+    cache_len = torch.tensor(past, device=q.device)
+    mask = split_cache_mask(cache_len, q.shape[-2], k_past.shape[-2], q.device, length_base, alibi_slopes)
+    return export(q, k_past, v_past, k[..., past:, :], v[..., past:, :], mask, scale)
 
 
 def wikipedia_pages(n: int) -> list[str]:

@@ -26,7 +26,7 @@ class AttentionSpec:
     name: str
     forward: AttentionFn  # training and inference: the fastest implementation for the tensors' device
     # The same math in plain PyTorch ops over a cache split into past and new keys, for the ONNX exporter:
-    # export(q, k_past, v_past, k_new, v_new, cache_len, scale, length_base, alibi_slopes); see split_cache.
+    # export(q, k_past, v_past, k_new, v_new, mask, scale=None) with a split_cache.SplitCacheMask.
     export: AttentionFn
     summary: str
     options: frozenset[str] = frozenset({"length_base", "alibi"})  # score modifications it implements

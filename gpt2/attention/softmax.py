@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from gpt2.attention.mask import causal_mask
 from gpt2.attention.score_mod import alibi_bias, length_scale, modified_scores
-from gpt2.attention.split_cache import split_cache_attention
+from gpt2.attention.split_cache import SplitCacheMask, row_max, split_cache_attention
 
 
 def _scaled_queries(q: torch.Tensor, kv_len: int, length_base: float | None) -> torch.Tensor:
@@ -74,23 +74,20 @@ def softmax_attention_export(
     v_past: torch.Tensor,
     k_new: torch.Tensor,
     v_new: torch.Tensor,
-    cache_len: torch.Tensor,
+    mask: SplitCacheMask,
     scale: float | None = None,
-    length_base: float | None = None,
-    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over a split cache (:func:`~gpt2.attention.split_cache.split_cache_attention`), what the ONNX
     export traces; scores in the inputs' dtype, as SDPA computes them. The mask is additive (0 / -inf): a
     boolean one exports as Where + IsNaN passes over every score matrix, which more than doubled ONNX Runtime's
     prefill time. No row is fully masked (every query sees its own key), so -inf never makes a NaN."""
-    return split_cache_attention(
-        q, k_past, v_past, k_new, v_new, cache_len, scale, length_base, alibi_slopes,
-        weights=_softmax_weights, dtype=q.dtype,
-    )  # fmt: skip
+    return split_cache_attention(q, k_past, v_past, k_new, v_new, mask, scale, weights=_softmax_weights, dtype=q.dtype)
 
 
-def _softmax_weights(scores: torch.Tensor) -> tuple[torch.Tensor, None]:
-    return torch.softmax(scores, dim=-1), None
+def _softmax_weights(s_past: torch.Tensor, s_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    top = row_max(s_past, s_new)
+    e_past, e_new = torch.exp(s_past - top), torch.exp(s_new - top)
+    return e_past, e_new, e_past.sum(dim=-1, keepdim=True) + e_new.sum(dim=-1, keepdim=True)
 
 
 def softmax_naive_attention(

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from gpt2.attention.mask import causal_mask
 from gpt2.attention.score_mod import length_scale, modified_scores
-from gpt2.attention.split_cache import split_cache_attention
+from gpt2.attention.split_cache import SplitCacheMask, row_max, split_cache_attention
 
 try:
     from gpt2.attention import softplus_op
@@ -80,8 +80,12 @@ def shift_low_rows(scores: torch.Tensor) -> torch.Tensor:
     denormal or zero weights: garbage, then 0 / 0. ``c`` is a constant to autograd: the output does not depend
     on it (to that accuracy), so neither does the gradient.
     """
-    top = scores.amax(dim=-1, keepdim=True).detach()
-    return scores - (top - SHIFT_BELOW).clamp(max=0.0)
+    return scores - low_row_shift(scores.amax(dim=-1, keepdim=True).detach())
+
+
+def low_row_shift(top: torch.Tensor) -> torch.Tensor:
+    """``c_i = min(M_i - SHIFT_BELOW, 0)`` of rows whose largest scores are ``top``: see :func:`shift_low_rows`."""
+    return (top - SHIFT_BELOW).clamp(max=0.0)
 
 
 def softplus_attention_triton(
@@ -139,32 +143,34 @@ def softplus_attention_export(
     v_past: torch.Tensor,
     k_new: torch.Tensor,
     v_new: torch.Tensor,
-    cache_len: torch.Tensor,
+    mask: SplitCacheMask,
     scale: float | None = None,
-    length_base: float | None = None,
-    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The reference over a split cache (:func:`~gpt2.attention.split_cache.split_cache_attention`) in ops ONNX
     runtimes run fast (what the ONNX export traces); scores in fp32, weights as :func:`softplus_export_weights`."""
-    return split_cache_attention(
-        q, k_past, v_past, k_new, v_new, cache_len, scale, length_base, alibi_slopes,
-        weights=softplus_export_weights, dtype=torch.float32,
-    )  # fmt: skip
+    weights = softplus_export_weights
+    return split_cache_attention(q, k_past, v_past, k_new, v_new, mask, scale, weights=weights, dtype=torch.float32)
 
 
-def softplus_export_weights(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softplus weights of masked (-inf) scores and their row sums, in vectorisable elementwise ops.
+def softplus_export_weights(
+    s_past: torch.Tensor, s_new: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softplus weights of the masked (-inf) scores of both parts of a split cache, and the rows' sums.
 
-    ONNX Runtime's ``Softplus`` kernel is scalar code (slow on a CPU: docs/results.md, "Deployment on CPU").
-    Here ``softplus(s) = max(s, 0) + log1p(exp(-|s|))`` (softplus(-inf) = 0: masked scores need no Where over
-    the weights). Rows whose every score is very negative are shifted as the reference shifts them
-    (:func:`shift_low_rows`: a ReduceMax and a Sub keep them finite).
+    ONNX Runtime's ``Softplus`` kernel is scalar code (slow on a CPU: docs/results.md, "Deployment on CPU"), so
+    it is spelled in vectorisable elementwise ops (:func:`_softplus_elementwise`). Rows whose every score is very
+    negative are shifted as the reference shifts them (:func:`shift_low_rows`), by their maximum over both parts.
     """
-    scores = shift_low_rows(scores)
+    shift = low_row_shift(row_max(s_past, s_new).detach())
+    w_past, w_new = _softplus_elementwise(s_past - shift), _softplus_elementwise(s_new - shift)
+    return w_past, w_new, w_past.sum(dim=-1, keepdim=True) + w_new.sum(dim=-1, keepdim=True)
+
+
+def _softplus_elementwise(scores: torch.Tensor) -> torch.Tensor:
+    """``softplus(s) = max(s, 0) + log1p(exp(-|s|))``; softplus(-inf) = 0, so masked scores need no Where."""
     y = torch.exp(-scores.abs())
     u = 1 + y
     # log1p(y) without a Log1p op: log(u) is off by the rounding error of u = 1 + y, which y - (u - 1) puts
     # back (to first order, the only one that matters: fp32-accurate down to denormals). Without it a score
     # under about -17 rounds to weight 0, and a row of such scores divides 0 by 0.
-    weights = torch.relu(scores) + (torch.log(u) + (y - (u - 1)))
-    return weights, weights.sum(dim=-1, keepdim=True)
+    return torch.relu(scores) + (torch.log(u) + (y - (u - 1)))

@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2.attention import AttentionFn, get_attention_spec
+from gpt2.attention.split_cache import split_cache_mask
 from gpt2.checkpoint import Checkpoint, as_checkpoint, load_model
 from gpt2.inference.artifacts import check_precision, checkpoint_identity, onnx_path
 from gpt2.inference.graph_io import OUTPUT_NAMES, input_names, past_names
@@ -88,13 +89,15 @@ class ExportableGPT(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         relative = self.relative_positions(positions)
+        capacity = past_keys[0].shape[2]
+        mask = split_cache_mask(cache_len, T, capacity, x.device, self.cfg.length_base, relative.alibi_slopes)
         new_keys, new_values = [], []
         for block, k_past, v_past in zip(self.blocks, past_keys, past_values, strict=True):
             attn = block.attn
-            q, k, v, slopes = attn.project(block.ln_1(x), relative)
+            q, k, v, _ = attn.project(block.ln_1(x), relative)
             new_keys.append(k)
             new_values.append(v)
-            y = self.attend(q, k_past, v_past, k, v, cache_len, length_base=attn.length_base, alibi_slopes=slopes)
+            y = self.attend(q, k_past, v_past, k, v, mask)
             x = x + attn.proj(y.transpose(1, 2).reshape(B, T, attn.n_heads * attn.head_dim))
             x = x + block.mlp(block.ln_2(x))
         logits = F.linear(self.ln_f(x), self.embedding).float()

@@ -83,10 +83,13 @@ class GraphState:
 
     def _resize(self, capacity: int) -> None:
         shape = (*self.keys.shape[:3], capacity, self.keys.shape[4])
-        keys, values = (torch.zeros(shape, dtype=t.dtype, device=t.device) for t in (self.keys, self.values))
-        keys[:, :, :, : self.pos] = self.keys[:, :, :, : self.pos]
-        values[:, :, :, : self.pos] = self.values[:, :, :, : self.pos]
-        self.keys, self.values = keys, values
+        resized = []
+        for old in (self.keys, self.values):
+            new = torch.empty(shape, dtype=old.dtype, device=old.device)  # every position written once below
+            new[:, :, :, : self.pos] = old[:, :, :, : self.pos]
+            new[:, :, :, self.pos :] = 0
+            resized.append(new)
+        self.keys, self.values = resized
 
 
 def empty_state(

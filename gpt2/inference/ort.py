@@ -136,25 +136,35 @@ class OrtBackend:
         self.cache_dtype = _CACHE_DTYPES[past_type]
         self._device_type, self._device_id = self.device.type, self.device.index or 0
         self._placeholder = torch.zeros(16, dtype=torch.float32, device=self.device)
+        # One binding for every call; an input is bound again only when its tensor moved (a decode step moves
+        # the tokens and cache_len, not the cache), each bind costing about as much as a small op.
+        self._binding = self.session.io_binding()
+        self._bound: dict[str, tuple[int, tuple[int, ...], torch.dtype]] = {}
 
     def new_state(self, batch_size: int, max_len: int) -> GraphState:
         return empty_state(self.dims, batch_size, max_len, self.cache_dtype, self.device, grow=CACHE_GROWTH)
 
-    def _bind(self, bind: Any, name: str, tensor: torch.Tensor) -> None:
+    def _bind_input(self, name: str, tensor: torch.Tensor) -> None:
         # An empty cache (capacity 0) binds a valid placeholder address: its data is never read.
         address = tensor.data_ptr() if tensor.numel() else self._placeholder.data_ptr()
-        bind(name, self._device_type, self._device_id, _onnx_type(tensor.dtype), list(tensor.shape), address)
+        key = (address, tuple(tensor.shape), tensor.dtype)
+        if self._bound.get(name) != key:
+            self._binding.bind_input(
+                name, self._device_type, self._device_id, _onnx_type(tensor.dtype), list(key[1]), address
+            )
+            self._bound[name] = key
 
     def forward(self, tokens: torch.Tensor, state: GraphState | None = None) -> torch.Tensor:
         tokens = tokens.to(self.device, torch.long).contiguous()
+        keep = state is not None  # a cache made here for one call is not filled: no one reads it
         if state is None:
             state = self.new_state(tokens.shape[0], tokens.shape[1])
         check_step(self.dims, tokens, state)
-        binding = self.session.io_binding()
+        binding = self._binding
         cache_len = torch.tensor(state.pos, dtype=torch.long, device=self.device)
         for name, tensor in graph_inputs(tokens, state, cache_len).items():
-            self._bind(binding.bind_input, name, tensor)  # all contiguous: one layer of a dense buffer each
-        for name in OUTPUT_NAMES:
+            self._bind_input(name, tensor)  # all contiguous: one layer of a dense buffer each
+        for name in OUTPUT_NAMES:  # fresh outputs every call: the caller may still hold the last call's logits
             binding.bind_output(name, self._device_type, self._device_id)
         if self.device.type == "cuda":  # ORT runs on its own stream: the inputs torch wrote must be ready
             torch.cuda.current_stream(self.device).synchronize()
@@ -167,5 +177,6 @@ class OrtBackend:
         got = {name: tuple(tensor.shape) for name, tensor in outputs.items()}
         if got != expected:
             raise RuntimeError(f"{self.path} returned shapes {got}, expected {expected}")
-        state.append(outputs["new_keys"], outputs["new_values"])
+        if keep:
+            state.append(outputs["new_keys"], outputs["new_values"])
         return outputs["logits"]
