@@ -182,6 +182,10 @@ def test_the_cache_grows_in_steps_or_to_exactly_its_filled_length():
         exact.append(new(n, value), new(n, -value))
         assert exact.capacity == exact.pos
     assert exact.pos == 71
+    whole = empty_state(DIMS, batch=1, max_len=64, dtype=torch.float32, device=cpu, grow=64)
+    prefill = new(64, 5.0)
+    whole.append(prefill, -prefill)
+    assert whole.keys is prefill and whole.pos == whole.capacity == 64  # a prefill that fills it: kept, not copied
     for state in (stepped, exact):
         keys = state.keys[0, 0, 0, :, 0]
         assert keys[:10].eq(1).all() and keys[10] == 2 and keys[11:71].eq(3).all() and keys[71:].eq(0).all()

@@ -71,12 +71,15 @@ class GraphState:
     def append(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> None:
         """Store the graph's ``new_keys/new_values (n_layers, batch, n_heads, query_len, head_dim)`` after ``pos``."""
         end = self.pos + new_keys.shape[3]
-        if self.grow is None:
+        capacity = end if self.grow is None else min(self.max_len, -(-end // self.grow) * self.grow)
+        if self.pos == 0 and capacity == end:  # the new keys are the whole cache: kept as they are, no copy
+            self.keys, self.values = new_keys, new_values
+        elif self.grow is None:
             self.keys = torch.cat([self.keys[:, :, :, : self.pos], new_keys], dim=3)
             self.values = torch.cat([self.values[:, :, :, : self.pos], new_values], dim=3)
         else:
             if end > self.capacity:
-                self._resize(min(self.max_len, -(-end // self.grow) * self.grow))
+                self._resize(capacity)
             self.keys[:, :, :, self.pos : end] = new_keys
             self.values[:, :, :, self.pos : end] = new_values
         self.pos = end

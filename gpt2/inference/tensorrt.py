@@ -152,6 +152,7 @@ class TensorRTBackend:
 
     def forward(self, tokens: torch.Tensor, state: GraphState | None = None) -> torch.Tensor:
         tokens = tokens.to(self.device, self.ids_dtype).contiguous()
+        keep = state is not None  # a cache made here for one call is not filled: no one reads it
         if state is None:
             state = self.new_state(tokens.shape[0], tokens.shape[1])
         check_step(self.dims, tokens, state)
@@ -175,5 +176,6 @@ class TensorRTBackend:
         # allocator keeps every bound tensor alive for the work queued on it.
         if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed; see its log above")
-        state.append(outputs["new_keys"], outputs["new_values"])
+        if keep:
+            state.append(outputs["new_keys"], outputs["new_values"])
         return outputs["logits"]
