@@ -19,6 +19,11 @@ if not torch.cuda.is_available():
 else:  # compiled kernels: test the first config of each, rather than tune (compile every config) per shape
     os.environ.setdefault("SOFTPLUS_AUTOTUNE", "0")
 
+# One CPU thread per process, here and in the commands the tests launch: the models are tiny, so OpenMP's
+# synchronisation costs more than a second thread gains, and several times more when the cores are busy.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 from gpt2.data.sample import sample_dump_path  # noqa: E402  (after the interpreter switch)
 from gpt2.data.text_shards import SPLITS, ShardWriter, iter_documents  # noqa: E402
 from gpt2.data.tokens import EncodeConfig, TokenFile, encode_corpus  # noqa: E402
@@ -110,16 +115,25 @@ class Corpus:
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Corpus:
+def prepared(tmp_path_factory) -> tuple[Path, dict]:
+    """The whole bundled excerpt through ``prepare`` (0.5 MB shards, so several per split), once per test session:
+    (its folder, the manifest prepare returned). Read-only: a test that alters it works on a copy."""
+    out = tmp_path_factory.mktemp("wiki")
+    cfg = PrepareConfig(dump="sample", out_dir=str(out), eval_fraction=0.1, shard_size_mb=0.5, workers=2)
+    return out, prepare(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def corpus(prepared, tmp_path_factory) -> Corpus:
     """prepare -> train-tokenizer -> encode on the whole bundled excerpt, once per test session."""
+    wiki, _ = prepared
     root = tmp_path_factory.mktemp("corpus")
-    prepare(PrepareConfig(dump="sample", out_dir=str(root / "wiki"), eval_fraction=0.1, workers=2), progress=False)
-    cfg = TokenizerConfig(corpus_dir=str(root / "wiki"), out=str(root / "tokenizer.json"), vocab_size=CORPUS_VOCAB)
+    cfg = TokenizerConfig(corpus_dir=str(wiki), out=str(root / "tokenizer.json"), vocab_size=CORPUS_VOCAB)
     train_tokenizer(cfg, progress=False)
-    enc = EncodeConfig(corpus_dir=str(root / "wiki"), tokenizer=cfg.out, out_dir=str(root / "tokens"))
+    enc = EncodeConfig(corpus_dir=str(wiki), tokenizer=cfg.out, out_dir=str(root / "tokens"))
     headers = encode_corpus(enc, progress=False)
     assert headers["eval"].n_tokens > 20_000 and headers["train"].n_tokens > 5 * headers["eval"].n_tokens
-    return Corpus(root / "wiki", Path(cfg.out), root / "tokens", CORPUS_VOCAB)
+    return Corpus(wiki, Path(cfg.out), root / "tokens", CORPUS_VOCAB)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,11 @@ import pytest
 from bench import attention, data, train
 from gpt2.model.config import ATTENTION_KINDS
 
+pytestmark = pytest.mark.e2e  # each test runs a benchmark script through
+
 
 def test_attention_benchmark_writes_its_table_json_and_plot(tmp_path, capsys):
-    attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "64", "--cache_lens", "256",
+    attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "32", "--cache_lens", "64",
                     "--score_mods", "alibi+length", "--out_dir", str(tmp_path)])  # fmt: skip
     rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
     providers = set(attention.PROVIDERS)
@@ -32,7 +34,7 @@ def test_attention_benchmark_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeyp
 
     monkeypatch.setattr(attention, "bench_decode", killed)
     with pytest.raises(KeyboardInterrupt):
-        attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "64", "--providers", "softmax (SDPA)",
+        attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "32", "--providers", "softmax (SDPA)",
                         "softplus (Triton)", "--score_mods", "plain", "--out_dir", str(tmp_path)])  # fmt: skip
     rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
     assert [(r["provider"], r["mode"]) for r in rows] == [

@@ -20,6 +20,7 @@ def prepare_sample(out_dir: Path, **popen_kwargs) -> subprocess.Popen:
                             **popen_kwargs)  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_a_full_disk_is_one_error_line(tmp_path):
     def limit_file_size():  # in the child: a file past 64 KB fails to grow, as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
@@ -38,6 +39,7 @@ def test_ctrl_c_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "interrupted by SIGINT"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("entry_point", "status", "stderr"),
     [("lambda: 3", 3, ""), ("lambda: 1 / 0", 1, "ZeroDivisionError: division by zero")],

@@ -42,6 +42,8 @@ from gpt2.inference.profiles import ProfileConfig, profile_shapes, resolve_profi
 from gpt2.model import GPT, ModelConfig
 from tests.conftest import CORPUS_VOCAB as VOCAB  # padded to 512 rows in the model, never in the export
 
+pytestmark = pytest.mark.e2e  # trained checkpoints, exported and run in ONNX Runtime, the deploy command
+
 KINDS = ("softmax", "softplus")
 SEQ = 64
 

@@ -26,6 +26,8 @@ from gpt2.model import GPT, ModelConfig  # noqa: E402
 from gpt2.model.hf_remote import modeling_gpt2_softplus as remote  # noqa: E402
 from gpt2.tokenizer import Tokenizer  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # exports loaded by transformers and lm_eval
+
 # name -> model options; "gpt2" is the one transformers runs natively.
 VARIANTS = {
     "gpt2": {},

@@ -78,6 +78,7 @@ def _measure(shape: dict) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024 - before
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads the RSS from /proc (Linux)")
 @pytest.mark.parametrize("name", SHAPES)
 def test_estimate_matches_the_measured_peak_rss(name):
@@ -157,6 +158,7 @@ def test_a_run_that_does_not_fit_is_refused_with_a_micro_batch_that_does():
     assert check_fits(cfg, 4, 1, 1024, "fp32", "cpu", DeviceMemory(need(4) * 2, "RAM")).total == need(4)
 
 
+@pytest.mark.e2e
 def test_the_trainer_prints_and_records_the_estimate_and_refuses_before_writing(corpus, tmp_path, capsys):
     common = ["train", "--data_dir", str(corpus.tokens), "--tokenizer", str(corpus.tokenizer), "--seq_len", "32",
               "--batch_size", "4", "--eval_every", "0", "--eval_batches", "2", "--checkpoint_every", "0",

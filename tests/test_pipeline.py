@@ -24,6 +24,8 @@ from gpt2.data.tokens import TokenFile
 from gpt2.tokenizer import Tokenizer
 from gpt2.training.run_log import read_metrics
 
+pytestmark = pytest.mark.e2e  # every stage's command, and the launchers
+
 STEPS = 250
 TRAIN = [
     "--preset", "small", "--n_layers", "2", "--dim", "64", "--n_heads", "2", "--max_seq_len", "128",

@@ -74,6 +74,7 @@ def wandb_history(files):
     return logged, runs
 
 
+@pytest.mark.e2e
 def test_trackers_mirror_metrics_jsonl_and_a_resume_continues_them(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -27,10 +27,11 @@ GRID = ["--attention", "softmax", "softplus", "--length_scale", "true", "--posit
 @pytest.fixture(scope="module")
 def study(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "study"
-    assert main(study_args(corpus, out, *GRID)) == 0
+    assert main(study_args(corpus, out, *GRID, "--jobs", "2")) == 0  # both cells at once: one per core
     return out
 
 
+@pytest.mark.e2e
 def test_a_study_trains_evaluates_and_reports_every_cell(study):
     report = json.loads((study / "study.json").read_text())
     assert set(report["variants"]) == {"softmax-alibi-scaled", "softplus-alibi-scaled"}
@@ -57,6 +58,7 @@ def test_a_study_trains_evaluates_and_reports_every_cell(study):
         assert (study / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.e2e
 def test_a_rerun_retrains_nothing_and_a_killed_cell_continues(study, corpus, capsys):
     cells = study / "cells"
     logs = {p: p.read_text() for p in cells.glob("*/train.log")}
@@ -68,6 +70,7 @@ def test_a_rerun_retrains_nothing_and_a_killed_cell_continues(study, corpus, cap
     assert (cells / "softplus-alibi-scaled-seed0" / "eval.json").is_file()
 
 
+@pytest.mark.e2e
 def test_a_study_folder_of_another_grid_is_refused(study, corpus, capsys):
     before = (study / "study.json").read_bytes()
     assert main(study_args(corpus, study, *GRID[:-1], "1")) == 2  # another seed

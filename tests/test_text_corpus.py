@@ -330,6 +330,7 @@ def test_prepare_text_then_train_tokenizer_then_encode(tmp_path, pages, capsys):
         assert tok.decode(ids[:-1].tolist()) == doc and doc.count("\n\n") > 20
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table in /proc")
 def test_sigterm_ends_prepare_text_and_its_workers_and_writes_nothing(tmp_path, pages):
     folder = tmp_path / "many"

@@ -173,6 +173,7 @@ def test_a_bad_out_is_refused_before_training(wiki_corpus, tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a_file", "a_folder"]
 
 
+@pytest.mark.e2e
 def test_ctrl_c_stops_training_at_once_and_writes_nothing(tmp_path):
     """Hugging Face's trainer runs in Rust, where Python's own handling of Ctrl-C waits for it to finish (a
     BPE of a real corpus: hours); the process must end at once, and say so."""

@@ -41,18 +41,12 @@ def config(out_dir, **kwargs) -> PrepareConfig:
     return PrepareConfig(out_dir=str(out_dir), **{**defaults, **kwargs})
 
 
-@pytest.fixture(scope="session", name="prepared")
-def prepared_fixture(tmp_path_factory):
-    """The whole excerpt, prepared once: (corpus dir, manifest)."""
-    out = tmp_path_factory.mktemp("wiki")
-    return out, prepare(config(out), progress=False)
-
-
 def shard_files(out: Path) -> list[Path]:
     return sorted(out.rglob("*.txt*"))
 
 
 # -------------------------------------------------------------------------------------- the sample
+# `prepared` (conftest.py): the whole excerpt through prepare with config()'s settings, shared with `corpus`.
 def test_manifest_matches_the_files(prepared):
     out, manifest = prepared
     assert manifest == json.loads((out / "manifest.json").read_text())
@@ -426,6 +420,7 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table in /proc")
 def test_sigterm_ends_prepare_and_its_workers_and_keeps_the_earlier_corpus(tmp_path, prepared):
     out = tmp_path / "wiki"
