@@ -1,10 +1,11 @@
 """ONNX Runtime backend: the exported graph behind the :class:`~gpt2.inference.InferenceBackend` protocol.
 
 IO binding, no copies through NumPy, on the CPU and on CUDA alike: inputs are torch
-tensors bound by address; outputs are allocated by ONNX Runtime's own memory arena and
-handed to torch through DLPack, so the KV cache a call returns is the next call's
-input as is. The arena matters on the CPU: a fresh 400 MB logits tensor per call
-(batch 1 x 2048 tokens x 50k vocabulary) costs ~0.1 s in page faults alone.
+tensors bound by address (each layer's past keys and values: a slice of the cache's one
+buffer, which the new keys are written into in place); outputs are allocated by ONNX
+Runtime's own memory arena and handed to torch through DLPack. The arena matters on the
+CPU: a fresh 400 MB logits tensor per call (batch 1 x 2048 tokens x 50k vocabulary)
+costs ~0.1 s in page faults alone.
 """
 
 from __future__ import annotations
