@@ -86,7 +86,7 @@ def _row(measurement: str, setting: str, seconds: float, cpu: float, megabytes: 
     return dict(
         measurement=measurement, setting=setting, seconds=seconds, cpu_seconds=cpu, rate=megabytes / seconds,
         rate_per_cpu=megabytes / cpu, unit="MB/s", detail=detail,
-    )  # fmt: skip
+    )
 
 
 def article_wikitext_mb(dump: Path) -> float:
@@ -121,7 +121,7 @@ def bench_read(dump: Path, wikitext_mb: float) -> dict:
 def bench_prepare(dump: Path, workers: int, out_dir: Path, wikitext_mb: float, setting: str = "") -> dict:
     """``python -m gpt2 prepare``, the whole stage (read, clean, split, write shards) into ``out_dir``."""
     command = [sys.executable, "-m", "gpt2", "prepare", "--dump", str(dump), "--out_dir", str(out_dir),
-               "--workers", str(workers), "--overwrite"]  # fmt: skip
+               "--workers", str(workers), "--overwrite"]
     _, seconds, cpu = _timed(lambda: _run(command), resource.RUSAGE_CHILDREN)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     written = sum(s["bytes"] for s in manifest["splits"].values())
@@ -138,7 +138,7 @@ def bench_wikiextractor(exe: str, dump: Path, processes: int, out_dir: Path, wik
     docs = sum(p.read_bytes().count(b"<doc ") for p in files)
     written = sum(p.stat().st_size for p in files)
     return _row("wikiextractor", f"processes={processes}", seconds, cpu, wikitext_mb,
-                f"{docs:,} docs, {written / 1e6:.1f} MB written")  # fmt: skip
+                f"{docs:,} docs, {written / 1e6:.1f} MB written")
 
 
 def _run(command: list[str]) -> None:
@@ -163,7 +163,7 @@ def bench_encode(split_dir: Path, tokenizer: Tokenizer, out_dir: Path) -> dict:
         measurement="encode", setting="encode_split", seconds=seconds, cpu_seconds=cpu,
         rate=header.n_tokens / seconds, rate_per_cpu=header.n_tokens / cpu, unit="tokens/s",
         detail=f"{header.n_tokens:,} tokens, {header.n_bytes / 1e6 / seconds:.1f} MB/s of text",
-    )  # fmt: skip
+    )
 
 
 def bench_encode_one_by_one(split_dir: Path, tokenizer: Tokenizer) -> dict:
@@ -181,12 +181,12 @@ def bench_encode_one_by_one(split_dir: Path, tokenizer: Tokenizer) -> dict:
         measurement="encode", setting="one by one", seconds=seconds, cpu_seconds=cpu, rate=n_tokens / seconds,
         rate_per_cpu=n_tokens / cpu, unit="tokens/s",
         detail=f"{n_tokens:,} tokens, {n_bytes / 1e6 / seconds:.1f} MB/s of text",
-    )  # fmt: skip
+    )
 
 
 def print_header() -> None:
     print(f"{'measurement':<14} {'setting':<23} {'seconds':>8} {'cpu s':>7} {'rate':>11} {'per core':>11} "
-          f"{'unit':<9} detail")  # fmt: skip
+          f"{'unit':<9} detail")
 
 
 def print_row(row: dict) -> None:
@@ -213,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="concatenate the dump's pages this many times")
     p.add_argument("--max_pages", type=int, default=None, help="only the dump's first pages")
     p.add_argument("--workers", type=int, nargs="+", default=None,
-                   help="process counts of prepare and WikiExtractor (default: 1, 2, 4... to the cores)")  # fmt: skip
+                   help="process counts of prepare and WikiExtractor (default: 1, 2, 4... to the cores)")
     p.add_argument("--wikiextractor", default=None, help="WikiExtractor's command (default: wikiextractor on PATH)")
     p.add_argument("--skip_encode", action="store_true", help="no tokenizer training and encode rows")
     p.add_argument("--vocab_size", type=int, default=50257, help="tokenizer trained for the encode rows")
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         dump = bench_dump(dump, args.repeat, args.max_pages, Path(tmp))
         wikitext_mb = article_wikitext_mb(dump)
         print(f"{dump.name}: {dump.stat().st_size / 1e6:.1f} MB, {wikitext_mb:.1f} MB of article wikitext, "
-              f"{cores} cores")  # fmt: skip
+              f"{cores} cores")
         print_header()
         report(bench_decompress(dump, wikitext_mb))
         report(bench_read(dump, wikitext_mb))
@@ -253,10 +253,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 report(bench_wikiextractor(wikiextractor, dump, workers, Path(tmp) / "wx", wikitext_mb))
         if not wikiextractor:
             print(f"wikiextractor: not found (no --wikiextractor, none on PATH); install it with: "
-                  f"{WIKIEXTRACTOR_INSTALL}, then pass --wikiextractor /tmp/wx/bin/wikiextractor")  # fmt: skip
+                  f"{WIKIEXTRACTOR_INSTALL}, then pass --wikiextractor /tmp/wx/bin/wikiextractor")
         if not args.skip_encode:
             cfg = TokenizerConfig(corpus_dir=str(corpus), out=str(Path(tmp) / "tokenizer.json"),
-                                  vocab_size=args.vocab_size)  # fmt: skip
+                                  vocab_size=args.vocab_size)
             tokenizer = train_tokenizer(cfg, progress=False)
             # Tokenizers parallelises encode_batch over all cores (RAYON_NUM_THREADS caps it); encode is serial.
             report(bench_encode(corpus / "train", tokenizer, Path(tmp)))

@@ -44,7 +44,7 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 USER_OS_ERRORS = NO_SPACE | {
     errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
     errno.ENAMETOOLONG,
-}  # fmt: skip
+}
 
 
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object]:

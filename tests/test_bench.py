@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e  # each test runs a benchmark script through
 
 def test_attention_benchmark_writes_its_table_json_and_plot(tmp_path, capsys):
     attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "32", "--cache_lens", "64",
-                    "--score_mods", "alibi+length", "--out_dir", str(tmp_path)])  # fmt: skip
+                    "--score_mods", "alibi+length", "--out_dir", str(tmp_path)])
     rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
     providers = set(attention.PROVIDERS)
     assert "softplus (Triton, atomic dQ)" in providers
@@ -35,7 +35,7 @@ def test_attention_benchmark_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeyp
     monkeypatch.setattr(attention, "bench_decode", killed)
     with pytest.raises(KeyboardInterrupt):
         attention.main(["--cpu_smoke", "--head_dims", "32", "--seq_lens", "32", "--providers", "softmax (SDPA)",
-                        "softplus (Triton)", "--score_mods", "plain", "--out_dir", str(tmp_path)])  # fmt: skip
+                        "softplus (Triton)", "--score_mods", "plain", "--out_dir", str(tmp_path)])
     rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
     assert [(r["provider"], r["mode"]) for r in rows] == [
         (p, mode) for p in ("softplus (Triton)", "softmax (SDPA)") for mode in ("fwd", "fwd+bwd")
@@ -50,7 +50,7 @@ def test_training_benchmark_measures_every_attention(tmp_path, capsys):
         "--preset", "small", "--vocab_size", "512", "--seq_len", "64", "--batch_size", "2", "--precision", "fp32",
         "--no-compile", "--warmup", "1", "--steps", "1", "--device", "cpu", "--out_dir", str(tmp_path),
         "--position", "learned", "alibi", "rope", "--length_base", "64",
-    ])  # fmt: skip
+    ])
     rows = json.loads((tmp_path / "train.json").read_text())["rows"]
     assert [(r["attention"], r["position"]) for r in rows] == [
         (a, p) for a in ATTENTION_KINDS for p in ("learned", "alibi", "rope")
@@ -67,7 +67,7 @@ def test_data_benchmark_compares_with_single_process_baselines(capsys, monkeypat
     assert [(r["measurement"], r["setting"]) for r in rows] == [
         ("decompress", "bz2 only"), ("read", "parent only"), ("prepare", "workers=1"), ("prepare", "workers=2"),
         ("prepare", "multistream workers=2"), ("encode", "encode_split"), ("encode", "one by one"),
-    ]  # fmt: skip
+    ]
     assert all(r["rate"] > 0 and r["rate_per_cpu"] > 0 for r in rows)
     assert all(f"{r['rate_per_cpu']:,.2f}" in out for r in rows)  # every row is printed
     assert "wikiextractor: not found" in out and data.WIKIEXTRACTOR_INSTALL in out

@@ -60,7 +60,7 @@ def test_round_trip_gives_identical_logits(tmp_path, model, tokenizer_file):
 def test_models_with_other_positions_round_trip(tmp_path, tokenizer_file, position, attention, length_base):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=300, n_layers=2, dim=32, n_heads=2, max_seq_len=16, attention=attention,
-                      position=position, length_base=length_base)  # fmt: skip
+                      position=position, length_base=length_base)
     model = GPT(cfg).eval()
     path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
     loaded, ckpt = load_model(path)
@@ -75,7 +75,7 @@ def test_a_checkpoint_with_the_old_softplus_length_base_key_still_loads(tmp_path
     and had no position fields: such a checkpoint loads as learned positions with that length base."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=300, n_layers=2, dim=32, n_heads=2, max_seq_len=32, attention="softplus",
-                      length_base=64.0)  # fmt: skip
+                      length_base=64.0)
     model = GPT(cfg).eval()
     path = save_checkpoint(tmp_path, 1, model, None, tokenizer_file)
 

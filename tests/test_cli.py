@@ -17,7 +17,7 @@ REPO = Path(__file__).parents[1]
 def prepare_sample(out_dir: Path, **popen_kwargs) -> subprocess.Popen:
     argv = [sys.executable, "-m", "gpt2", "prepare", "--dump", "sample", "--out_dir", str(out_dir), "--workers", "1"]
     return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen_kwargs)  # fmt: skip
+                            **popen_kwargs)
 
 
 @pytest.mark.e2e

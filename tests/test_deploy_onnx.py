@@ -417,7 +417,7 @@ def test_ort_matches_pytorch_at_16_times_max_seq_len(position, attention, length
 
 
 def test_deploy_validates_and_profiles_past_max_seq_len_without_learned_positions(position_checkpoint, tmp_path,
-                                                                                  capsys):  # fmt: skip
+                                                                                  capsys):
     """deploy's length flags go past max_seq_len for RoPE: the accuracy check at 4x, a TensorRT profile to 16x
     (the TensorRT build itself is skipped without a GPU). With learned positions the same flags are refused
     (test_bad_deploy_flags_give_clear_errors)."""
@@ -426,7 +426,7 @@ def test_deploy_validates_and_profiles_past_max_seq_len_without_learned_position
         "--stages", "validate,tensorrt", "--validate_seq_len", str(4 * TRAIN_LEN), "--validate_batches", "1",
         "--greedy_steps", "32", "--seq_len", str(4 * TRAIN_LEN), "--max_cache", str(16 * TRAIN_LEN - 1),
         "--output", str(report),
-    ]  # fmt: skip
+    ]
     assert cli(["deploy", str(ckpt), *long]) == 0, capsys.readouterr()
     result = json.loads(report.read_text())["validation"]["onnxruntime"]
     assert result["passed"] and result["greedy_matching"] == result["greedy_steps"] == 32
@@ -436,7 +436,7 @@ def test_profile_shapes_past_max_seq_len_are_calls_the_rope_graph_accepts(positi
     backend = load_backend("onnxruntime", position_checkpoint("rope", "softmax"))
     dims = GraphDims.from_config(backend.config)
     profile = resolve_profile(ProfileConfig(max_query=4 * TRAIN_LEN, max_cache=16 * TRAIN_LEN - 1), batch_size=2,
-                              seq_len=TRAIN_LEN, max_positions=dims.max_positions)  # fmt: skip
+                              seq_len=TRAIN_LEN, max_positions=dims.max_positions)
     shapes = profile_shapes(profile, dims)
     assert shapes["past_keys_0"][2][2] == 16 * TRAIN_LEN - 1
     for level in range(3):  # min, opt, max
@@ -552,7 +552,7 @@ def test_deploy_command_exports_skips_tensorrt_clearly_and_benchmarks(checkpoint
     report_file = tmp_path / "report.json"
     run_dir = checkpoints["softplus"].parent.parent
     sizes = ["--batch_size", "2", "--seq_len", "32", "--iters", "2", "--warmup", "1", "--decode_steps", "4",
-             "--cache_lengths", "40,8"]  # fmt: skip
+             "--cache_lengths", "40,8"]
     backends = ["--bench_backends", "pytorch,onnxruntime-cpu,tensorrt"]
     stages = ["--stages", "export,tensorrt,benchmark"]
     code = cli(
@@ -591,7 +591,7 @@ def test_a_run_of_some_stages_keeps_the_earlier_results_of_the_others(checkpoint
     report_file = tmp_path / "report.json"
     deploy = ["deploy", str(checkpoints["softmax"]), "--device", "cpu", "--output", str(report_file)]
     bench = ["--stages", "benchmark", "--bench_backends", "pytorch", "--compile", "false", "--batch_size", "2",
-             "--seq_len", "16", "--iters", "2", "--warmup", "1", "--decode_steps", "2"]  # fmt: skip
+             "--seq_len", "16", "--iters", "2", "--warmup", "1", "--decode_steps", "2"]
     assert cli([*deploy, *bench]) == 0
     benchmark = json.loads(report_file.read_text())["benchmark"]
     assert cli([*deploy, "--stages", "tensorrt"]) == 0  # skipped without TensorRT: a status, not a measurement
@@ -625,12 +625,12 @@ def test_each_command_verifies_its_checkpoint_once(checkpoints, exported, tmp_pa
         "--greedy_steps", "4", "--bench_backends", "pytorch,onnxruntime-cpu", "--compile", "false",
         "--batch_size", "2", "--seq_len", "16", "--iters", "1", "--warmup", "1", "--decode_steps", "2",
         "--output", out,
-    ]  # fmt: skip
+    ]
     commands = {
         "evaluate": evaluate,
         "evaluate --backend onnxruntime": [*evaluate, "--backend", "onnxruntime"],  # auto: finds the fp32 export
         "generate --backend onnxruntime": ["generate", ckpt, "--backend", "onnxruntime", "--device", "cpu",
-                                           "--max_new_tokens", "2"],  # fmt: skip
+                                           "--max_new_tokens", "2"],
         "deploy": deploy,
     }
     for name, argv in commands.items():

@@ -77,7 +77,7 @@ def test_default_profile_also_covers_the_validation_after_the_build():
 def test_models_that_read_past_max_seq_len_take_longer_profiles_from_flags():
     """Without learned positions the default profile stays at the training length, and flags may go past it."""
     relative = GraphDims.from_config(ModelConfig(vocab_size=100, n_layers=1, dim=32, n_heads=2, max_seq_len=2048,
-                                                 position="rope"))  # fmt: skip
+                                                 position="rope"))
     assert relative.max_positions is None
     default = resolve_profile(ProfileConfig(), batch_size=32, seq_len=2048, max_positions=None)
     assert default == resolve_profile(ProfileConfig(), batch_size=32, seq_len=2048, max_positions=2048)

@@ -74,7 +74,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tmp_path
     assert cli(train_args(corpus, tmp_path / "single", *steps, "--batch_size", "2", "--accum_steps", "2")) == 0
 
     fsdp, single = ({r["step"]: r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["kind"] == "train"}
-                    for run in ("fsdp", "single"))  # fmt: skip
+                    for run in ("fsdp", "single"))
     assert fsdp.keys() == single.keys() == {1, 2, 3, 4}
     # The gradient norm too: Adam would hide a gradient summed (not averaged) over ranks or micro-batches.
     for step in fsdp:
@@ -83,7 +83,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tmp_path
             assert abs(a - b) <= 1e-5 * abs(b), (step, key, a, b)
     # The final evaluation: 3 batches split over 2 ranks (one padded with an empty batch) = the same 3 batches.
     fsdp_eval, single_eval = (next(r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["kind"] == "eval")
-                              for run in ("fsdp", "single"))  # fmt: skip
+                              for run in ("fsdp", "single"))
     assert fsdp_eval["batches"] == single_eval["batches"] == 3 and fsdp_eval["tokens"] == single_eval["tokens"]
     assert abs(fsdp_eval["loss"] - single_eval["loss"]) <= 1e-5 * single_eval["loss"]
     # The per-position sums are reduced over ranks too: the same buckets of the same tokens.
@@ -114,7 +114,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tmp_path
 def test_sharded_bf16_run_resumes_and_consolidates_in_bf16(corpus, tmp_path):
     # With ALiBi and the length scale: the slopes are built on the fly, so bf16 weights do not round them.
     args = train_args(corpus, tmp_path / "run", "--batch_size", "2", "--eval_batches", "2", "--bf16",
-                      "--attention", "softplus", "--position", "alibi", "--length_base", "32")  # fmt: skip
+                      "--attention", "softplus", "--position", "alibi", "--length_base", "32")
     torchrun([*args, "--max_steps", "2"])
     out = torchrun([*args, "--max_steps", "4", "--resume"])
     assert "resumed from" in out
@@ -128,7 +128,7 @@ def test_sharded_bf16_run_resumes_and_consolidates_in_bf16(corpus, tmp_path):
 
 
 def test_a_sharded_checkpoint_whose_weights_do_not_fit_its_config_is_a_checkpoint_error(corpus, sharded_run,
-                                                                                          tmp_path):  # fmt: skip
+                                                                                          tmp_path):
     run = copy_of(sharded_run, tmp_path)
     args = train_args(corpus, run, *SHARDED_RUN_FLAGS)
     path = find_checkpoint(run).path

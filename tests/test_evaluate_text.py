@@ -27,7 +27,7 @@ from gpt2.evaluation.windows import sliding_windows
 from gpt2.tokenizer import Tokenizer
 
 SAME_NUMBERS = ("loss", "perplexity", "bits_per_byte", "tokens", "bytes", "batches", "documents", "text_sha256",
-                "position_loss")  # fmt: skip
+                "position_loss")
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +61,14 @@ def brute_force_nll(model, tokens, seq_len, stride):
 
 @pytest.mark.parametrize("position, seq_len, stride", [("learned", TRAIN_LEN, 5), ("rope", TRAIN_LEN + 4, 7)])
 def test_a_stride_evaluation_is_the_per_token_loss_with_the_stated_context(corpus, tmp_path, documents, position,
-                                                                           seq_len, stride):  # fmt: skip
+                                                                           seq_len, stride):
     model = tiny_model(corpus, position=position)
     ckpt = save(corpus, tmp_path / "run", model)
     docs = [doc[:100].strip() for doc in documents]
     path = tmp_path / "docs.txt"
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     report = evaluate_checkpoint(ckpt, seq_len=seq_len, stride=stride, batch_size=3, device="cpu",
-                                 text=TextConfig(text=[str(path)], documents="blank_line"))  # fmt: skip
+                                 text=TextConfig(text=[str(path)], documents="blank_line"))
     tokenizer = Tokenizer.load(corpus.tokenizer)
     streams = [stream(tokenizer, doc) for doc in docs]
     assert report["documents"] == 3 and report["whole_eval_set"]
@@ -99,7 +99,7 @@ def test_stride_equal_to_seq_len_is_the_evaluation_of_consecutive_windows(corpus
     tokenizer = Tokenizer.load(corpus.tokenizer)
     tokens = tmp_path / "doc.bin"  # the same stream as a token file: the loader's eval batches cut it
     write_token_file(tokens, [TokenChunk(stream(tokenizer, doc), 1, len(doc.encode()))], tokenizer.vocab_size,
-                     tokenizer.sha256)  # fmt: skip
+                     tokenizer.sha256)
     by_text = evaluate_checkpoint(ckpt, batch_size=4, device="cpu", text=TextConfig(text=[str(path)]))
     by_tokens = evaluate_checkpoint(ckpt, batch_size=4, device="cpu", eval_tokens=tokens)
     assert by_text["stride"] == by_text["seq_len"] == TRAIN_LEN
@@ -134,7 +134,7 @@ def test_jsonl_parquet_and_compressed_files_give_the_numbers_of_the_plain_text(c
     def evaluate(*flags):
         output = tmp_path / f"report_{Path(flags[1]).name}.json"
         flags = ["--seq_len", "12", "--stride", "8", "--batch_size", "128", "--device", "cpu", "--output",
-                 str(output), *flags]  # fmt: skip
+                 str(output), *flags]
         assert cli(["evaluate", str(run), *flags]) == 0
         return json.loads(output.read_text())
 
@@ -148,13 +148,13 @@ def test_jsonl_parquet_and_compressed_files_give_the_numbers_of_the_plain_text(c
                   ["--text", str(tmp_path / "docs.jsonl"), "--text_field", "body"],
                   ["--text", str(tmp_path / "docs.jsonl.gz"), "--text_field", "body"],
                   ["--text", str(tmp_path / "docs.jsonl.zst"), "--text_field", "body"],
-                  ["--text", str(tmp_path / "docs.parquet"), "--text_field", "body"]):  # fmt: skip
+                  ["--text", str(tmp_path / "docs.parquet"), "--text_field", "body"]):
         report = evaluate(*flags)
         assert {k: report[k] for k in SAME_NUMBERS} == {k: reference[k] for k in SAME_NUMBERS}, flags
 
 
 def test_the_default_report_is_named_after_the_text_and_a_rerun_keeps_the_baseline(corpus, tmp_path, documents,
-                                                                                   capsys):  # fmt: skip
+                                                                                   capsys):
     run = tmp_path / "run"
     save(corpus, run, tiny_model(corpus, position="alibi"))
     path = tmp_path / "wiki.test.txt"

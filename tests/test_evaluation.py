@@ -30,7 +30,7 @@ def tiny_model(corpus, **overrides) -> GPT:
 def save(corpus, run_dir, model: GPT):
     """A checkpoint of ``model`` as the trainer records it (eval and train sets, training seq_len)."""
     meta = {"train_config": {"seq_len": TRAIN_LEN},
-            "data": {"train": str(corpus.tokens / "train.bin"), "eval": str(corpus.tokens / "eval.bin")}}  # fmt: skip
+            "data": {"train": str(corpus.tokens / "train.bin"), "eval": str(corpus.tokens / "eval.bin")}}
     return save_checkpoint(run_dir, 1, model, None, corpus.tokenizer, meta=meta)
 
 
@@ -60,7 +60,7 @@ def test_position_buckets_double_and_average_back_to_the_loss(corpus, tmp_path):
     report = evaluate_checkpoint(ckpt, seq_len=200, batch_size=2, max_batches=1, device="cpu")
     assert [(b["first"], b["last"], b["tokens"]) for b in report["position_loss"]] == [
         (1, 64, 128), (65, 128, 128), (129, 200, 144)
-    ]  # fmt: skip
+    ]
     check_buckets(report)
 
 
@@ -69,7 +69,7 @@ def test_sixteen_times_the_training_length_on_a_small_eval_set_scores_every_targ
     header = corpus.eval.header
     small = tmp_path / "small.bin"
     write_token_file(small, [TokenChunk(corpus.eval.tokens[:1000], 1, 4000)], header.vocab_size,
-                     header.tokenizer_sha256)  # fmt: skip
+                     header.tokenizer_sha256)
     # 999 targets in 4 windows of 256 (the last one short), one batch of 4 rows: fewer than batch_size.
     report = evaluate_checkpoint(ckpt, seq_len=16 * TRAIN_LEN, batch_size=8, eval_tokens=small, device="cpu")
     assert report["whole_eval_set"] and report["batches"] == 1 and report["tokens"] == 999

@@ -35,7 +35,7 @@ def test_defaults_and_values_round_trip():
 @pytest.mark.parametrize(("argv", "expected"), [
     ((), True), (("--compile",), True), (("--compile", "false"), False), (("--compile", "0"), False),
     (("--no_compile",), False), (("--compile", "yes"), True),
-])  # fmt: skip
+])
 def test_booleans_take_every_launcher_spelling(argv, expected):
     assert parse(*argv).compile is expected
 

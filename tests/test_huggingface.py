@@ -102,7 +102,7 @@ def test_pipeline_decodes_greedily_as_generate_does(name, corpus, checkpoints, e
     # Code of the folder (a module transformers made of its files), not of this package.
     assert type(hf).__module__.startswith("transformers" if remote_code else "transformers.models.gpt2")
     assert type(hf).__name__ == config["architectures"][0] == ("GPT2SoftplusForCausalLM" if remote_code
-                                                               else "GPT2LMHeadModel")  # fmt: skip
+                                                               else "GPT2LMHeadModel")
     pipe = transformers.pipeline("text-generation", model=hf, tokenizer=hf_tokenizer)
     generated = pipe(PROMPT, max_new_tokens=12, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
     tokenizer = Tokenizer.load(corpus.tokenizer)
@@ -113,7 +113,7 @@ def test_pipeline_decodes_greedily_as_generate_does(name, corpus, checkpoints, e
     # ... and `python -m gpt2 generate` prints their text.
     output = tmp_path / "samples.jsonl"
     assert cli(["generate", str(checkpoints[name]), "--prompt", PROMPT, "--temperature", "0",
-                "--max_new_tokens", "12", "--device", "cpu", "--output", str(output)]) == 0  # fmt: skip
+                "--max_new_tokens", "12", "--device", "cpu", "--output", str(output)]) == 0
     assert json.loads(output.read_text())["text"] == hf_tokenizer.decode(theirs) == tokenizer.decode(theirs)
 
 
@@ -179,7 +179,7 @@ def test_an_imported_gpt2_evaluates_and_fine_tunes(corpus, checkpoints, exports,
         report = tmp_path / f"{ckpt.name}.json"
         eval_tokens = str(corpus.tokens / "eval.bin")
         assert cli(["evaluate", str(ckpt), "--eval_tokens", eval_tokens, "--seq_len", "32", "--batch_size", "2",
-                    "--max_batches", "2", "--device", "cpu", "--output", str(report)]) == 0  # fmt: skip
+                    "--max_batches", "2", "--device", "cpu", "--output", str(report)]) == 0
         losses.append(json.loads(report.read_text())["loss"])
     assert losses[0] == losses[1]
     # Fine-tuning starts from the imported weights: one step at a tiny learning rate stays next to them.
@@ -187,7 +187,7 @@ def test_an_imported_gpt2_evaluates_and_fine_tunes(corpus, checkpoints, exports,
     assert cli(["train", "--data_dir", str(corpus.tokens), "--tokenizer", str(imported / "tokenizer.json"),
                 "--init_from", str(imported), "--out_dir", str(run), "--max_steps", "1", "--seq_len", "32",
                 "--batch_size", "2", "--lr", "1e-6", "--min_lr", "1e-6", "--warmup_steps", "0", "--eval_batches", "1",
-                "--device", "cpu", "--progress", "false", "--dropout", "0.1"]) == 0  # fmt: skip
+                "--device", "cpu", "--progress", "false", "--dropout", "0.1"]) == 0
     tuned, ckpt = load_model(run)
     start, _ = load_model(imported)
     assert ckpt.step == 1 and ckpt.model_config.dropout == 0.1 and ckpt.train_config["init_from"] == str(imported)
@@ -216,7 +216,7 @@ def test_export_refuses_a_folder_that_holds_something_else(checkpoints, exports,
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: export folder {out} is not empty (it holds notes.txt)") and "\n" not in err
         assert [p.name for p in out.iterdir()] == ["notes.txt"] and sorted(p.name for p in tmp_path.iterdir()) == [
-            "mine"]  # fmt: skip
+            "mine"]
     empty = tmp_path / "empty"  # an empty folder is as good as none
     empty.mkdir()
     assert cli(["export-hf", str(checkpoints["gpt2"]), str(empty)]) == 0
@@ -234,14 +234,14 @@ def test_export_refuses_a_folder_that_holds_something_else(checkpoints, exports,
 def test_import_refuses_other_architectures_and_occupied_folders(exports, tmp_path, capsys):
     llama = tmp_path / "llama"
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+                                      num_attention_heads=2, num_key_value_heads=2)
     transformers.LlamaForCausalLM(config).save_pretrained(llama)
     capsys.readouterr()
     out = tmp_path / "out"
     assert cli(["import-hf", str(llama), str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"error: {llama} is a LlamaForCausalLM model (model_type 'llama'); import-hf reads GPT-2 models "
-                   "(GPT2LMHeadModel) and folders that export-hf wrote")  # fmt: skip
+                   "(GPT2LMHeadModel) and folders that export-hf wrote")
     assert not out.exists()
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
@@ -266,7 +266,7 @@ def tiny_task(corpus, tmp_path_factory):
     eval text, and its next words among those of two other sentences."""
     root = tmp_path_factory.mktemp("lm_eval_task")
     sentences = [words for doc in iter_documents(corpus.text_dir / "eval") for sentence in doc.split(". ")
-                 if len(words := sentence.split()) >= 12]  # fmt: skip
+                 if len(words := sentence.split()) >= 12]
     docs = []
     for i in range(6):
         own, *others = sentences[3 * i : 3 * i + 3]
@@ -317,7 +317,7 @@ def test_lm_eval_scores_an_export_as_we_do(name, tiny_task, corpus, checkpoints,
     results = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={exports[name]}{trust}", tasks=["tiny_wiki_mc"], device="cpu",
         batch_size=4, log_samples=True, task_manager=TaskManager(include_path=str(tiny_task), include_defaults=False),
-    )  # fmt: skip
+    )
     samples = sorted(results["samples"]["tiny_wiki_mc"], key=lambda sample: sample["doc_id"])
     docs = [json.loads(line) for line in (tiny_task / "docs.jsonl").read_text().splitlines()]
     assert len(samples) == len(docs) == 6

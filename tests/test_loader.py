@@ -177,7 +177,7 @@ def test_token_ids_outside_the_vocabulary_are_a_clear_error(corpus, tmp_path, to
     bad = corrupted_copy(corpus.eval, tmp_path / "eval.bin", np.arange(1000, len(corpus.eval), 100), token_id)
     batches = TrainBatches(bad, seq_len=256, batch_size=2, seed=0)  # every window holds some of them
     with pytest.raises(UserError, match=f"eval.bin holds token id {token_id} at token [0-9,]+, outside its "
-                                        "vocabulary of 500: it is corrupt"):  # fmt: skip
+                                        "vocabulary of 500: it is corrupt"):
         batches.get(0)
     batches = eval_batches(bad, 256, 2)
     next(batches)  # tokens 0..512: clean

@@ -31,7 +31,7 @@ SHAPES = {
     # Fused attention: the loss's (512, 16001) fp32 tensors and the MLP dominate.
     "softmax_plain": dict(attention="softmax", vocab_size=16001, n_layers=2, dim=128, n_heads=4, batch_size=4,
                           seq_len=128),
-}  # fmt: skip
+}
 
 
 def _rss() -> int:
@@ -88,9 +88,9 @@ def test_estimate_matches_the_measured_peak_rss(name):
     # tensor's memory when it is freed, and the RSS follows the live tensor bytes that the estimate counts.
     # A minimal environment of its own, and one thread: what the test suite set up before cannot change the RSS.
     env = {"PATH": os.environ["PATH"], "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(REPO),
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, __file__, json.dumps(shape)], capture_output=True, text=True, env=env,
-                          timeout=600)  # fmt: skip
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     measured = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
     spec = dict(shape)
@@ -162,7 +162,7 @@ def test_a_run_that_does_not_fit_is_refused_with_a_micro_batch_that_does():
 def test_the_trainer_prints_and_records_the_estimate_and_refuses_before_writing(corpus, tmp_path, capsys):
     common = ["train", "--data_dir", str(corpus.tokens), "--tokenizer", str(corpus.tokenizer), "--seq_len", "32",
               "--batch_size", "4", "--eval_every", "0", "--eval_batches", "2", "--checkpoint_every", "0",
-              "--progress", "false", "--preset", "small", "--n_heads", "2", "--max_seq_len", "64"]  # fmt: skip
+              "--progress", "false", "--preset", "small", "--n_heads", "2", "--max_seq_len", "64"]
     assert cli([*common, "--out_dir", str(tmp_path / "run"), "--n_layers", "1", "--dim", "64", "--max_steps", "1"]) == 0
     assert "memory: estimated peak memory" in capsys.readouterr().out
     record = json.loads((tmp_path / "run" / "run_config_step0.json").read_text())["memory_estimate"]

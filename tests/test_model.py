@@ -250,7 +250,7 @@ def test_hf_import_rejects_mismatched_shapes():
     ({"attention": "softmax", "length_base": 1.09}, r"--length_base must be at least 1\.1, got 1\.09"),
     ({"position": "rope", "head_dim": 15}, "head_dim must be even"),
     ({"position": "rope", "rope_base": 1.0}, "--rope_base must be > 1"),
-])  # fmt: skip
+])
 def test_bad_model_configs_are_one_line_errors(overrides, message):
     with pytest.raises(UserError, match=message):
         ModelConfig(**{"vocab_size": 100, "n_layers": 1, "dim": 32, "n_heads": 2, **overrides})

@@ -98,7 +98,7 @@ def test_an_index_of_another_dump_is_a_clear_error(multistream_dump, tmp_path):
         ("enwiki-20240101-pages-articles-multistream1.xml-p1p41242.bz2",
          "enwiki-20240101-pages-articles-multistream-index1.txt-p1p41242.bz2"),
     ],
-)  # fmt: skip
+)
 def test_the_index_is_named_as_wikimedia_names_it(dump, index, tmp_path):
     assert index_path(tmp_path / dump) == tmp_path / index
 

@@ -32,7 +32,7 @@ TRAIN = [
     "--seq_len", "64", "--batch_size", "16", "--max_steps", str(STEPS), "--lr", "5e-3", "--min_lr", "5e-4",
     "--warmup_steps", "20", "--eval_every", "125", "--eval_batches", "0", "--checkpoint_every", "125",
     "--log_every", "25", "--progress", "false", "--attention", "softplus",
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_the_checkpoint_is_the_trained_model(work):
     """evaluate rebuilds the model from the checkpoint alone; on the same batches it reproduces the loss the
     trainer measured on its own model at the end of training, and the perplexity and bits per byte with it."""
     assert cli(["evaluate", str(work / "run"), "--seq_len", "64", "--batch_size", "16", "--output",
-                str(work / "whole.json"), "--device", "cpu"]) == 0  # fmt: skip
+                str(work / "whole.json"), "--device", "cpu"]) == 0
     report = json.loads((work / "whole.json").read_text())
     final = [r for r in read_metrics(work / "run" / "metrics.jsonl") if r["kind"] == "eval"][-1]
     assert report["step"] == final["step"] == STEPS
@@ -83,7 +83,7 @@ def test_the_checkpoint_is_the_trained_model(work):
 
 def test_evaluate_a_prefix_of_the_eval_set(work):
     assert cli(["evaluate", str(work / "run"), "--max_batches", "3", "--batch_size", "4", "--seq_len", "32",
-                "--unigram_baseline", "--device", "cpu"]) == 0  # fmt: skip
+                "--unigram_baseline", "--device", "cpu"]) == 0
     # Named after what was evaluated: it does not replace the whole eval set's eval_step_00000250_pytorch.json.
     report = json.loads((work / "run" / "eval_step_00000250_pytorch_seq32_first3x4.json").read_text())
     assert not report["whole_eval_set"] and report["batches"] == 3 and report["tokens"] == 3 * 4 * 32
@@ -96,14 +96,14 @@ def test_evaluate_a_prefix_of_the_eval_set(work):
 
 def test_generate_samples_words_reproducibly(work):
     args = ["generate", str(work / "run"), "--prompt", "The history of", "--prompt", "In mathematics, a",
-            "--max_new_tokens", "40", "--num_samples", "2", "--seed", "0", "--device", "cpu"]  # fmt: skip
+            "--max_new_tokens", "40", "--num_samples", "2", "--seed", "0", "--device", "cpu"]
     assert cli([*args, "--output", str(work / "a.jsonl")]) == 0
     assert cli([*args, "--output", str(work / "b.jsonl")]) == 0
     samples = [json.loads(line) for line in (work / "a.jsonl").read_text().splitlines()]
     assert samples == [json.loads(line) for line in (work / "b.jsonl").read_text().splitlines()]
     assert [(s["prompt"], s["sample"]) for s in samples] == [
         ("The history of", 0), ("The history of", 1), ("In mathematics, a", 0), ("In mathematics, a", 1)
-    ]  # fmt: skip
+    ]
     texts = [s["text"] for s in samples]
     assert all(1 <= s["tokens"] <= 40 for s in samples) and len(set(texts)) == 4
     words = " ".join(texts).split()
@@ -116,7 +116,7 @@ def test_generate_continues_like_the_full_forward(work):
     tokenizer = Tokenizer.load(ckpt.tokenizer_path)
     prompt = tokenizer.encode("The history of")
     assert cli(["generate", str(work / "run"), "--prompt", "The history of", "--temperature", "0",
-                "--max_new_tokens", "12", "--output", str(work / "greedy.jsonl"), "--device", "cpu"]) == 0  # fmt: skip
+                "--max_new_tokens", "12", "--output", str(work / "greedy.jsonl"), "--device", "cpu"]) == 0
     text = json.loads((work / "greedy.jsonl").read_text())["text"]
     tokens = list(prompt)
     with torch.no_grad():
@@ -131,7 +131,7 @@ def test_generate_continues_like_the_full_forward(work):
 def test_bad_inputs_give_clear_errors(work, other_tokenizer, tmp_path, capsys):
     # Token files from another tokenizer than the checkpoint's.
     assert cli(["encode", "--corpus_dir", str(work / "wiki"), "--tokenizer", str(other_tokenizer),
-                "--out_dir", str(tmp_path / "other")]) == 0  # fmt: skip
+                "--out_dir", str(tmp_path / "other")]) == 0
     capsys.readouterr()
     assert cli(["evaluate", str(work / "run"), "--eval_tokens", str(tmp_path / "other" / "eval.bin")]) == 2
     assert "was encoded with tokenizer" in capsys.readouterr().err
@@ -191,7 +191,7 @@ def test_a_folder_or_an_empty_file_where_a_file_is_expected_says_what_it_is(work
          f"{ckpt / 'model.safetensors'} is a file of a checkpoint, not a checkpoint: give its folder, {ckpt}"),
         (["generate", str(work / "run"), "--prompt_file", str(empty)], f"prompt file {empty} holds no prompt"),
         (["generate", str(work / "run"), "--prompt_file", str(blank)], f"prompt file {blank} holds no prompt"),
-    ):  # fmt: skip
+    ):
         assert cli([*argv, "--device", "cpu"] if argv[0] != "prepare" else argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1, err
@@ -243,7 +243,7 @@ def test_generate_output_is_written_atomically(work, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
 
     argv = [sys.executable, "-m", "gpt2", "generate", str(work / "run"), "--prompt", "The", "--num_samples", "3",
-            "--max_new_tokens", "30", "--seed", "0", "--device", "cpu", "--output", str(out)]  # fmt: skip
+            "--max_new_tokens", "30", "--seed", "0", "--device", "cpu", "--output", str(out)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
     assert done.returncode == 1 and "error: File too large" in done.stderr and "Traceback" not in done.stderr
     assert out.read_text() == '{"text": "an earlier run"}\n' and not list(tmp_path.glob("*.tmp"))
@@ -270,7 +270,7 @@ def test_a_launcher_takes_relative_paths_from_the_callers_folder(tmp_path):
     (tmp_path / "mydump.xml").write_bytes(xml[:cut] + b"</mediawiki>")
     env = {**os.environ, "DUMP": "mydump.xml", "OUT_DIR": "corpus", "WORKERS": "1", "EVAL_FRACTION": "0.5"}
     done = subprocess.run(["bash", str(REPO / "scripts" / "prepare_wikipedia.sh"), "--min_chars", "10"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
     assert manifest["dump"] == str(tmp_path / "mydump.xml") and manifest["pages"]["kept"] >= 1
@@ -304,9 +304,9 @@ sys.exit(1)
      ("multitrain_gpt2.sh", "--out_dir", "runs/gpt2-softplus-fsdp"), ("eval_gpt2.sh", None, "runs/gpt2-softplus"),
      ("generate_gpt2.sh", None, "runs/gpt2-softplus"), ("deploy_gpt2.sh", None, "runs/gpt2-softplus"),
      ("study_attention.sh", "--out_dir", "runs/study-data/wiki"), ("quickstart.sh", "--out_dir", None)],
-)  # fmt: skip
+)
 def test_every_launcher_runs_from_the_callers_folder_with_the_repos_defaults(fake_python, tmp_path, launcher,
-                                                                             variable, default):  # fmt: skip
+                                                                             variable, default):
     env, calls = fake_python
     caller = tmp_path / "elsewhere"
     caller.mkdir()
@@ -315,7 +315,7 @@ def test_every_launcher_runs_from_the_callers_folder_with_the_repos_defaults(fak
     if launcher == "study_attention.sh":  # no tokens there: the launcher prepares the sample in its DATA folder
         env["DATA_DIR"] = str(tmp_path / "no_tokens")
     done = subprocess.run(["bash", str(REPO / "scripts" / launcher)], cwd=caller, env=env, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+                          text=True, timeout=60)
     assert done.returncode != 0  # the fake python failed
     cwd, pythonpath, *args = json.loads(calls.read_text().splitlines()[-1])
     assert cwd == str(caller) and pythonpath.split(":")[0] == str(REPO)
@@ -331,7 +331,7 @@ def test_a_resuming_launcher_passes_only_the_variables_set_in_the_environment(fa
 
     def trainer_args():
         done = subprocess.run(["bash", str(REPO / "scripts" / launcher)], env=env, capture_output=True, text=True,
-                              timeout=60)  # fmt: skip
+                              timeout=60)
         args = json.loads(calls.read_text().splitlines()[-1])
         return done.stdout, args[args.index("train") + 1 :]
 

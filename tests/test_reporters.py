@@ -90,7 +90,7 @@ def test_trackers_mirror_metrics_jsonl_and_a_resume_continues_them(corpus, tmp_p
 
     # TensorBoard: one log, from which the killed run's step 3 is purged.
     for kind, key in (("train", "loss"), ("train", "lr"), ("train", "grad_norm"), ("eval", "loss"),
-                      ("eval", "bits_per_byte")):  # fmt: skip
+                      ("eval", "bits_per_byte")):
         expected = resumed_view(run, kind, key)
         logged = tensorboard_scalars(run / "tensorboard", f"{kind}/{key}")
         assert [step for step, _ in logged] == sorted(expected)
@@ -118,7 +118,7 @@ def test_a_missing_tracker_package_is_a_one_line_error_before_training(corpus, t
     assert cli(train_args(corpus, tmp_path / "run", "--max_steps", "1", "--report_to", "tensorboard,wandb")) == 2
     err = capsys.readouterr().err
     assert err == "error: --report_to wandb needs the wandb package, which is not installed: `pip install wandb` " \
-                  "(or train without --report_to wandb)\n"  # fmt: skip
+                  "(or train without --report_to wandb)\n"
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 

@@ -80,7 +80,7 @@ def test_nucleus_is_taken_of_the_tempered_distribution():
         dict(temperature=-1), dict(temperature=math.nan), dict(temperature=math.inf), dict(top_k=-1),
         dict(top_p=0.0), dict(top_p=1.5), dict(top_p=math.nan),
     ],
-)  # fmt: skip
+)
 def test_invalid_sampling_config_is_rejected(kwargs):
     # NaN compares false with everything: a `< 0` check let it through to torch.multinomial (a RuntimeError).
     [(name, value)] = kwargs.items()
@@ -126,7 +126,7 @@ def test_generation_runs_past_max_seq_len_for_relative_positions(position, atten
     tokens that greedy decoding by repeated full forward passes gives."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=50, n_layers=2, dim=32, n_heads=2, max_seq_len=16, attention=attention,
-                      position=position)  # fmt: skip
+                      position=position)
     model = GPT(cfg).eval()
     with torch.no_grad():  # weights larger than GPT-2's init: peaked logits and attention, no near-ties
         for p in model.parameters():

@@ -215,7 +215,7 @@ def test_alibi_with_atomic_dq_matches_reference_and_the_dq_kernel(dtype):
 
 
 @pytest.mark.parametrize(("q_len", "dtype"), [(1, torch.float32), (16, torch.float32), (7, torch.float16)],
-                         ids=str)  # fmt: skip
+                         ids=str)
 @pytest.mark.parametrize("length_base", [None, 64.0])
 def test_alibi_decode_kernel_with_a_kv_cache(q_len, dtype, length_base):
     # The last q_len of 70 positions, in chunks of 24 keys (three splits, the last ragged): the distance must
@@ -551,7 +551,7 @@ def test_autotuning_trials_do_not_add_up_in_the_atomic_dq(monkeypatch):
         return [1.0, 1.0, 1.0]
 
     monkeypatch.setattr(tuner, "configs", [triton.Config({"BLOCK_M": m, "BLOCK_N": 32}, num_warps=4, num_stages=1)
-                                           for m in (16, 32)])  # fmt: skip
+                                           for m in (16, 32)])
     monkeypatch.setattr(tuner, "early_config_prune", None)
     monkeypatch.setattr(tuner, "cache", {})
     monkeypatch.setattr(tuner, "cache_results", False)  # Triton 3.5 would use the disk cache under the interpreter
@@ -626,7 +626,7 @@ def _log2_1p_kernel(Y, OUT, N, dtype: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @pytest.mark.parametrize(("dtype", "bound"), [(tl.float32, 1.5e-6), (tl.float16, 6e-5), (tl.bfloat16, 4e-4)],
-                         ids=str)  # fmt: skip
+                         ids=str)
 def test_log2_1p_polynomial_keeps_relative_accuracy(dtype, bound):
     # Uniform points on [0, 1] and log-spaced ones down to the smallest normal float (very negative scores).
     y = torch.cat([torch.rand(200_000, generator=torch.Generator().manual_seed(0)), torch.logspace(-37.9, 0, 20_000)])
@@ -713,7 +713,7 @@ def test_alibi_kernels_compile_for_hopper_with_the_same_special_function_ops(tmp
     command = [sys.executable, "-m", "bench.kernel_sass", "--alibi", "--head_dims", "64", "--kernels", *kernel_names,
                "--out_dir", str(tmp_path)]
     done = subprocess.run(command, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((tmp_path / "kernel_sass.json").read_text())["rows"]
     assert sorted(r["kernel"] for r in rows) == sorted(kernel_names)
@@ -740,7 +740,7 @@ def test_the_division_fallback_for_older_triton_compiles_to_the_same_approximate
         f"kernel_sass.main(['--kernels', 'dkdv', 'dq', '--head_dims', '64', '--out_dir', {str(tmp_path)!r}])\n"
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((tmp_path / "kernel_sass.json").read_text())["rows"]
     assert {r["kernel"] for r in rows} == {"dkdv", "dq"}

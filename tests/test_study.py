@@ -13,12 +13,12 @@ from gpt2.study.report import comparisons
 # Tiny cells: a 1-layer model trained 20 steps at 32 tokens, evaluated at 32 and 64.
 TINY = ["--n_layers", "1", "--dim", "32", "--n_heads", "2", "--seq_len", "32", "--batch_size", "4",
         "--max_steps", "20", "--eval_every", "10", "--warmup_steps", "2", "--eval_lengths", "1", "2",
-        "--eval_batch_size", "16", "--device", "cpu"]  # fmt: skip
+        "--eval_batch_size", "16", "--device", "cpu"]
 
 
 def study_args(corpus, out, *grid):
     return ["study", "--data_dir", str(corpus.tokens), "--tokenizer", str(corpus.tokenizer), "--out_dir", str(out),
-            *TINY, *grid]  # fmt: skip
+            *TINY, *grid]
 
 
 GRID = ["--attention", "softmax", "softplus", "--length_scale", "true", "--position", "alibi", "--seeds", "0"]
@@ -91,7 +91,7 @@ def test_an_invalid_cell_is_reported_before_any_training(corpus, tmp_path, capsy
     ({"attention": []}, "--attention is empty"), ({"seeds": [0, 0]}, "--seeds repeats"),
     ({"position": ["sinusoidal"]}, "unknown attention kind or position"), ({"eval_lengths": [0]}, "must be >= 1"),
     ({"length_base": 1.001}, "--length_base must be at least 1.1"),
-])  # fmt: skip
+])
 def test_bad_grids_are_one_line_errors(overrides, message):
     with pytest.raises(UserError, match=message):
         StudyConfig(**overrides)
@@ -101,7 +101,7 @@ def test_learned_positions_are_a_one_length_baseline_without_the_scale():
     cfg = StudyConfig(attention=["softplus"], position=["learned", "rope"], seeds=[0, 1])
     names = [c.name for c in cfg.cells()]
     assert names == ["softplus-learned-seed0", "softplus-rope-seed0", "softplus-rope-scaled-seed0",
-                     "softplus-learned-seed1", "softplus-rope-seed1", "softplus-rope-scaled-seed1"]  # fmt: skip
+                     "softplus-learned-seed1", "softplus-rope-seed1", "softplus-rope-scaled-seed1"]
     learned, rope = cfg.cells()[0].variant, cfg.cells()[1].variant
     assert cfg.eval_seq_lens(learned) == [128] and cfg.eval_seq_lens(rope) == [128, 256, 512, 1024, 2048]
 
@@ -109,12 +109,12 @@ def test_learned_positions_are_a_one_length_baseline_without_the_scale():
 def test_comparisons_pair_each_question_and_count_only_differences_past_two_spreads():
     def variant(attention, position, scaled, mean, std):
         return {"attention": attention, "position": position, "length_scale": scaled,
-                "eval": {"128": {"mean": mean, "std": std}}}  # fmt: skip
+                "eval": {"128": {"mean": mean, "std": std}}}
 
     variants = {"softmax-learned": variant("softmax", "learned", False, 6.30, 0.05),
                 "softmax-rope": variant("softmax", "rope", False, 6.00, 0.04),
                 "softplus-rope": variant("softplus", "rope", False, 5.95, 0.04),
-                "softplus-rope-scaled": variant("softplus", "rope", True, 5.96, 0.02)}  # fmt: skip
+                "softplus-rope-scaled": variant("softplus", "rope", True, 5.96, 0.02)}
     rows = {(r["question"], r["a"], r["b"]): (round(r["difference"], 6), r["exceeds"]) for r in comparisons(variants)}
     assert rows == {
         ("rope vs learned positions", "softmax-rope", "softmax-learned"): (-0.3, True),  # 0.3 > 2 x 0.05

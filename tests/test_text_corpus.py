@@ -101,7 +101,7 @@ def test_every_format_and_compression_gives_the_same_corpus(tmp_path, pages):
         "jsonl": ([write(tmp_path / "docs.jsonl", records)], {}),
         "jsonl, another field": ([write(tmp_path / "docs.json", records.replace(b'"text"', b'"body"'))],
                                  {"text_field": "body"}),
-    }  # fmt: skip
+    }
     for name in ("docs.jsonl.gz", "docs.jsonl.zst", "blank.txt.bz2", "blank.txt.xz"):
         data, settings = (records, {}) if "jsonl" in name else (blank, {"documents": "blank_line"})
         inputs[name] = ([write(tmp_path / name, data)], settings)
@@ -121,7 +121,7 @@ def test_every_format_and_compression_gives_the_same_corpus(tmp_path, pages):
         assert shards(out) == first, name  # byte for byte: the split depends on the text only
     assert json.loads((tmp_path / "out" / "blank.txt.xz" / "manifest.json").read_text())["documents"] == {
         "rule": "blank_line", "separator": None, "found": len(pages)
-    }  # fmt: skip
+    }
 
 
 def test_parquet_is_read_a_record_batch_at_a_time(tmp_path, pages):
@@ -286,7 +286,7 @@ def write_bad_inputs(tmp_path: Path) -> None:
          "not-utf8", "not-utf8-gz", "utf16", "empty-corpus", "empty-folder", "missing", "glob-no-match",
          "txt-as-dump", "folder-as-dump", "both", "text-flag-without-text", "dump-flag-with-text",
          "separator-rule-without-line", "separator-without-rule"],
-)  # fmt: skip
+)
 def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, monkeypatch, capsys, args, message):
     write_bad_inputs(tmp_path)
     monkeypatch.chdir(tmp_path)  # relative names, as a user types them
@@ -340,7 +340,7 @@ def test_sigterm_ends_prepare_text_and_its_workers_and_writes_nothing(tmp_path, 
     out = tmp_path / "out"
     args = ["prepare", "--text", str(folder), "--out_dir", str(out), "--workers", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "gpt2", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).parents[1])  # fmt: skip
+                            text=True, cwd=Path(__file__).parents[1])
     workers = []
     try:
         deadline = time.time() + 60

@@ -186,9 +186,9 @@ def test_ctrl_c_stops_training_at_once_and_writes_nothing(tmp_path):
     write_manifest(corpus)
     out = tmp_path / "tokenizer.json"
     args = ["train-tokenizer", "--corpus_dir", str(corpus), "--out", str(out), "--vocab_size", "100000",
-            "--min_frequency", "1"]  # fmt: skip
+            "--min_frequency", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "gpt2", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True)
     try:
         assert proc.stdout.readline().startswith("training a 100,000-token BPE")
         time.sleep(1)  # counting words is done, merging has begun

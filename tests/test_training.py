@@ -44,7 +44,7 @@ def train_args(corpus, out_dir, *extra):
         *TINY_MODEL, "--seq_len", "32", "--batch_size", "4", "--lr", "3e-3", "--warmup_steps", "2",
         "--log_every", "1", "--eval_every", "0", "--eval_batches", "4", "--checkpoint_every", "0",
         "--progress", "false", *extra,
-    ]  # fmt: skip
+    ]
 
 
 def train_losses(run_dir):
@@ -71,12 +71,12 @@ def test_exact_resume_matches_an_uninterrupted_run_bit_for_bit(corpus, tmp_path,
     # The split run is stopped by a signal, so both runs have the same configuration (and LR schedule).
     # amp_fp16: the GradScaler's state (scale, steps since the last growth) must travel too.
     model_cfg = model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=2, dim=64, n_heads=2,
-                                         max_seq_len=64, dropout=0.1)  # fmt: skip
+                                         max_seq_len=64, dropout=0.1)
     optim_cfg = OptimConfig(lr=3e-3, warmup_steps=2)
 
     def config(run, **extra):
         return TrainConfig(**{**_train_kwargs(corpus, tmp_path / run), "max_steps": 8, "accum_steps": 2,
-                              "log_every": 1, "eval_every": 0, "eval_batches": 4, **precision, **extra})  # fmt: skip
+                              "log_every": 1, "eval_every": 0, "eval_batches": 4, **precision, **extra})
 
     Trainer(config("full"), optim_cfg, model_cfg).fit()
     split = Trainer(config("split"), optim_cfg, model_cfg)
@@ -100,7 +100,7 @@ def test_exact_resume_matches_an_uninterrupted_run_bit_for_bit(corpus, tmp_path,
 
 def test_a_signal_during_the_final_evaluation_loses_nothing(corpus, tmp_path):
     trainer = Trainer(TrainConfig(**_train_kwargs(corpus, tmp_path / "run")), OptimConfig(),
-                      model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))  # fmt: skip
+                      model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))
     evaluate = trainer.evaluate
 
     def evaluate_interrupted():
@@ -129,14 +129,14 @@ def test_resume_refuses_a_different_model_or_tokenizer(corpus, other_tokenizer, 
     args = train_args(corpus, tmp_path / "run", "--max_steps", "2", "--resume")
     with pytest.raises(UserError, match="model config differs"):
         Trainer(TrainConfig(**_train_kwargs(corpus, tmp_path / "run"), resume=True), OptimConfig(),
-                model_config_from_preset("small", vocab_size=corpus.vocab_size))  # fmt: skip
+                model_config_from_preset("small", vocab_size=corpus.vocab_size))
     args[args.index("--tokenizer") + 1] = str(other_tokenizer)
     assert cli(args) == 2  # the token files do not match that tokenizer either: a clear error
 
 
 def _train_kwargs(corpus, out_dir):
     return dict(data_dir=str(corpus.tokens), tokenizer=str(corpus.tokenizer), out_dir=str(out_dir), seq_len=32,
-                batch_size=4, max_steps=2, progress=False)  # fmt: skip
+                batch_size=4, max_steps=2, progress=False)
 
 
 def test_non_finite_loss_stops_without_saving_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
@@ -188,13 +188,13 @@ def test_isolated_non_finite_steps_are_skipped_and_training_goes_on(corpus, tmp_
     assert not same(before[5], before[4])  # while a good step does change the weights
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
     skipped = {r["step"]: r["skipped_steps"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
-               if r["kind"] == "train"}  # fmt: skip
+               if r["kind"] == "train"}
     assert skipped == {s: int(s - 1 in bad) for s in range(1, 9)}  # logged steps count from 1
 
 
 def test_grad_clip_bounds_the_gradient_the_optimizer_applies(corpus, tmp_path):
     trainer = Trainer(TrainConfig(**_train_kwargs(corpus, tmp_path / "run"), log_every=1), OptimConfig(grad_clip=1e-3),
-                      model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))  # fmt: skip
+                      model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))
     applied = []
 
     def record_norm(optimizer, args, kwargs):
@@ -215,7 +215,7 @@ def test_accumulation_averages_micro_batch_gradients(corpus, tmp_path):
     assert cli(train_args(corpus, tmp_path / "one", *steps, "--batch_size", "8", "--accum_steps", "1")) == 0
     assert cli(train_args(corpus, tmp_path / "two", *steps, "--batch_size", "4", "--accum_steps", "2")) == 0
     one, two = ({r["step"]: r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["kind"] == "train"}
-                for run in ("one", "two"))  # fmt: skip
+                for run in ("one", "two"))
     assert one.keys() == two.keys() == {1, 2}
     for step in one:
         for key in ("loss", "grad_norm"):
@@ -227,7 +227,7 @@ def test_blown_up_weights_never_replace_good_checkpoints(corpus, tmp_path):
     # and resuming over and over must not fill the run with checkpoints of those weights, pruning good ones.
     run = tmp_path / "run"
     assert cli(train_args(corpus, run, "--max_steps", "4", "--checkpoint_every", "2", "--keep_checkpoints",
-                          "2")) == 0  # fmt: skip
+                          "2")) == 0
     good = {c.name: c.joinpath("model.safetensors").read_bytes() for c in list_checkpoints(run)}
     blow_up = ["--max_steps", "30", "--lr", "1e9", "--grad_clip", "0", "--max_bad_steps", "2", "--resume"]
     for _ in range(3):
@@ -243,7 +243,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
     run_dir = tmp_path / "run"
     args = train_args(corpus, run_dir, "--max_steps", "100000")
     proc = subprocess.Popen([sys.executable, "-m", "gpt2", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 120
     while not (run_dir / "metrics.jsonl").exists() or len(train_losses(run_dir)) < 3:
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
@@ -263,11 +263,11 @@ def test_sigterm_to_the_launcher_reaches_the_trainer(corpus, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DATA_DIR": str(corpus.tokens), "TOKENIZER": str(corpus.tokenizer),
            "OUT_DIR": str(run_dir), "PRESET": "small", "SEQ_LEN": "32", "BATCH_SIZE": "4", "ACCUM_STEPS": "1",
-           "MAX_STEPS": "100000", "EVAL_EVERY": "0", "CHECKPOINT_EVERY": "0", "DEVICE": "cpu"}  # fmt: skip
+           "MAX_STEPS": "100000", "EVAL_EVERY": "0", "CHECKPOINT_EVERY": "0", "DEVICE": "cpu"}
     launcher = Path(__file__).parents[1] / "scripts" / "train_gpt2.sh"
     proc = subprocess.Popen(["bash", str(launcher), *TINY_MODEL[2:], "--log_every", "1", "--progress", "false"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True)
     try:
         deadline = time.time() + 120
         while not (run_dir / "metrics.jsonl").exists() or len(train_losses(run_dir)) < 2:
@@ -292,7 +292,7 @@ def test_the_launcher_resumes_with_the_checkpoints_settings_and_announces_the_on
     env = {**os.environ, "DATA_DIR": str(corpus.tokens), "TOKENIZER": str(corpus.tokenizer), "OUT_DIR": str(run_dir),
            "DEVICE": "cpu", "PRECISION_FLAGS": "", "RESUME": "true", "MAX_STEPS": "4", "WEIGHT_DECAY": "0.05"}
     resumed = subprocess.run(["bash", str(launcher), "--progress", "false"], env=env, capture_output=True, text=True,
-                             timeout=300)  # fmt: skip
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     out = resumed.stdout
     assert "RESUME=true: the checkpoint's settings, but for those set in the environment: MAX_STEPS WEIGHT_DECAY" in out
@@ -303,7 +303,7 @@ def test_the_launcher_resumes_with_the_checkpoints_settings_and_announces_the_on
     ckpt = find_checkpoint(run_dir)
     assert ckpt.step == 4 and ckpt.meta["model_config"]["n_layers"] == 2
     assert {k: ckpt.train_config[k] for k in ("preset", "seq_len", "eval_batches", "log_every")} == {
-        "preset": "small", "seq_len": 32, "eval_batches": 4, "log_every": 1}  # fmt: skip
+        "preset": "small", "seq_len": 32, "eval_batches": 4, "log_every": 1}
     used = OptimConfig(**ckpt.meta["optim_config"])
     assert (used.lr, used.warmup_steps, used.weight_decay) == (3e-3, 2, 0.05)
     lrs = {r["step"]: r["lr"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
@@ -326,7 +326,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_earlier_checkpoints(corpus, 
     assert sizes["trainer.pt"] > sizes["model.safetensors"]  # so a limit between them fails only trainer.pt
     limit = sizes["model.safetensors"] // 2 if failing_file == "model.safetensors" else sum(sizes.values()) // 2
     done = subprocess.run([sys.executable, "-m", "gpt2", *train_args(corpus, run_dir, "--max_steps", "4", "--resume")],
-                          capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(limit))  # fmt: skip
+                          capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(limit))
     assert done.returncode == 2, done.stderr
     assert "error: could not write the checkpoint of step 4" in done.stderr and "Traceback" not in done.stderr
     assert [c.name for c in list_checkpoints(run_dir)] == [first.name]
@@ -339,7 +339,7 @@ def test_checkpoints_keep_the_tokenizer_the_run_loaded(corpus, other_tokenizer, 
     shutil.copyfile(corpus.tokenizer, tokenizer)
     kwargs = {**_train_kwargs(corpus, tmp_path / "run"), "tokenizer": str(tokenizer)}
     trainer = Trainer(TrainConfig(**kwargs), OptimConfig(),
-                      model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))  # fmt: skip
+                      model_config_from_preset("small", vocab_size=corpus.vocab_size, n_layers=1))
     shutil.copyfile(other_tokenizer, tokenizer)  # replaced on disk while the run trains
     trainer.fit()
     ckpt = find_checkpoint(tmp_path / "run")
@@ -382,7 +382,7 @@ def test_compiled_model_trains_like_the_eager_one(corpus, tmp_path):
     assert cli(train_args(corpus, tmp_path / "eager", "--max_steps", "3", "--attention", "softplus")) == 0
     counters.clear()
     assert cli(train_args(corpus, tmp_path / "compiled", "--max_steps", "3", "--attention", "softplus",
-                          "--compile")) == 0  # fmt: skip
+                          "--compile")) == 0
     assert counters["stats"]["unique_graphs"] > 0  # dynamo captured graphs: --compile was not ignored
     eager, compiled = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
     assert eager.keys() == compiled.keys() == {1, 2, 3}
@@ -516,7 +516,7 @@ def test_resume_of_a_folder_without_checkpoint_and_without_model_flags_starts_a_
 def _resume_args(corpus, out_dir, *extra):
     """A resume that gives no setting at all: the data, the tokenizer, the run folder."""
     return ["train", "--data_dir", str(corpus.tokens), "--tokenizer", str(corpus.tokenizer), "--out_dir",
-            str(out_dir), "--resume", "--progress", "false", *extra]  # fmt: skip
+            str(out_dir), "--resume", "--progress", "false", *extra]
 
 
 def _signalled_at(step):
@@ -533,14 +533,14 @@ def _signalled_at(step):
 
 def _train_records(run_dir):
     return {r["step"]: (r["loss"], r["lr"], r["grad_norm"]) for r in read_metrics(run_dir / "metrics.jsonl")
-            if r["kind"] == "train"}  # fmt: skip
+            if r["kind"] == "train"}
 
 
 def test_a_resume_without_flags_continues_with_the_checkpoints_settings_bit_for_bit(corpus, tmp_path, monkeypatch,
-                                                                                    capsys):  # fmt: skip
+                                                                                    capsys):
     # Settings away from the defaults (was: a resume without them fell back to the defaults, lr 6e-4 and all).
     settings = ("--max_steps", "6", "--lr", "2e-3", "--min_lr", "1e-4", "--warmup_steps", "3", "--weight_decay",
-                "0.05", "--beta2", "0.99", "--grad_clip", "0.5", "--seed", "7", "--accum_steps", "2")  # fmt: skip
+                "0.05", "--beta2", "0.99", "--grad_clip", "0.5", "--seed", "7", "--accum_steps", "2")
     assert cli(train_args(corpus, tmp_path / "full", *settings)) == 0
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "train_step", _signalled_at(3))
@@ -585,14 +585,14 @@ def test_a_resume_with_a_flag_applies_it_and_says_so_in_one_line(corpus, tmp_pat
 def test_resumed_settings_take_the_precision_as_one_choice_and_never_how_the_old_launch_ran():
     recorded = TrainConfig(amp_bf16=True, seq_len=64, device="cuda", compile=True, data_dir="elsewhere")
     ckpt = Checkpoint(Path("ckpt"), 1, None, {"train_config": recorded.to_dict(),
-                                              "optim_config": asdict(OptimConfig(lr=1e-3))})  # fmt: skip
+                                              "optim_config": asdict(OptimConfig(lr=1e-3))})
     cfg, optim_cfg, changes = resumed_configs(TrainConfig(), OptimConfig(), ckpt, given=set())
     assert cfg.amp_bf16 and cfg.seq_len == 64 and optim_cfg.lr == 1e-3 and changes == []
     assert (cfg.device, cfg.compile, cfg.data_dir) == ("auto", False, "data/tokens")  # this launch's
     cfg, _, changes = resumed_configs(TrainConfig(amp_fp16=True), OptimConfig(), ckpt, given={"amp_fp16"})
     assert cfg.amp_fp16 and not cfg.amp_bf16  # not both: one precision, the one given
     assert changes == ["resume: --amp_fp16 False -> True (the precision given on the command line)",
-                       "resume: --amp_bf16 True -> False (the precision given on the command line)"]  # fmt: skip
+                       "resume: --amp_bf16 True -> False (the precision given on the command line)"]
     # Configs built in code (given=None) apply as they are, and their differences are announced too.
     cfg, _, changes = resumed_configs(TrainConfig(), OptimConfig(), ckpt, given=None)
     assert cfg.seq_len == 1024 and len(changes) == 3
@@ -609,7 +609,7 @@ def test_a_second_trainer_on_a_run_folder_in_use_stops_at_once_naming_the_holder
     run = tmp_path / "run"
     with open(tmp_path / "holder.log", "w") as log:  # a file, not a pipe: nothing reads it while it trains
         holder = subprocess.Popen([sys.executable, "-m", "gpt2", *train_args(corpus, run, "--max_steps", "1000000")],
-                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                                  stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
         while _lock_record(run) is None:
@@ -621,7 +621,7 @@ def test_a_second_trainer_on_a_run_folder_in_use_stops_at_once_naming_the_holder
         assert cli(train_args(corpus, run, "--max_steps", "2", "--resume")) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {run} is in use: another trainer (PID {holder.pid} on host "
-                              f"{socket.gethostname()}, since ")  # fmt: skip
+                              f"{socket.gethostname()}, since ")
         assert err.count("\n") == 1 and "choose another --out_dir" in err
         assert holder.poll() is None  # the holder trains on
         records = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
@@ -639,7 +639,7 @@ def test_token_ids_outside_the_vocabulary_stop_training_with_a_clear_error(corpu
     data = tmp_path / "tokens"  # train.bin of another tokenizer's ids under an intact header
     shutil.copytree(corpus.tokens, data)
     tokens = np.memmap(data / "train.bin", dtype=corpus.train.header.dtype, mode="r+", offset=256,
-                       shape=(len(corpus.train),))  # fmt: skip
+                       shape=(len(corpus.train),))
     tokens[::50] = 40_000
     tokens.flush()
     args = train_args(corpus, tmp_path / "run", "--max_steps", "2")
@@ -654,7 +654,7 @@ def test_an_eval_set_too_short_to_evaluate_is_refused_before_training(corpus, tm
     data = tmp_path / "tokens"
     shutil.copytree(corpus.tokens, data)
     write_token_file(data / "eval.bin", [TokenChunk(corpus.eval.tokens[:1])], corpus.vocab_size,
-                     corpus.eval.header.tokenizer_sha256)  # fmt: skip
+                     corpus.eval.header.tokenizer_sha256)
     args = train_args(corpus, tmp_path / "run", "--max_steps", "3", "--eval_every", "2", "--checkpoint_every", "3")
     args[args.index("--data_dir") + 1] = str(data)
     assert cli(args) == 2  # was: 2 steps trained, then this error at the first evaluation, nothing saved
@@ -696,7 +696,7 @@ def test_an_old_checkpoint_resumes_exactly_only_with_trust_checkpoint(corpus, tm
     state = torch.load(ckpt / "trainer.pt", weights_only=True)
     numpy = state["rng"]["numpy"]
     numpy = (numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-             numpy["cached_gaussian"])  # fmt: skip
+             numpy["cached_gaussian"])
     rewrite(ckpt, "trainer.pt", torch_saved({**state, "rng": {**state["rng"], "numpy": numpy}}))
     capsys.readouterr()
     assert cli(train_args(corpus, tmp_path / "old", *args, "--resume")) == 2
@@ -724,7 +724,7 @@ def test_an_out_dir_that_is_a_file_is_a_clear_error(corpus, tmp_path, capsys):
 
 def test_the_training_log_says_what_its_eval_loss_covers(corpus, tmp_path, capsys):
     assert cli(train_args(corpus, tmp_path / "run", "--max_steps", "2", "--eval_every", "1", "--eval_batches",
-                          "2")) == 0  # fmt: skip
+                          "2")) == 0
     out = capsys.readouterr().out
     targets = len(corpus.eval) - 1
     prefix = f"over the first 2 batches of seq_len 32: 256 of the eval set's {targets:,} tokens (--eval_batches;"

@@ -120,7 +120,7 @@ def test_plot_prints_the_file_it_wrote_and_refuses_what_it_cannot_write(tmp_path
     (TrainConfig, "seq_len", 0), (TrainConfig, "max_bad_steps", 0), (TrainConfig, "keep_checkpoints", -1),
     (TrainConfig, "eval_batches", -1), (OptimConfig, "lr", 0.0), (OptimConfig, "beta2", 1.0),
     (OptimConfig, "warmup_steps", -1),
-])  # fmt: skip
+])
 def test_bad_training_values_are_one_line_errors(cls, field, value):
     with pytest.raises(UserError, match=f"--{field} must be"):
         cls(**{field: value})
@@ -154,6 +154,6 @@ def test_non_finite_metrics_are_written_as_json_null(tmp_path):
     ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
     ("NVIDIA GH200 480GB", 989e12), ("NVIDIA H200 NVL", None), ("NVIDIA A100-SXM4-80GB", 312e12),
     ("Some Future GPU", None),
-])  # fmt: skip
+])
 def test_peak_flops_lookup_prefers_the_most_specific_name(name, peak):
     assert peak_flops_of(name, "bf16") == peak

@@ -89,7 +89,7 @@ def test_documents_are_clean_text_split_by_title(prepared):
     assert [doc.partition("\n")[0] for doc in docs["eval"]] == [
         "Anarchism", "Alaska", "Agriculture", "Appellate court", "Arraignment", "Asphalt", "Aruba",
         "Android (robot)", "Actinopterygii",
-    ]  # fmt: skip
+    ]
     assert by_title["Anarchism"].startswith(
         "Anarchism is a political philosophy that advocates self-governed societies based on voluntary"
     )
@@ -278,7 +278,7 @@ def cut_in_a_character(path: Path) -> None:
         (lambda c: (c / "manifest.json").write_bytes(b"\xff{}"), "corrupt manifest.json ("),
     ],
     ids=["missing", "cut-in-a-character", "stray", "manifest-a-list", "manifest-not-utf8"],
-)  # fmt: skip
+)
 def test_shards_that_are_not_the_manifests_are_refused(tmp_path, prepared, wiki_tokenizer, damage, message, capsys):
     corpus = tmp_path / "wiki"
     shutil.copytree(prepared[0], corpus)
@@ -310,7 +310,7 @@ def test_a_shard_that_is_not_utf8_is_a_clear_error(tmp_path, prepared, wiki_toke
         assert cli(args) == 2, args
         err = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
         assert err == f"error: shard {shard} is damaged: not UTF-8 at byte 1,000 (invalid start byte); prepare the " \
-                      "corpus again (--overwrite)"  # fmt: skip
+                      "corpus again (--overwrite)"
     assert not tokenizer.exists() and not tokens.exists()
 
 
@@ -320,7 +320,7 @@ def test_only_the_shards_are_read(tmp_path, prepared, wiki_tokenizer):
     for name in ("notes.txt", "train_00000.txt.tmp", "train_draft.txt", "eval_00000.txt"):
         (corpus / "train" / name).write_text("Not a document of the corpus\nsome text\n\n")
     assert cli(["encode", "--corpus_dir", str(corpus), "--tokenizer", str(wiki_tokenizer.path),
-                "--out_dir", str(tmp_path / "tokens")]) == 0  # fmt: skip
+                "--out_dir", str(tmp_path / "tokens")]) == 0
     assert TokenFile(tmp_path / "tokens" / "train.bin").header.n_docs == prepared[1]["splits"]["train"]["docs"]
     assert not [doc for doc in iter_documents(corpus / "train") if doc.startswith("Not a document")]
 
@@ -330,7 +330,7 @@ def test_an_empty_eval_split_is_named_by_the_next_stage(tmp_path, wiki_tokenizer
     # 0.0094), so none of its first 20 pages either: a prefix is enough, and quicker.
     out = tmp_path / "out"
     prepare = ["prepare", "--dump", "sample", "--out_dir", str(out), "--eval_fraction", "0.005", "--workers", "1",
-               "--max_pages", "20"]  # fmt: skip
+               "--max_pages", "20"]
     assert cli(prepare) == 0
     capsys.readouterr()
     tokenizer = str(wiki_tokenizer.path)
@@ -371,7 +371,7 @@ def test_malformed_xml_names_file_and_last_article(tmp_path):
     "field, value",
     [("eval_fraction", 1.0), ("eval_fraction", -0.1), ("eval_fraction", float("nan")), ("shard_size_mb", 0),
      ("shard_size_mb", float("nan")), ("shard_size_mb", float("inf")), ("workers", 0)],
-)  # fmt: skip
+)
 def test_bad_settings_are_refused(tmp_path, field, value):
     with pytest.raises(UserError, match=field):
         prepare(config(tmp_path, **{field: value}), progress=False)
@@ -432,7 +432,7 @@ def test_sigterm_ends_prepare_and_its_workers_and_keeps_the_earlier_corpus(tmp_p
     dump.write_bytes(xml[:start] + xml[start:end] * 4 + b"</mediawiki>")  # ~20 s of work for 2 workers
     args = ["prepare", "--dump", str(dump), "--out_dir", str(out), "--overwrite", "--workers", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "gpt2", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True)
     workers = []
     try:
         deadline = time.time() + 60

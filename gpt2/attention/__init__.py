@@ -42,7 +42,7 @@ ATTENTION: dict[str, AttentionSpec] = {
         AttentionSpec("softplus", softplus_attention, softplus_attention_export,
                       "l1-normalised softplus; fused Triton kernels on GPU, linear memory in L"),
     )
-}  # fmt: skip
+}
 
 
 def get_attention_spec(name: str) -> AttentionSpec:

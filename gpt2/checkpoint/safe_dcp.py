@@ -49,7 +49,7 @@ def _allowed(module: str, name: str) -> Any | None:
         obj = getattr(pathlib, name, None)
         return obj if isinstance(obj, type) and issubclass(obj, pathlib.PurePath) else None
     return {("collections", "OrderedDict"): collections.OrderedDict, ("builtins", "set"): set,
-            ("builtins", "frozenset"): frozenset}.get((module, name))  # fmt: skip
+            ("builtins", "frozenset"): frozenset}.get((module, name))
 
 
 class _MetadataUnpickler(pickle.Unpickler):

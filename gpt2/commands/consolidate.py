@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = find_checkpoint(args.checkpoint)
     if is_consolidated(ckpt):
         print(f"{ckpt.path} is already consolidated: its weights are one file, {ckpt.path / MODEL_FILE} "
-              "(nothing written)")  # fmt: skip
+              "(nothing written)")
         return 0
     print(f"wrote {consolidate(ckpt)}")
     return 0

@@ -33,7 +33,7 @@ class EvalTextConfig(TextConfig):
                           "text, JSONL (.jsonl/.json) or Parquet, optionally .gz/.zst/.bz2/.xz compressed; tokenized "
                           "with the checkpoint's tokenizer, each document scored on its own; repeat the flag for "
                           "more (default: none)"},
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -46,13 +46,13 @@ class EvalConfig:
         default=None,
         metadata={"help": "tokens per sequence (default: training seq_len; above it only for models without "
                           "learned positions)"},
-    )  # fmt: skip
+    )
     stride: int | None = field(
         default=None,
         metadata={"help": "tokens between the starts of consecutive windows (default: seq_len, windows that do not "
                           "overlap); below seq_len the windows overlap and each token is scored once, with at "
                           "least seq_len - stride tokens of context (GPT-2's WikiText evaluation)"},
-    )  # fmt: skip
+    )
     batch_size: int = field(default=8, metadata={"help": "sequences per batch"})
     backend: str = field(default="pytorch", metadata={"help": "what runs the model", "choices": BACKENDS})
     precision: str = field(default="auto", metadata={"help": PRECISION_HELP, "choices": BACKEND_PRECISIONS})
@@ -64,13 +64,13 @@ class EvalConfig:
         default=False,
         metadata={"help": "also report the attention-sink share: the fraction of (layer, head) pairs whose mean "
                           f"attention on the window's first token exceeds {SINK_THRESHOLD} (pytorch backend)"},
-    )  # fmt: skip
+    )
     output: str | None = field(
         default=None,
         metadata={"help": "JSON file for the results (default: RUN/eval_<checkpoint>_<backend>[_<precision>]"
                           "[_<eval tokens or text>-<hash>][_seq<S>][_stride<R>][_first<N>x<B>].json, or next to a "
                           "checkpoint that is not in a run)"},
-    )  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         check_eval_sizes(self.seq_len, self.batch_size, self.max_batches)
@@ -158,7 +158,7 @@ SAME_EVALUATION = ("checkpoint", "step", "weights_sha256", "eval_tokens", "seq_l
 SAME_TEXT_EVALUATION = (
     "checkpoint", "step", "weights_sha256", "text", "text_field", "text_documents", "text_separator", "text_sha256",
     "seq_len", "tokens", "backend", "precision",
-)  # fmt: skip
+)
 
 
 def _stride(report: dict[str, Any]) -> Any:
@@ -225,13 +225,13 @@ def run(args: argparse.Namespace) -> int:
     if "attention_sink_share" in report:
         sinks = report["attention_sink"]
         print(f"attention sinks: {report['attention_sink_share']:.1%} of (layer, head) pairs put more than "
-              f"{sinks['threshold']} of their attention on the first token ({sinks['batches']} batches)")  # fmt: skip
+              f"{sinks['threshold']} of their attention on the first token ({sinks['batches']} batches)")
     max_batches = None if report["whole_eval_set"] else cfg.max_batches
     eval_tag = text_set_tag(report) if "text" in report else eval_set_tag(ckpt, TokenFile(report["eval_tokens"]))
     output = output or default_output(
         ckpt, cfg.backend, report["precision"], report["seq_len"], max_batches, cfg.batch_size, eval_tag,
         report["stride"],
-    )  # fmt: skip
+    )
     write_report(output, merge_with_earlier(report, output))
     print(f"wrote {output}")
     return 0

@@ -24,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {ckpt.path} (step {ckpt.step}) -> {path} ({exported.architecture}"
           f"{', with its modeling code' if remote else ''})\n"
           f"load it with AutoModelForCausalLM and AutoTokenizer .from_pretrained({str(path)!r}{trust}); "
-          f"evaluate it with lm_eval --model hf --model_args pretrained={path}{trust.replace(' ', '')}")  # fmt: skip
+          f"evaluate it with lm_eval --model hf --model_args pretrained={path}{trust.replace(' ', '')}")
     return 0

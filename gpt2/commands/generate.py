@@ -60,7 +60,7 @@ def read_prompt_file(path: Path) -> list[str]:
     prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError(f"prompt file {path} holds no prompt (it is empty or blank); for an unconditional "
-                        "sample, pass --prompt ''")  # fmt: skip
+                        "sample, pass --prompt ''")
     return prompts
 
 

@@ -42,7 +42,7 @@ def init_model_config(init_from: str, args: argparse.Namespace) -> ModelConfig:
     if args.preset is not None or given:
         flags = ", ".join((["--preset"] if args.preset is not None else []) + given)
         raise UserError(f"--init_from starts from the model of its checkpoint: leave out {flags} (of the model "
-                        "flags only --dropout may change)")  # fmt: skip
+                        "flags only --dropout may change)")
     model_cfg = find_checkpoint(init_from, verify=False).model_config  # the trainer verifies the weights it reads
     return model_cfg if args.dropout is None else dataclasses.replace(model_cfg, dropout=args.dropout)
 

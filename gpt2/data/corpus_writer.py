@@ -37,7 +37,7 @@ class CorpusConfig:
                           "article, of the text of a --text document); 0.005 of English Wikipedia is ~100 MB of "
                           "text (the sample's 98 articles need ~0.1). A corpus of one document: this fraction of "
                           "its bytes, at its end, cut at a line boundary"},
-    )  # fmt: skip
+    )
     shard_size_mb: float = field(default=100.0, metadata={"help": "text per shard file, in MB"})
     workers: int = field(
         default_factory=available_cpus,

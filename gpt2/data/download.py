@@ -149,7 +149,7 @@ def _fetch(url: str, part: Path, timeout_s: float, progress: bool) -> int:
         with open(part, mode) as f, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=part.name[: -len(".part")],
             disable=not progress,
-        ) as bar:  # fmt: skip
+        ) as bar:
             while chunk := response.read(CHUNK_BYTES):
                 f.write(chunk)
                 bar.update(len(chunk))

@@ -75,13 +75,13 @@ DROPPED_SECTIONS = frozenset({
     "see also", "references", "external links", "further reading", "notes", "footnotes", "citations",
     "sources", "bibliography", "notes and references", "references and notes", "works cited",
     "explanatory notes", "general references", "cited sources", "gallery",
-})  # fmt: skip
+})
 
 # Tags whose content is not running text.
 DROPPED_TAGS = frozenset({
     "ref", "references", "table", "gallery", "imagemap", "timeline", "graph", "score", "mapframe",
     "maplink", "templatedata", "templatestyles", "includeonly", "inputbox", "categorytree", "hiero",
-})  # fmt: skip
+})
 # Tags whose content is not wikitext, kept as it is. A formula's whitespace, newlines included, is one space
 # (as for TeX), so that an inline formula does not split its sentence; a code block keeps its lines and
 # indentation; <nowiki> is inline text, one line as a formula is (a newline in it is whitespace in HTML).
@@ -108,7 +108,7 @@ KNOWN_TAGS = frozenset({
     "kbd", "li", "link", "mark", "meta", "ol", "p", "q", "rb", "rp", "rt", "rtc", "ruby", "s", "samp",
     "small", "span", "strike", "strong", "sub", "sup", "td", "th", "time", "tr", "tt", "u", "ul", "var",
     "wbr", "noinclude", "onlyinclude", "poem", "section", "indicator", "charinsert", "langconvert",
-}) | DROPPED_TAGS | VERBATIM_TAGS  # fmt: skip
+}) | DROPPED_TAGS | VERBATIM_TAGS
 # A known tag name, then attributes as name=value only, so that "a<b and c>d" stays text.
 _STRAY_TAG = re.compile(
     r"</?(?:" + "|".join(sorted(KNOWN_TAGS, key=len, reverse=True)) + r")"

@@ -67,9 +67,9 @@ def _last(args: Arguments) -> str:
 
 
 _RANGE_WORDS = {"-": "–", "–": "–", "to": " to ", "and": " and ", "or": " or ", "by": " by ", "x": " × ",
-                "+/-": " ± ", "±": " ± ", "&": " & ", "to(-)": " to ", "and(-)": " and "}  # fmt: skip
+                "+/-": " ± ", "±": " ± ", "&": " & ", "to(-)": " to ", "and(-)": " and "}
 _UNIT_NAMES = {"C": "°C", "F": "°F", "sqmi": "sq mi", "sqkm": "km²", "km2": "km²", "m2": "m²",
-               "sqft": "sq ft", "ft2": "sq ft", "acre": "acres"}  # fmt: skip
+               "sqft": "sq ft", "ft2": "sq ft", "acre": "acres"}
 
 
 def _convert(args: Arguments) -> str:
@@ -97,7 +97,7 @@ def _frac(args: Arguments) -> str:
 
 
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December")  # fmt: skip
+           "November", "December")
 
 
 def _as_of(args: Arguments) -> str:

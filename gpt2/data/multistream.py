@@ -61,7 +61,7 @@ def stream_offsets(index: Path) -> list[int]:
                     offsets.append(offset)
     except (OSError, EOFError, ValueError) as e:
         raise MultistreamError(f"multistream index {index} is unreadable ({e}); delete it to read the dump "
-                               "in one process") from None  # fmt: skip
+                               "in one process") from None
     if any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)):
         raise MultistreamError(f"multistream index {index}: stream offsets are not in increasing order")
     return offsets
@@ -116,7 +116,7 @@ def _decompress(dump: Path, streams: Streams) -> bytes:
     except (OSError, EOFError, ValueError) as e:
         raise MultistreamError(f"dump {dump}: bytes {streams.start:,} to {streams.end:,} are not whole bz2 "
                                f"streams ({e}): the dump is truncated or corrupt, or its index is another "
-                               "dump's") from None  # fmt: skip
+                               "dump's") from None
 
 
 def write_multistream(xml: bytes, dump: Path, pages_per_stream: int = 100) -> Path:
@@ -134,7 +134,7 @@ def write_multistream(xml: bytes, dump: Path, pages_per_stream: int = 100) -> Pa
                 page_id = re.search(rb"<id>(\d+)</id>", page)
                 title = re.search(rb"<title>(.*?)</title>", page, re.DOTALL)
                 index_lines.append(b"%d:%s:%s\n" % (offset, page_id.group(1) if page_id else b"0",
-                                                    title.group(1) if title else b""))  # fmt: skip
+                                                    title.group(1) if title else b""))
             f.write(bz2.compress(b"".join(pages[i : i + pages_per_stream])))
         f.write(bz2.compress(b"</mediawiki>\n"))
     index = index_path(dump)

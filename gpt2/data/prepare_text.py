@@ -47,7 +47,7 @@ class TextConfig:
                   "help": "your own corpus instead of a Wikipedia dump: a file, a folder (all files in it, at any "
                           "depth) or a quoted glob; plain text, JSONL (.jsonl/.json) or Parquet, optionally "
                           ".gz/.zst/.bz2/.xz compressed; repeat the flag for more (default: none)"},
-    )  # fmt: skip
+    )
     format: Literal["auto", "text", "jsonl", "parquet"] = field(
         default="auto", metadata={"help": "the format of every --text file; auto: from each file's name"}
     )
@@ -56,12 +56,12 @@ class TextConfig:
         metadata={"help": "where a plain-text document ends: file (one document per file), blank_line (at every "
                           "blank line), separator (at every --separator line) (default: file, or separator when "
                           "--separator is given)"},
-    )  # fmt: skip
+    )
     separator: str | None = field(
         default=None,
         metadata={"help": "the line between two documents of --documents separator, e.g. '<|endoftext|>' "
                           "(write --separator=--- for a line that starts with -)"},
-    )  # fmt: skip
+    )
     text_field: str = field(
         default="text", metadata={"help": "the field of a JSONL object, or the Parquet column, that holds the text"}
     )
@@ -100,7 +100,7 @@ def prepare_text(cfg: TextCorpusConfig, progress: bool = True) -> dict:
 
 
 def _write_corpus(cfg: TextCorpusConfig, options: ReadOptions, files: list[TextFile], out_dir: Path,
-                  progress: bool) -> dict:  # fmt: skip
+                  progress: bool) -> dict:
     """The corpus of ``files`` in ``out_dir``, ``manifest.json`` last; return the manifest."""
     start = time.perf_counter()
     writer = CorpusWriter(out_dir, cfg.shard_size_mb, TEXT_DOC_SEPARATOR)

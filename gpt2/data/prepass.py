@@ -37,7 +37,7 @@ CUT = "\ufdd6"  # a Unicode noncharacter: removed from the input, deleted by the
 OPAQUE_TAGS = frozenset({
     "categorytree", "ce", "chem", "gallery", "graph", "hiero", "imagemap", "inputbox", "math", "nowiki", "pre",
     "score", "section", "source", "syntaxhighlight", "templatedata", "timeline",
-})  # fmt: skip
+})
 
 # What the scan stops at: a comment, a dropped or opaque tag (``_event_pattern`` names them), any closing tag,
 # template and link brackets, a table's first and last line, list markup. Every alternative starts with one

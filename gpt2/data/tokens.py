@@ -77,7 +77,7 @@ class TokenFileHeader:
         raw = struct.pack(
             HEADER_FORMAT, MAGIC, self.version, self.itemsize, self.n_tokens, self.vocab_size,
             self.n_docs, self.n_bytes, bytes.fromhex(self.tokenizer_sha256),
-        )  # fmt: skip
+        )
         return raw.ljust(HEADER_SIZE, b"\0")
 
     @classmethod

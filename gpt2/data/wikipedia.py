@@ -54,7 +54,7 @@ BATCH_BYTES = 1 << 20
 # What happened to the <page>s read (manifest "pages"): outside namespace 0, redirect, ..., or kept.
 PAGE_COUNTS = (
     "read", "not_article", "redirect", "empty", "disambiguation", "too_short", "markup_error", "kept"
-)  # fmt: skip
+)
 _DISAMBIGUATION = re.compile(
     r"\{\{\s*(?:disambiguation|disambig|dab|disamb|hndis|geodis|numberdis)\s*[|}]", re.I
 )
@@ -69,7 +69,7 @@ class DumpConfig:
         metadata={"help": "pages-articles dump (MediaWiki XML): a .xml or .xml.bz2 path, an https URL (downloaded "
                           "to --download_dir, resumable), or 'sample' (206-page excerpt bundled with gensim) "
                           "(default: sample, when no --text is given)"},
-    )  # fmt: skip
+    )
     min_chars: int = field(
         default=200,
         metadata={"help": "skip articles with fewer characters of text once cleaned (title excluded)"},

@@ -338,7 +338,7 @@ class Deployment:
             else:
                 results.append(benchmark_backend(
                     name, make, tokens, bench.warmup, bench.iters, bench.decode_steps, cache_lengths, seq_len
-                ))  # fmt: skip
+                ))
             print(f"  {name}: {results[-1].status}")
         config = {**vars(bench), "batch_size": self.cfg.batch_size, "seq_len": seq_len}
         self.report["benchmark"] = {"config": config, "results": [r.to_dict() for r in results]}

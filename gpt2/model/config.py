@@ -36,13 +36,13 @@ class ModelConfig:
         default="learned",
         metadata={"help": "position encoding: learned (GPT-2's table), none, alibi or rope; all but learned read "
                           "sequences longer than max_seq_len"},
-    )  # fmt: skip
+    )
     rope_base: float = field(default=10000.0, metadata={"help": "rope only: base of the rotation frequencies"})
     length_base: float | None = field(
         default=None,
         metadata={"help": "scale the scores of a query that sees n keys by log(n)/log(base) (softmax: "
                           "Scalable-Softmax; softplus: length-aware softplus); None: off"},
-    )  # fmt: skip
+    )
     pad_vocab_multiple: int = field(
         default=64, metadata={"help": "pad the embedding rows to a multiple of this (faster matmuls)"}
     )

@@ -89,7 +89,7 @@ def config_from_remote(c: dict[str, Any]) -> ModelConfig:
             vocab_size=c["vocab_size"], n_layers=c["n_layer"], dim=c["n_embd"], n_heads=c["n_head"],
             head_dim=c["head_dim"], max_seq_len=c["n_positions"], dropout=c["dropout"], bias=c["bias"],
             attention=c["attention"], position=c["position"], rope_base=c["rope_base"], length_base=c["length_base"],
-        )  # fmt: skip
+        )
     except KeyError as e:
         raise UserError(f"a {REMOTE_MODEL_TYPE} config.json without {e.args[0]!r}: not written by export-hf") from None
 

@@ -59,7 +59,7 @@ def read_hf_config(src: str) -> dict[str, Any]:
         config, _ = PretrainedConfig.get_config_dict(src)
     except OSError as e:
         raise UserError(f"{src} is neither a folder nor a model on the Hugging Face hub that could be reached: "
-                        f"{str(e).splitlines()[0]}") from None  # fmt: skip
+                        f"{str(e).splitlines()[0]}") from None
     return config
 
 
@@ -76,7 +76,7 @@ def model_config(src: str, config: dict[str, Any]) -> ModelConfig:
     architectures = config.get("architectures") or list(GPT2_ARCHITECTURES)
     if model_type != "gpt2" or not set(architectures) & set(GPT2_ARCHITECTURES):
         raise UserError(f"{src} is a {architecture(config)} model (model_type {model_type!r}); import-hf reads "
-                        f"GPT-2 models ({GPT2_ARCHITECTURES[0]}) and folders that export-hf wrote")  # fmt: skip
+                        f"GPT-2 models ({GPT2_ARCHITECTURES[0]}) and folders that export-hf wrote")
     # GPT-2 has three dropouts; ours is one, on the embeddings and the residual branches (attn_pdrop: none).
     try:
         return config_from_hf(config, dropout=float(config.get("resid_pdrop", 0.0)))
@@ -141,7 +141,7 @@ def read_hf_model(src: str, remote: bool) -> Any:
     problems = [*missing, *info["unexpected_keys"], *(str(k) for k in info.get("mismatched_keys", []))]
     if problems:
         raise UserError(f"the weights of {src} do not fit its {HF_CONFIG}: {', '.join(problems[:3])}"
-                        f"{', ...' if len(problems) > 3 else ''} missing, unexpected or of another shape")  # fmt: skip
+                        f"{', ...' if len(problems) > 3 else ''} missing, unexpected or of another shape")
     return hf
 
 

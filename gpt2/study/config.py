@@ -34,7 +34,7 @@ class StudyConfig:
     n_heads: int = field(default=4, metadata={"help": "attention heads"})
     length_base: float | None = field(
         default=None, metadata={"help": "base b of the length scale log(n)/log(b) (default: seq_len: 1 at the "
-                                        "training length)"})  # fmt: skip
+                                        "training length)"})
     # The budget, the same for every cell.
     seq_len: int = field(default=128, metadata={"help": "training sequence length"})
     batch_size: int = field(default=16, metadata={"help": "sequences per step"})
@@ -102,7 +102,7 @@ class StudyConfig:
             vocab_size=vocab_size, n_layers=self.n_layers, dim=self.dim, n_heads=self.n_heads,
             max_seq_len=self.seq_len, attention=variant.attention, position=variant.position,
             length_base=self.effective_length_base if variant.length_scale else None,
-        )  # fmt: skip
+        )
 
     def eval_seq_lens(self, variant: Variant) -> list[int]:
         multiples = [1] if variant.position == "learned" else self.eval_lengths

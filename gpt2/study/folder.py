@@ -101,7 +101,7 @@ def write_report(cfg: StudyConfig, results: list[dict[str, Any]], wall_seconds: 
         curves.setdefault(r["variant"], []).append(dict(zip(steps, losses, strict=True)))
     with atomic_write(out / "study.json") as f:
         json.dump({"grid": cfg.grid(), "info": info, "variants": variants, "comparisons": rows,
-                   "past_training_length": longer, "cells": results}, f, indent=2)  # fmt: skip
+                   "past_training_length": longer, "cells": results}, f, indent=2)
     with atomic_write(out / "study.md") as f:
         f.write(report.markdown(cfg, variants, rows, longer, info))
     report.plots(cfg, variants, curves, out)

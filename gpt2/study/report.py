@@ -43,7 +43,7 @@ def aggregate(cfg: StudyConfig, results: list[dict[str, Any]]) -> dict[str, dict
             "eval": {n: _mean_std([r["eval"][n]["loss"] for r in runs]) for n in lengths},
             "position_loss": {"seq_len": int(longest), "buckets": buckets},
             "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
-        }  # fmt: skip
+        }
     return variants
 
 
@@ -83,7 +83,7 @@ def comparisons(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append({
                 "question": question, "a": a_name, "b": b_name, "seq_len": int(n), "difference": diff,
                 "spread": spread, "exceeds": spread is not None and abs(diff) > SPREADS * spread,
-            })  # fmt: skip
+            })
     return rows
 
 
@@ -102,7 +102,7 @@ def past_training_length(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         stats = _mean_std(changes)
         rows.append({"variant": name, "from": lengths[name][0], "to": lengths[name][1], "change": stats["mean"],
                      "spread": stats["std"], "exceeds": stats["std"] is not None and
-                     abs(stats["mean"]) > SPREADS * stats["std"]})  # fmt: skip
+                     abs(stats["mean"]) > SPREADS * stats["std"]})
     return rows
 
 

@@ -51,7 +51,7 @@ def train_command(cfg: StudyConfig, cell: Cell) -> list[str]:
         "--eval_every", str(cfg.eval_every), "--eval_batches", "20", "--log_every", "10",
         "--checkpoint_every", str(cfg.eval_every), "--keep_checkpoints", "1", "--device", cfg.device,
         "--progress", "false",
-    ]  # fmt: skip
+    ]
     if v.length_scale:
         cmd += ["--length_base", str(cfg.effective_length_base)]
     return cmd
@@ -98,7 +98,7 @@ def evaluate_cell(cfg: StudyConfig, cell: Cell) -> dict[str, Any]:
         "position": cell.variant.position, "length_scale": cell.variant.length_scale,
         "train_seconds": round(_train_seconds(cfg, cell), 1), "eval_seconds": round(time.perf_counter() - start, 1),
         "eval": evals,
-    }  # fmt: skip
+    }
     with atomic_write(cell_dir(cfg, cell) / "eval.json") as f:
         json.dump(result, f, indent=2)
     return result

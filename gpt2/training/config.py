@@ -57,19 +57,19 @@ class TrainConfig:
         metadata={"help": "with --resume: also load trainer state (or a sharded checkpoint's DCP metadata) that "
                           "holds more than plain data, as older versions pickled it, which runs any code the file "
                           "holds; only for checkpoints from a source you trust", "recorded": False},
-    )  # fmt: skip
+    )
     init_from: str | None = field(
         default=None,
         metadata={"help": "start a new run from the weights of this checkpoint (or run folder's newest; e.g. one "
                           "import-hf wrote): its model and tokenizer, a new optimizer at step 0 (fine-tuning); only "
                           "--dropout of the model flags may change"},
-    )  # fmt: skip
+    )
     # Model.
     preset: str | None = field(
         default=None,
         metadata={"help": f"model shape: small, gpt2, gpt2-medium, ... (default: {DEFAULT_PRESET}; when resuming, "
                           "the checkpoint's: one given must describe its model)"},
-    )  # fmt: skip
+    )
     # Batches: one optimizer step sees batch_size * accum_steps * world_size sequences.
     seq_len: int = field(default=1024, metadata={"help": "tokens per training sequence"})
     batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch (per process)"})
@@ -96,13 +96,13 @@ class TrainConfig:
         default=True,
         metadata={"help": "refuse to start a run whose estimated peak memory does not fit in what the device has "
                           "free (the estimate is printed and recorded either way)"},
-    )  # fmt: skip
+    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     report_to: list[str] = field(
         default_factory=lambda: ["none"],
         metadata={"help": "experiment trackers that mirror metrics.jsonl: none, tensorboard (RUN/tensorboard), "
                           "wandb (W&B, configured by WANDB_MODE, WANDB_PROJECT...); several, or a comma list"},
-    )  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         self.report_to = parse_report_to(self.report_to)

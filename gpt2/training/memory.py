@@ -213,7 +213,7 @@ def estimate_memory(
     return MemoryEstimate(
         weights=weights, gradients=gradients, optimizer=optimizer, working_weights=int(working),
         activations=int(activations), scores=int(kept_scores), temporaries=int(temporaries),
-    )  # fmt: skip
+    )
 
 
 def compare_attention(
@@ -234,7 +234,7 @@ def compare_attention(
             batch_size, seq_len, precision, device_type,
         )
         for kind in kinds
-    }  # fmt: skip
+    }
 
 
 if __name__ == "__main__":  # python -m gpt2.training.memory: the same as python -m gpt2 memory

@@ -149,5 +149,5 @@ def check_training_memory(
         print(f"memory: {estimate.summary()}{of}")
     if cfg.check_memory and memory is not None:
         check_fits(model_cfg, cfg.batch_size, cfg.accum_steps, cfg.seq_len, precision, device.type, memory,
-                   world_size, processes, kernel)  # fmt: skip
+                   world_size, processes, kernel)
     return record

@@ -123,7 +123,7 @@ class Trainer:
         self.batches = TrainBatches(
             self.data.train, cfg.seq_len, cfg.batch_size, cfg.seed,
             rank=self.env.rank, world_size=self.env.world_size, accum_steps=cfg.accum_steps,
-        )  # fmt: skip
+        )
         self.token_bytes = self.tokenizer.token_byte_lengths()  # for bits per byte
 
         self.step = 0
@@ -150,7 +150,7 @@ class Trainer:
     def _configs(self) -> dict[str, Any]:
         """The run's settings, as run_config_step<N>.json and the experiment trackers record them."""
         return {"train_config": self.cfg.to_dict(), "optim_config": asdict(self.optim_cfg),
-                "model_config": self.model.cfg.to_dict()}  # fmt: skip
+                "model_config": self.model.cfg.to_dict()}
 
     def _open_reporters(self) -> list[Reporter]:
         step = self.step if self.cfg.resume else None
@@ -203,7 +203,7 @@ class Trainer:
                     path = self._save_if_sound()
                     if self.env.is_main:
                         print(f"stopped at step {self.step}; {self._saved(path)}\n"
-                              "resume: the same command with --resume (launchers: RESUME=true)")  # fmt: skip
+                              "resume: the same command with --resume (launchers: RESUME=true)")
                     return last_eval
                 final = self.step == cfg.max_steps
                 with log.paused():  # tokens/s counts training time only
@@ -213,7 +213,7 @@ class Trainer:
                         last_eval = self.evaluate()
                         if self.env.is_main:
                             log.write(f"step {self.step}: eval loss {last_eval.loss:.4f}, bits per byte "
-                                      f"{last_eval.bits_per_byte:.4f} over {self._scored(last_eval)}")  # fmt: skip
+                                      f"{last_eval.bits_per_byte:.4f} over {self._scored(last_eval)}")
             log.close()
             # Save before the final evaluation, which can take minutes: a stop during it then loses nothing.
             path = self._save_if_sound()
@@ -235,7 +235,7 @@ class Trainer:
             tokens_per_step=self.batches.global_batch * cfg.seq_len, flops_per_token=self.flops_per_token,
             peak_flops=self.peak_flops, world_size=self.env.world_size, device=self.device,
             progress=cfg.progress and self.env.is_main,
-        )  # fmt: skip
+        )
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``accum_steps`` micro-batches (per rank)."""
@@ -350,7 +350,7 @@ class Trainer:
             return save_checkpoint(
                 self.run_dir, self.step, self.model, self.optimizer, self.tokenizer.data, meta,
                 trainer_state(self.step, self.scaler), self.cfg.keep_checkpoints, self.env, CHECKPOINT_ADDITIONS,
-            )  # fmt: skip
+            )
         except (OSError, RuntimeError, SafetensorError) as e:  # a full disk: torch.save raises RuntimeError
             free = shutil.disk_usage(self.run_dir).free / 2**30 if self.run_dir.exists() else math.nan
             raise UserError(

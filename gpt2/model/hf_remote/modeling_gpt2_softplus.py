@@ -67,7 +67,7 @@ class Positions:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: Positions, config: GPT2SoftplusConfig,
-           slopes: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+           slopes: torch.Tensor | None) -> torch.Tensor:
     """The attention output ``(B, H, T, D)``, computed in fp32 (fp64 for fp64 inputs)."""
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     scores = (q.to(compute_dtype) @ k.to(compute_dtype).transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
@@ -169,7 +169,7 @@ class GPT2SoftplusModel(GPT2SoftplusPreTrainedModel):
         self.tok_emb = value
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: Any = None
-                ) -> torch.Tensor:  # fmt: skip
+                ) -> torch.Tensor:
         T = input_ids.shape[1]
         past = cache.get_seq_length() if cache is not None else 0
         pos = self.positions(T, past, attention_mask, input_ids.device)
@@ -177,7 +177,7 @@ class GPT2SoftplusModel(GPT2SoftplusPreTrainedModel):
         if self.pos_emb is not None:
             if int(pos.query.max()) >= self.config.n_positions:
                 raise ValueError(f"position {int(pos.query.max())} is past the learned position table "
-                                 f"(n_positions {self.config.n_positions})")  # fmt: skip
+                                 f"(n_positions {self.config.n_positions})")
             x = x + self.pos_emb(pos.query)
         x = self.dropout(x)
         slopes = alibi_slopes(self.config.n_head, x.device) if self.config.position == "alibi" else None
