@@ -175,6 +175,21 @@ def test_ort_matches_pytorch_on_prefill_and_on_decode_with_a_cache(kind, checkpo
     assert (prefill - full[:, :40]).abs().max() > 0  # two implementations, not one run twice
 
 
+def test_two_caches_decoded_in_turn_on_one_backend_keep_apart(checkpoints, exported, eval_batches):
+    """The backend rebinds only the inputs whose tensors moved since its last call: each cache must still be
+    the one its call reads, whatever was bound before."""
+    ort_backend = load_backend("onnxruntime", checkpoints["softplus"])
+    tokens = eval_batches[0][0]
+    full = reference(checkpoints["softplus"]).forward(tokens)
+    a, b = ort_backend.new_state(4, SEQ), ort_backend.new_state(2, SEQ)
+    logits_a, logits_b = [ort_backend.forward(tokens[:, :20], a)], [ort_backend.forward(tokens[:2, :30], b)]
+    for i in range(4):
+        logits_a.append(ort_backend.forward(tokens[:, 20 + i : 21 + i], a))
+        logits_b.append(ort_backend.forward(tokens[:2, 30 + i : 31 + i], b))
+    torch.testing.assert_close(torch.cat(logits_a, dim=1), full[:, :24], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(logits_b, dim=1), full[:2, :34], atol=1e-4, rtol=1e-4)
+
+
 def test_sizes_the_export_never_traced_work(checkpoints, exported, corpus):
     """Traced with batch 2, query 3, cache 4: batch 1, query 1, cache 0 and max_seq_len must still run."""
     ort_backend, torch_backend = (
