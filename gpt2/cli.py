@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("gpt2.commands.train", "train GPT-2 (one process; FSDP under torchrun)"),
     "evaluate": ("gpt2.commands.evaluate", "loss, perplexity and bits per byte of a checkpoint"),
     "generate": ("gpt2.commands.generate", "sample text from a checkpoint with a KV cache"),
-    "deploy": ("gpt2.deployment.main", "export to ONNX, validate, build a TensorRT engine, benchmark"),
+    "deploy": ("gpt2.commands.deploy", "export to ONNX, validate, build a TensorRT engine, benchmark"),
     "study": ("gpt2.commands.study", "softmax vs softplus: train and evaluate a grid of variants over seeds, report"),
     "plot": ("gpt2.commands.plot", "loss curves of several runs in one PNG"),
     "consolidate": ("gpt2.commands.consolidate", "turn a sharded (FSDP) checkpoint into one safetensors file"),

@@ -24,12 +24,8 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("entry points", "commands cli __main__"),
 )
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names.split()}
-# Upward imports being removed by work not merged yet: (importing module, imported module). One that no longer
-# occurs fails the test, so that the list only shrinks.
-KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset()
 # Where argparse may be imported: the commands and the flags bridge. The rest of gpt2/ takes configs.
 ARGPARSE_ALLOWED = ("gpt2.commands", "gpt2.cli", "gpt2.flags")
-KNOWN_ARGPARSE = frozenset({"gpt2.deployment.main"})  # the deploy command, moving to gpt2/commands/
 
 
 @dataclass(frozen=True)
@@ -135,11 +131,11 @@ def unplaced_modules(root: Path) -> list[str]:
     )
 
 
-def upward_imports(imports: list[Import], known: frozenset[tuple[str, str]] = frozenset()) -> list[str]:
+def upward_imports(imports: list[Import]) -> list[str]:
     problems = []
     for imp in imports:
         src, dst = LAYER_OF.get(imp.source_unit), LAYER_OF.get(imp.target_unit)
-        if src is None or dst is None or dst <= src or (imp.source, imp.target) in known:
+        if src is None or dst is None or dst <= src:
             continue
         problems.append(
             f"{imp.where}: {imp.source} ({LAYERS[src][0]}) imports {imp.target} from a higher layer ({LAYERS[dst][0]})"
@@ -187,11 +183,6 @@ def _path_back(edges: dict[str, dict[str, Import]], start: str) -> list[str] | N
     return None
 
 
-def pending_removed(imports: list[Import]) -> list[Import]:
-    """``imports`` as they will be once the :data:`KNOWN_UPWARD` ones are gone."""
-    return [imp for imp in imports if (imp.source, imp.target) not in KNOWN_UPWARD]
-
-
 # --- gpt2/ itself ---------------------------------------------------------------------------------------------
 
 
@@ -205,23 +196,15 @@ def test_every_module_is_in_a_layer():
 
 
 def test_no_module_imports_from_a_higher_layer(imports):
-    assert upward_imports(imports, KNOWN_UPWARD) == []
-
-
-def test_the_known_upward_imports_still_exist(imports):
-    # Once the work that removes one is merged, its entry goes too.
-    present = {(imp.source, imp.target) for imp in imports}
-    assert sorted(KNOWN_UPWARD - present) == []
+    assert upward_imports(imports) == []
 
 
 def test_only_the_commands_parse_arguments():
-    users = argparse_users(ROOT)
-    assert sorted(users - KNOWN_ARGPARSE) == [], "argparse outside gpt2/commands: move add_arguments/run there"
-    assert sorted(KNOWN_ARGPARSE - users) == []  # moved: drop it from KNOWN_ARGPARSE
+    assert sorted(argparse_users(ROOT)) == [], "argparse outside gpt2/commands: move add_arguments/run there"
 
 
 def test_no_packages_import_each_other(imports):
-    assert import_cycles(pending_removed(imports)) == []
+    assert import_cycles(imports) == []
 
 
 def test_no_modules_import_each_other(imports):
@@ -267,7 +250,6 @@ def test_the_checks_catch_an_upward_import_inside_a_function(tmp_path):
     assert upward_imports(imports) == [
         "gpt2/io.py:2: gpt2.io (base) imports gpt2.training.trainer from a higher layer (stages)"
     ]
-    assert upward_imports(imports, known=frozenset({("gpt2.io", "gpt2.training.trainer")})) == []
     found = {(i.source, i.target) for i in imports}
     assert {("gpt2.training.trainer", "gpt2.errors"), ("gpt2.model", "gpt2.model.gpt")} <= found
     assert ("gpt2.model.gpt", "gpt2.attention") in found  # two dots: from the package above
