@@ -90,6 +90,14 @@ def exported(checkpoints) -> dict[str, Path]:
     return {kind: export_checkpoint(path, "fp32")[0] for kind, path in checkpoints.items()}
 
 
+@pytest.fixture(scope="session")
+def half_exports(checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """A copy of the softplus checkpoint (``"checkpoint"``) exported in fp16 (deploy_gpt2.sh's default) and bf16
+    (for TensorRT); the shared checkpoints keep their fp32 exports only."""
+    ckpt = copy_checkpoint(checkpoints["softplus"], tmp_path_factory.mktemp("half"))
+    return {"checkpoint": ckpt, **{p: export_checkpoint(ckpt, p)[0] for p in ("fp16", "bf16")}}
+
+
 def reference(checkpoint: Path) -> TorchBackend:
     return TorchBackend(load_model(checkpoint)[0])
 
@@ -119,20 +127,6 @@ def test_export_passes_checker_and_shape_inference_with_named_dynamic_dims(kind,
     assert not {"Softplus", "Softmax"} & ops
     shapes = [list(i.dims) for i in graph.graph.initializer]
     assert [VOCAB, 64] in shapes and [512, 64] not in shapes  # the tied embedding, without its padding rows
-
-
-def test_length_aware_softplus_exports_and_matches(corpus, tmp_path):
-    torch.manual_seed(1)
-    model = GPT(tiny_config("softplus", length_base=64.0)).eval()
-    ckpt = save_checkpoint(tmp_path, 1, model, None, corpus.tokenizer)
-    export_checkpoint(ckpt, "fp32")
-    backend = load_backend("onnxruntime", ckpt)
-    tokens = corpus.eval_ids(40).view(2, 20)
-    state = backend.new_state(2, 20)
-    logits = torch.cat(
-        [backend.forward(tokens[:, :12], state), backend.forward(tokens[:, 12:], state)], dim=1
-    )
-    torch.testing.assert_close(logits, reference(ckpt).forward(tokens), atol=1e-4, rtol=1e-4)
 
 
 def test_softplus_export_keeps_weights_below_float_resolution(corpus, tmp_path):
@@ -264,21 +258,21 @@ def test_validate_fails_in_fp32_on_greedy_divergence_alone(checkpoints, exported
     assert not report.passed and report.summary().endswith(report.failures[0])
 
 
-def test_fp16_export_runs_in_ort_within_the_fp16_thresholds(checkpoints, eval_batches):
-    path, info = export_checkpoint(checkpoints["softmax"], "fp16")
-    assert path.name == "model.fp16.onnx" and info.metadata["gpt2.precision"] == "fp16"
-    backend = load_backend("onnxruntime", checkpoints["softmax"], precision="fp16")
+def test_fp16_export_runs_in_ort_within_the_fp16_thresholds(half_exports, eval_batches):
+    ckpt, info = half_exports["checkpoint"], check_onnx(half_exports["fp16"])
+    assert half_exports["fp16"].name == "model.fp16.onnx" and info.metadata["gpt2.precision"] == "fp16"
+    backend = load_backend("onnxruntime", ckpt, precision="fp16")
     assert backend.cache_dtype == torch.float16
-    report = validate(reference(checkpoints["softmax"]), backend, eval_batches, precision="fp16")
+    report = validate(reference(ckpt), backend, eval_batches, precision="fp16")
     assert report.passed, report.summary()
     assert 1e-5 < report.prefill_max_abs < 1e-1  # really fp16: off by more than fp32 rounding, within bounds
 
 
-def test_bf16_exports_and_onnxruntime_cpu_refuses_it_clearly(checkpoints):
-    path, info = export_checkpoint(checkpoints["softplus"], "bf16")  # for TensorRT; checked all the same
+def test_bf16_exports_and_onnxruntime_cpu_refuses_it_clearly(half_exports):
+    info = check_onnx(half_exports["bf16"])  # for TensorRT; checked all the same
     assert info.metadata["gpt2.precision"] == "bf16" and info.inputs["past_keys_0"][2] == "capacity"
     with pytest.raises(UserError, match="ONNX Runtime cannot load .*model.bf16.onnx on cpu"):
-        load_backend("onnxruntime", checkpoints["softplus"], precision="bf16")
+        load_backend("onnxruntime", half_exports["checkpoint"], precision="bf16")
 
 
 def test_generate_through_the_onnxruntime_backend(checkpoints, exported, corpus):
@@ -312,10 +306,17 @@ def copy_checkpoint(checkpoint: Path, run_dir: Path) -> Path:
     return copy
 
 
-def test_generate_and_evaluate_open_the_export_deploy_made(checkpoints, tmp_path, capsys):
+def copy_export(export: Path, checkpoint: Path) -> None:
+    """An export (its .onnx and any external data) into ``checkpoint``'s export folder, as deploy leaves it."""
+    (checkpoint / "export").mkdir(exist_ok=True)
+    for file in export.parent.glob(export.name + "*"):
+        shutil.copy2(file, checkpoint / "export" / file.name)
+
+
+def test_generate_and_evaluate_open_the_export_deploy_made(checkpoints, exported, half_exports, tmp_path, capsys):
     """deploy_gpt2.sh exports fp16 by default: generate/evaluate find it, or use the one --precision names."""
-    ckpt = copy_checkpoint(checkpoints["softmax"], tmp_path / "run")
-    export_checkpoint(ckpt, "fp16")
+    ckpt = copy_checkpoint(checkpoints["softplus"], tmp_path / "run")
+    copy_export(half_exports["fp16"], ckpt)
     assert pick_export_precision("onnxruntime", ckpt) == "fp16"  # the only export
     assert open_backend(str(ckpt), "onnxruntime", "cpu").cache_dtype == torch.float16
     out = tmp_path / "samples.jsonl"
@@ -338,11 +339,11 @@ def test_generate_and_evaluate_open_the_export_deploy_made(checkpoints, tmp_path
     assert cli(["generate", str(ckpt), "--backend", "onnxruntime", "--precision", "fp32", *args]) == 2
     assert re.search("no onnxruntime export at .*model.fp32.onnx \\(found: model.fp16.onnx\\)", capsys.readouterr().err)
 
-    export_checkpoint(ckpt, "bf16")  # two exports and no fp32: auto cannot choose
+    copy_export(half_exports["bf16"], ckpt)  # two exports and no fp32: auto cannot choose
     with pytest.raises(UserError, match="exports in fp16, bf16 and none in fp32; choose one with --precision"):
         open_backend(str(ckpt), "onnxruntime", "cpu")
     assert open_backend(str(ckpt), "onnxruntime", "cpu", "fp16").cache_dtype == torch.float16
-    export_checkpoint(ckpt, "fp32")  # fp32 is preferred whenever it exists
+    copy_export(exported["softplus"], ckpt)  # fp32 is preferred whenever it exists
     assert open_backend(str(ckpt), "onnxruntime", "cpu").cache_dtype == torch.float32
     assert pick_export_precision("tensorrt", ckpt) == "fp32"  # no engine: the fp32 one is what is missing
 
@@ -375,9 +376,14 @@ def test_cuda_without_a_gpu_is_a_clear_error(command, checkpoints, capsys):
 # --- positions other than learned: sequences longer than max_seq_len ----------------------------------
 
 TRAIN_LEN = 16  # the max_seq_len of these models; they are run at 16 times that
+# Every position kind; ALiBi's bias with both attention kinds (it enters their scores); the length scale with
+# both (log(n)/log(64) differs at every position, and multiplies ALiBi's bias too). RoPE rotates q and k before
+# attention, whatever its kind.
 POSITION_CASES = [
-    *((position, attention, None) for position in ("none", "alibi", "rope") for attention in KINDS),
-    ("alibi", "softmax", 64.0),  # the length scale multiplies ALiBi's bias too
+    ("none", "softplus", 64.0),
+    ("alibi", "softmax", 64.0),
+    ("alibi", "softplus", None),
+    ("rope", "softmax", None),
 ]
 
 
@@ -550,11 +556,8 @@ def test_benchmark_times_each_backend_and_reports_failures(checkpoints, exported
 # --- the deploy command -------------------------------------------------------------------------------
 
 
-def test_deploy_command_validates_against_the_eval_set_the_checkpoint_records(checkpoints, capsys):
-    assert (
-        cli(["deploy", str(checkpoints["softmax"]), "--stages", "export,validate", "--greedy_steps", "32"])
-        == 0
-    )
+def test_deploy_command_validates_against_the_eval_set_the_checkpoint_records(checkpoints, exported, capsys):
+    assert cli(["deploy", str(checkpoints["softmax"]), "--stages", "validate", "--greedy_steps", "32"]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime fp32 vs PyTorch" in out and "-> PASS" in out
     report = json.loads((checkpoints["softmax"] / "export" / "deploy_report.fp32.json").read_text())
