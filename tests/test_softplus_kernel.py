@@ -37,6 +37,7 @@ from gpt2.attention.softplus import (
     softplus_attention_reference,
     softplus_attention_triton,
 )
+from gpt2.attention.softplus_kernels import common as kernel_common
 from gpt2.attention.softplus_op import softplus_attention_backward_op, softplus_attention_op
 from gpt2.evaluation.attention_sink import first_key_weight
 from tests.conftest import split_cache_call
@@ -353,7 +354,7 @@ LOW_ROW_CASES = [
 @pytest.mark.parametrize(("dtype", "shape", "length_base", "alibi", "level"), LOW_ROW_CASES,
                          ids=lambda x: str(x) if not isinstance(x, tuple) else "x".join(map(str, x)))
 def test_kernels_shift_rows_of_very_negative_scores_among_normal_ones(dtype, shape, length_base, alibi, level):
-    assert kernels.SHIFT_BELOW == SHIFT_BELOW  # the kernels shift the rows the reference shifts
+    assert kernel_common.SHIFT_BELOW == SHIFT_BELOW  # the kernels shift the rows the reference shifts
     q, k, v, q_normal, low = with_low_rows(shape, dtype, level, seed=int(-level) + shape[2])
     slopes = steep_slopes(shape[1]) if alibi else None
     # Forward, dq, dk and dv against fp64, as elsewhere (dq from atomic adds in the ALiBi cases); the scores'
@@ -622,7 +623,7 @@ def test_kernel_outputs_start_as_nan_in_these_tests():
 def _log2_1p_kernel(Y, OUT, N, dtype: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     y = tl.load(Y + offs, mask=offs < N)
-    tl.store(OUT + offs, kernels._log2_1p(y, dtype), mask=offs < N)
+    tl.store(OUT + offs, kernel_common._log2_1p(y, dtype), mask=offs < N)
 
 
 @pytest.mark.parametrize(("dtype", "bound"), [(tl.float32, 1.5e-6), (tl.float16, 6e-5), (tl.bfloat16, 4e-4)],
@@ -645,7 +646,7 @@ def test_log2_1p_polynomial_keeps_relative_accuracy(dtype, bound):
 def test_autotuner_skips_configs_that_compute_each_score_twice(kernel, score_rows):
     # Compiled for sm_80 or sm_90, a score tile with fewer than 16 rows per warp (64 rows on 8 warps) has
     # every score computed by two warps (bench/kernel_sass.py --all_configs: 2 exp2 per score).
-    tiles = kernels._tiles((64, 64), (64, 128), (128, 64))  # (the interpreter's own list has one config)
+    tiles = kernel_common._tiles((64, 64), (64, 128), (128, 64))  # (the interpreter's own list has one config)
     configs = [triton.Config(t, num_warps=w, num_stages=2) for t in tiles for w in (4, 8)]
     prune = getattr(kernels, kernel).early_config_prune
     kept = prune(configs, {"Q": torch.empty(0, dtype=torch.bfloat16)}, HEAD_DIM=64, DOT_PRECISION="tf32")
@@ -734,8 +735,8 @@ def test_the_division_fallback_for_older_triton_compiles_to_the_same_approximate
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SOFTPLUS_AUTOTUNE")}
     script = (
         "import sys, triton.language as tl\n"
-        "from gpt2.attention import softplus_triton as K\n"
-        "K._APPROX_FDIV = tl.constexpr(False)\n"
+        "from gpt2.attention.softplus_kernels import common\n"
+        "common._APPROX_FDIV = tl.constexpr(False)  # before any kernel compiles: _fast_div reads it then\n"
         "from bench import kernel_sass\n"
         f"kernel_sass.main(['--kernels', 'dkdv', 'dq', '--head_dims', '64', '--out_dir', {str(tmp_path)!r}])\n"
     )
