@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = from_flags(DeployConfig, args)
     profile, build = from_flags(ProfileConfig, args), from_flags(BuildConfig, args)
-    result = deploy(find_checkpoint(args.checkpoint), cfg, profile, build, from_flags(BenchConfig, args))
-    if result.failed:
-        print(f"error: {', '.join(result.failed)} failed (see above)")
+    failed = deploy(find_checkpoint(args.checkpoint), cfg, profile, build, from_flags(BenchConfig, args))
+    if failed:
+        print(f"error: {', '.join(failed)} failed (see above)")
         return 1
     return 0

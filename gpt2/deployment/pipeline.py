@@ -16,7 +16,6 @@ records the device and environment each stage's results were measured on).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +43,11 @@ from gpt2.io import file_problem
 from gpt2.reports import write_report
 
 
-@dataclass
-class DeployResult:
-    report: Path  # the JSON report written
-    failed: list[str]  # "<backend> validation" for each accuracy check that failed
-
-
 def deploy(
     ckpt: Checkpoint, cfg: DeployConfig, profile_cfg: ProfileConfig, build: BuildConfig, bench: BenchConfig
-) -> DeployResult:
-    """Run ``cfg.stages`` on ``ckpt`` and write the report; a UserError for settings the model cannot take."""
+) -> list[str]:
+    """Run ``cfg.stages`` on ``ckpt`` and write the report; return the accuracy checks that failed
+    (``"<backend> validation"``). A UserError for settings the model cannot take."""
     stages = cfg.stage_list()
     seq_len, profile = _check_lengths(ckpt, cfg, profile_cfg, bench, stages)
     deployment = Deployment(ckpt, cfg, profile, build, bench)
@@ -73,7 +67,7 @@ def deploy(
     deployment.report["failed"] = deployment.failed
     write_report(output, merge_with_earlier(deployment.report, output, stages))
     print(f"wrote {output}")
-    return DeployResult(output, deployment.failed)
+    return deployment.failed
 
 
 def _check_lengths(
